@@ -1,0 +1,181 @@
+//! `dir:PATH` — a channel on a local (or shared network) directory, one file per key.
+//!
+//! Writes go to a hidden temp file in the target directory and are renamed into place, so a
+//! reader sees a whole value or none. File I/O is done directly on the calling thread: a
+//! local file operation takes microseconds, far less than handing it to a blocking pool.
+
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::{Channel, ChannelError, PollPolicy, validate_key};
+
+/// A channel backed by a directory tree.
+#[derive(Debug)]
+pub struct DirChannel {
+    root: PathBuf,
+    url: String,
+    seq: AtomicU64,
+}
+
+impl DirChannel {
+    /// A channel rooted at `root`; `url` names it in messages. Nothing is touched until the
+    /// first operation.
+    pub fn new(root: impl Into<PathBuf>, url: &str) -> Self {
+        DirChannel {
+            root: root.into(),
+            url: url.to_string(),
+            seq: AtomicU64::new(0),
+        }
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn err(&self, op: &'static str, key: &str, e: std::io::Error) -> ChannelError {
+        ChannelError::Backend {
+            channel: self.url.clone(),
+            op,
+            key: key.to_string(),
+            source: Box::new(e),
+        }
+    }
+
+    fn write_atomically(&self, path: &Path, value: &[u8]) -> std::io::Result<()> {
+        let parent = path.parent().expect("keys have a parent (the root)");
+        let name = path
+            .file_name()
+            .expect("keys have a file name")
+            .to_string_lossy();
+        let tmp = parent.join(format!(
+            ".{name}.tmp-{}-{}",
+            std::process::id(),
+            self.seq.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::write(&tmp, value)?;
+        std::fs::rename(&tmp, path).inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })
+    }
+
+    /// Removes now-empty directories from `dir` up to (not including) the root, so a finished
+    /// job leaves no trace. Stops at the first directory that is not empty.
+    fn prune_empty_dirs(&self, mut dir: &Path) {
+        while dir != self.root && dir.starts_with(&self.root) {
+            if std::fs::remove_dir(dir).is_err() {
+                break;
+            }
+            match dir.parent() {
+                Some(p) => dir = p,
+                None => break,
+            }
+        }
+    }
+
+    fn walk(&self, dir: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name();
+            if name.to_string_lossy().starts_with('.') {
+                continue; // in-flight temp files
+            }
+            let path = entry.path();
+            if entry.file_type()?.is_dir() {
+                self.walk(&path, out)?;
+            } else if let Ok(rel) = path.strip_prefix(&self.root) {
+                out.push(
+                    rel.to_string_lossy()
+                        .replace(std::path::MAIN_SEPARATOR, "/"),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Channel for DirChannel {
+    fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn poll_policy(&self) -> PollPolicy {
+        PollPolicy {
+            initial: Duration::from_micros(50),
+            max: Duration::from_millis(2),
+        }
+    }
+
+    async fn put(&self, key: &str, value: Bytes) -> Result<(), ChannelError> {
+        validate_key(key)?;
+        let path = self.root.join(key);
+        let parent = path.parent().expect("joined path has a parent");
+        // A concurrent delete may prune the directory between create and write: retry.
+        let mut attempt = 0;
+        loop {
+            match self.write_atomically(&path, &value) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::NotFound && attempt < 5 => {
+                    attempt += 1;
+                    std::fs::create_dir_all(parent).map_err(|e| self.err("put", key, e))?;
+                }
+                Err(e) => return Err(self.err("put", key, e)),
+            }
+        }
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, ChannelError> {
+        validate_key(key)?;
+        match std::fs::read(self.root.join(key)) {
+            Ok(v) => Ok(Some(Bytes::from(v))),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.err("get", key, e)),
+        }
+    }
+
+    async fn delete(&self, keys: &[String]) -> Result<(), ChannelError> {
+        let mut parents: Vec<PathBuf> = Vec::new();
+        for key in keys {
+            validate_key(key)?;
+            let path = self.root.join(key);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(self.err("delete", key, e)),
+            }
+            if let Some(p) = path.parent()
+                && !parents.iter().any(|q| q == p)
+            {
+                parents.push(p.to_path_buf());
+            }
+        }
+        for p in parents {
+            self.prune_empty_dirs(&p);
+        }
+        Ok(())
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Option<Vec<String>>, ChannelError> {
+        let base = match prefix.rfind('/') {
+            Some(i) => self.root.join(&prefix[..i]),
+            None => self.root.clone(),
+        };
+        let mut keys = Vec::new();
+        self.walk(&base, &mut keys)
+            .map_err(|e| self.err("list", prefix, e))?;
+        keys.retain(|k| k.starts_with(prefix));
+        keys.sort();
+        Ok(Some(keys))
+    }
+}

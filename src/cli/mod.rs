@@ -1,0 +1,289 @@
+//! Command-line interface: `train`, `worker`, `data synth`, `data split`.
+
+mod progress;
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use crate::algo::{ModelKind, OptimKind};
+use crate::comm::SyncMode;
+use crate::data::partition;
+use crate::data::synth::{self, SynthKind};
+use crate::job::event::WorkerEvent;
+use crate::job::{JobConfig, driver, report, worker};
+use crate::platform;
+use progress::BarUi;
+
+/// Train ML models on serverless workers that synchronise through external storage.
+#[derive(Debug, Parser)]
+#[command(name = "lambdaml", version, about, long_about = None)]
+pub struct Cli {
+    /// More log output (-v info, -vv debug). LAMBDAML_LOG=<filter> overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Train a model (with no options: LR on 200,000 synthetic HIGGS-like rows, 4 workers).
+    Train(TrainArgs),
+    /// Run one worker invocation; the event (JSON) is read from stdin. Started by platforms.
+    Worker(WorkerArgs),
+    /// Make and partition datasets.
+    #[command(subcommand)]
+    Data(DataCommand),
+}
+
+/// `lambdaml train`: a TOML config plus flags that override any of its fields.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// TOML file with job settings (see examples/); flags override it.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Print the summary as JSON on stdout instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress bar and no table.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// LibSVM file or partition location; none: synthesise data.
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Number of features (inferred when absent).
+    #[arg(long)]
+    pub features: Option<usize>,
+    /// Synthetic dataset when --data is absent.
+    #[arg(long, value_enum)]
+    pub synth: Option<SynthKind>,
+    /// Rows to synthesise when --data is absent.
+    #[arg(long)]
+    pub synth_rows: Option<usize>,
+    /// Number of workers.
+    #[arg(long, short)]
+    pub workers: Option<usize>,
+    /// Model.
+    #[arg(long, value_enum)]
+    pub model: Option<ModelKind>,
+    /// Optimizer.
+    #[arg(long, value_enum)]
+    pub optim: Option<OptimKind>,
+    /// Synchronisation pattern.
+    #[arg(long, value_enum)]
+    pub sync: Option<SyncMode>,
+    /// Channel URL, e.g. dir:/tmp/chan (default dir:<runs-dir>/_channel).
+    #[arg(long)]
+    pub channel: Option<String>,
+    /// Epochs.
+    #[arg(long, short)]
+    pub epochs: Option<u32>,
+    /// Rows per minibatch per worker.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Learning rate.
+    #[arg(long)]
+    pub lr: Option<f32>,
+    /// L2 regularisation strength.
+    #[arg(long)]
+    pub lam: Option<f32>,
+    /// Seed.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Fraction of each partition held out for validation.
+    #[arg(long)]
+    pub val_ratio: Option<f64>,
+    /// Seconds an invocation may run before it checkpoints and re-invokes itself.
+    #[arg(long)]
+    pub invocation_timeout: Option<f64>,
+    /// Seconds before the deadline at which a worker checkpoints.
+    #[arg(long)]
+    pub reinvoke_margin: Option<f64>,
+    /// Seconds a worker waits for a peer before failing.
+    #[arg(long)]
+    pub wait_timeout: Option<f64>,
+    /// Where run folders go.
+    #[arg(long)]
+    pub runs_dir: Option<PathBuf>,
+}
+
+impl TrainArgs {
+    /// The config file (or defaults) with every given flag applied.
+    pub fn to_config(&self) -> anyhow::Result<JobConfig> {
+        let mut c = match &self.config {
+            Some(path) => JobConfig::from_file(path)?,
+            None => JobConfig::default(),
+        };
+        macro_rules! set {
+            ($($f:ident),*) => { $(if let Some(v) = &self.$f { c.$f = v.clone(); })* };
+        }
+        macro_rules! set_opt {
+            ($($f:ident),*) => { $(if let Some(v) = &self.$f { c.$f = Some(v.clone()); })* };
+        }
+        set!(
+            synth, synth_rows, workers, model, optim, sync, epochs, batch_size, lr, lam, seed
+        );
+        set!(val_ratio, invocation_timeout, wait_timeout, runs_dir);
+        set_opt!(data, features, channel, reinvoke_margin);
+        Ok(c)
+    }
+}
+
+/// `lambdaml worker`.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Read the event from this file instead of stdin.
+    #[arg(long)]
+    pub event: Option<PathBuf>,
+}
+
+/// `lambdaml data ...`.
+#[derive(Debug, Subcommand)]
+pub enum DataCommand {
+    /// Write a synthetic LibSVM dataset.
+    Synth {
+        /// Which dataset.
+        #[arg(value_enum)]
+        kind: SynthKind,
+        /// Rows to write.
+        #[arg(long, default_value_t = 200_000)]
+        rows: usize,
+        /// Seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Feature count (rcv1 only).
+        #[arg(long)]
+        features: Option<usize>,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Split a LibSVM file into N partitions (round-robin by line) with a manifest.
+    Split {
+        /// The LibSVM file.
+        file: PathBuf,
+        /// Number of partitions (= workers).
+        #[arg(long)]
+        parts: usize,
+        /// Output location (a directory).
+        #[arg(long)]
+        out: PathBuf,
+        /// Number of features (inferred when absent).
+        #[arg(long)]
+        features: Option<usize>,
+    },
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Train(args) => train(args),
+        Command::Worker(args) => run_worker(args),
+        Command::Data(cmd) => data(cmd),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn train(args: TrainArgs) -> anyhow::Result<()> {
+    let cfg = args.to_config()?;
+    let ui = BarUi::new(!args.quiet && !args.json);
+    let outcome = runtime()?.block_on(driver::run(cfg, &ui))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&outcome.summary)?);
+    } else if !args.quiet {
+        print!(
+            "{}",
+            report::render_table(&outcome.summary, &outcome.results)
+        );
+        println!("run folder: {}", outcome.run_dir.display());
+    }
+    Ok(())
+}
+
+fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
+    let mut text = String::new();
+    match &args.event {
+        Some(p) => {
+            text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?
+        }
+        None => {
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("reading the event from stdin")?;
+        }
+    }
+    let event: WorkerEvent = serde_json::from_str(&text).context("parsing the worker event")?;
+    let deadline = platform::deadline_from_env();
+    if let Some(d) = deadline {
+        // The platform ends an invocation at its deadline, whatever it is doing (as Lambda
+        // does); the worker is expected to have checkpointed before.
+        std::thread::spawn(move || {
+            if let Ok(left) = d.duration_since(std::time::SystemTime::now()) {
+                std::thread::sleep(left);
+            }
+            eprintln!("invocation deadline passed: terminated by the platform");
+            std::process::exit(137);
+        });
+    }
+    let outcome = runtime()?.block_on(worker::run(event, deadline))?;
+    tracing::info!(?outcome, "invocation ends");
+    Ok(())
+}
+
+fn data(cmd: DataCommand) -> anyhow::Result<()> {
+    let ui = BarUi::new(true);
+    use crate::job::plan::DataProgress;
+    match cmd {
+        DataCommand::Synth {
+            kind,
+            rows,
+            seed,
+            features,
+            out,
+        } => {
+            if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+            }
+            let file = std::fs::File::create(&out)
+                .with_context(|| format!("creating {}", out.display()))?;
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+            ui.phase("synthesise", rows as u64, false);
+            synth::generate(kind, rows, seed, features, &mut w, |r| ui.advance(r as u64))
+                .and_then(|_| std::io::Write::flush(&mut w))
+                .with_context(|| format!("writing {}", out.display()))?;
+            ui.done();
+            eprintln!("wrote {rows} rows to {}", out.display());
+        }
+        DataCommand::Split {
+            file,
+            parts,
+            out,
+            features,
+        } => {
+            let len = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+            ui.phase("split", len, true);
+            let m = partition::split_file(&file, parts, &out, features, |b| ui.advance(b))?;
+            ui.done();
+            eprintln!(
+                "wrote {} partitions of {:?} rows ({} features) to {}",
+                m.parts,
+                m.rows,
+                m.n_features,
+                out.display()
+            );
+        }
+    }
+    Ok(())
+}

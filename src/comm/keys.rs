@@ -1,0 +1,91 @@
+//! The key scheme: `{job}/{round}/{what}/{worker}`. Nothing is global, so jobs sharing a
+//! bucket or cache never see each other's keys, and every key a collective reads is known
+//! in advance (no listing).
+
+/// Builds the keys of one job.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    job: String,
+}
+
+impl Keys {
+    /// Keys of job `job`.
+    pub fn new(job: &str) -> Self {
+        Keys {
+            job: job.to_string(),
+        }
+    }
+
+    /// The job id (also the prefix of every key).
+    pub fn job(&self) -> &str {
+        &self.job
+    }
+
+    /// Worker `w`'s contribution to reduce round `round`.
+    pub fn reduce_part(&self, round: u64, w: usize) -> String {
+        format!("{}/{round}/reduce/{w}", self.job)
+    }
+
+    /// The mean of reduce round `round`, written by the leader.
+    pub fn reduce_mean(&self, round: u64) -> String {
+        format!("{}/{round}/mean/0", self.job)
+    }
+
+    /// Chunk `chunk` of worker `src`'s vector in reduce-scatter round `round`.
+    pub fn scatter_part(&self, round: u64, chunk: usize, src: usize) -> String {
+        format!("{}/{round}/scatter-{chunk}/{src}", self.job)
+    }
+
+    /// The mean of chunk `chunk` in reduce-scatter round `round`, written by its owner.
+    pub fn gather_chunk(&self, round: u64, chunk: usize) -> String {
+        format!("{}/{round}/gather/{chunk}", self.job)
+    }
+
+    /// Worker `w`'s latest model in async mode.
+    pub fn async_model(&self, w: usize) -> String {
+        format!("{}/async/model/{w}", self.job)
+    }
+
+    /// Worker `w`'s arrival at barrier `round`.
+    pub fn barrier(&self, round: u64, w: usize) -> String {
+        format!("{}/{round}/barrier/{w}", self.job)
+    }
+
+    /// Set by the driver when the job must stop; waiters check it.
+    pub fn abort(&self) -> String {
+        format!("{}/control/abort", self.job)
+    }
+
+    /// The prefix of every key of the job (for listing backends).
+    pub fn prefix(&self) -> String {
+        format!("{}/", self.job)
+    }
+}
+
+/// Bounds of chunk `i` when a vector of `len` elements is split among `n` workers: the first
+/// `len % n` chunks get one extra element.
+pub fn chunk_bounds(len: usize, n: usize, i: usize) -> std::ops::Range<usize> {
+    let (q, r) = (len / n, len % n);
+    let start = q * i + i.min(r);
+    start..start + q + usize::from(i < r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn chunks_tile_the_vector(len in 0usize..500, n in 1usize..40) {
+            let mut next = 0;
+            for i in 0..n {
+                let b = chunk_bounds(len, n, i);
+                prop_assert_eq!(b.start, next);
+                prop_assert!(b.len() == len / n || b.len() == len / n + 1);
+                next = b.end;
+            }
+            prop_assert_eq!(next, len);
+        }
+    }
+}

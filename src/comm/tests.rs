@@ -1,0 +1,196 @@
+use super::*;
+use crate::channel::mem::MemChannel;
+
+/// Runs `f(comm)` for `n` workers, each on its own thread and runtime (as separate processes
+/// would), and returns their results in worker order.
+fn run_workers<T: Send + 'static>(
+    name: &str,
+    n: usize,
+    timeout: Duration,
+    f: impl Fn(Comm) -> std::pin::Pin<Box<dyn std::future::Future<Output = T>>> + Send + Sync + 'static,
+) -> Vec<T> {
+    let f = Arc::new(f);
+    let handles: Vec<_> = (0..n)
+        .map(|w| {
+            let f = f.clone();
+            let name = name.to_string();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                let ch: Arc<dyn Channel> = Arc::new(MemChannel::named(&name));
+                rt.block_on(f(Comm::new(ch, "job", w, n, timeout)))
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
+fn vector(w: usize, round: u64, len: usize) -> Vec<f32> {
+    (0..len)
+        .map(|i| ((w * 31 + i * 7) as f32 * 0.37 + round as f32).sin())
+        .collect()
+}
+
+/// Every worker runs five all-reduces and a barrier; then, as the driver does once every
+/// worker has reported, the residual keys of all workers are deleted.
+fn all_reduce_rounds(name: &str, mode: SyncMode, n: usize, len: usize) -> Vec<Vec<Vec<f32>>> {
+    let results = run_workers(name, n, Duration::from_secs(20), move |mut comm| {
+        Box::pin(async move {
+            let mut out = Vec::new();
+            for round in 0..5 {
+                let v = vector(comm.worker, round, len);
+                out.push(comm.all_reduce_mean(mode, round, &v).await.unwrap());
+            }
+            comm.barrier(0).await.unwrap();
+            (out, comm.residual_keys())
+        })
+    });
+    let residual: Vec<String> = results.iter().flat_map(|(_, r)| r.clone()).collect();
+    let ch = MemChannel::named(name);
+    block_on(ch.delete(&residual)).unwrap();
+    results.into_iter().map(|(out, _)| out).collect()
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+fn expected_mean(n: usize, round: u64, len: usize) -> Vec<f32> {
+    let mut acc = vec![0f32; len];
+    for w in 0..n {
+        add_assign(&mut acc, &vector(w, round, len));
+    }
+    scale(&mut acc, n);
+    acc
+}
+
+fn remaining(name: &str) -> Vec<String> {
+    block_on(MemChannel::named(name).list("")).unwrap().unwrap()
+}
+
+#[test]
+fn reduce_and_reduce_scatter_give_the_same_bits_and_leave_no_key() {
+    for (n, len) in [(4, 103), (3, 2), (5, 1000)] {
+        let a = all_reduce_rounds(&format!("red-{n}-{len}"), SyncMode::Reduce, n, len);
+        let b = all_reduce_rounds(&format!("rs-{n}-{len}"), SyncMode::ReduceScatter, n, len);
+        for round in 0..5 {
+            let want = expected_mean(n, round as u64, len);
+            for w in 0..n {
+                assert_eq!(a[w][round], want, "reduce n={n} w={w} round={round}");
+                assert_eq!(
+                    b[w][round], want,
+                    "reduce_scatter n={n} w={w} round={round}"
+                );
+            }
+        }
+        assert_eq!(remaining(&format!("red-{n}-{len}")), Vec::<String>::new());
+        assert_eq!(remaining(&format!("rs-{n}-{len}")), Vec::<String>::new());
+    }
+}
+
+#[test]
+fn async_exchange_averages_what_is_there_and_cleans_up() {
+    let out = all_reduce_rounds("async", SyncMode::Async, 3, 10);
+    for w in 0..3 {
+        assert!(
+            out[w]
+                .iter()
+                .all(|v| v.len() == 10 && v.iter().all(|x| x.is_finite()))
+        );
+    }
+    assert_eq!(remaining("async"), Vec::<String>::new());
+}
+
+#[test]
+fn a_missing_peer_times_out_naming_key_and_worker() {
+    let errs = run_workers("timeout", 2, Duration::from_millis(200), |mut comm| {
+        Box::pin(async move {
+            if comm.worker == 1 {
+                return None;
+            }
+            Some(
+                comm.all_reduce_mean(SyncMode::Reduce, 7, &[1.0])
+                    .await
+                    .unwrap_err(),
+            )
+        })
+    });
+    let msg = errs[0].as_ref().unwrap().to_string();
+    assert!(
+        msg.contains("'job/7/reduce/1'") && msg.contains("worker 1"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn deadline_interrupts_and_re_execution_is_idempotent() {
+    let out = run_workers("reexec", 2, Duration::from_secs(10), |mut comm| {
+        Box::pin(async move {
+            let v = vector(comm.worker, 0, 8);
+            if comm.worker == 1 {
+                // First attempt: the deadline has already passed while waiting.
+                comm.set_deadline(Some(Instant::now()));
+                let err = comm.all_reduce_mean(SyncMode::ReduceScatter, 0, &v).await;
+                assert!(matches!(err, Err(CommError::Interrupted { .. })), "{err:?}");
+                comm.set_deadline(None);
+            }
+            comm.all_reduce_mean(SyncMode::ReduceScatter, 0, &v)
+                .await
+                .unwrap()
+        })
+    });
+    assert_eq!(out[0], out[1]);
+    assert_eq!(out[0], expected_mean(2, 0, 8));
+}
+
+#[test]
+fn the_abort_flag_stops_waiters() {
+    let errs = run_workers("abort", 2, Duration::from_secs(30), |mut comm| {
+        Box::pin(async move {
+            if comm.worker == 1 {
+                let key = comm.keys.abort();
+                comm.put(&key, Bytes::new()).await.unwrap();
+                return None;
+            }
+            Some(
+                comm.all_reduce_mean(SyncMode::Reduce, 0, &[1.0])
+                    .await
+                    .unwrap_err(),
+            )
+        })
+    });
+    assert!(matches!(errs[0], Some(CommError::Aborted)), "{:?}", errs[0]);
+}
+
+#[tokio::test]
+async fn corrupt_and_mismatched_values_are_named() {
+    let ch: Arc<dyn Channel> = Arc::new(MemChannel::named("corrupt"));
+    let mut comm = Comm::new(ch.clone(), "job", 0, 2, Duration::from_secs(5));
+    ch.put(
+        "job/0/reduce/1",
+        Bytes::from_static(b"not a frame at all, really no"),
+    )
+    .await
+    .unwrap();
+    let err = comm
+        .all_reduce_mean(SyncMode::Reduce, 0, &[1.0])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CommError::Corrupt { .. }), "{err}");
+    ch.put("job/1/reduce/1", codec::encode_f32(&[1.0, 2.0]))
+        .await
+        .unwrap();
+    let err = comm
+        .all_reduce_mean(SyncMode::Reduce, 1, &[1.0])
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("holds 2 values, expected 1"),
+        "{err}"
+    );
+}

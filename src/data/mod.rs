@@ -1,0 +1,120 @@
+//! Datasets: LibSVM parsing, in-memory matrices, synthetic generators and partitioning.
+//!
+//! This layer knows nothing of channels, platforms or training; it turns bytes on disk into
+//! feature matrices and labels, and files into partitions that workers load by index.
+
+pub mod libsvm;
+pub mod matrix;
+pub mod partition;
+pub mod synth;
+
+use std::path::PathBuf;
+
+pub use matrix::{CsrMatrix, DenseMatrix, Features};
+
+/// One partition (or file) loaded in memory: features plus the raw label of every row.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    /// Feature rows, dense or sparse.
+    pub features: Features,
+    /// Raw labels as written in the file (mapped to a binary target by the model).
+    pub labels: Vec<f32>,
+}
+
+impl Dataset {
+    /// Number of rows.
+    pub fn n_rows(&self) -> usize {
+        self.labels.len()
+    }
+}
+
+/// Errors from reading, parsing or partitioning data. Every variant names the file and,
+/// where there is one, the 1-based line.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// The file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A line is not valid LibSVM.
+    #[error("{path}:{line}: {message}")]
+    Parse {
+        /// The file being parsed.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong with the line.
+        message: String,
+    },
+    /// A partition location is missing its manifest or the manifest is invalid.
+    #[error("{path}: {message}")]
+    Manifest {
+        /// The manifest path.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The labels found do not fit a binary model.
+    #[error("{0}")]
+    Labels(String),
+    /// An argument is out of range (zero partitions, zero rows...).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl DataError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        DataError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// Maps a file's two raw label values to the binary target: the smaller one is the negative
+/// class, the larger the positive. Covers {-1,+1}, {0,1} and {1,2} alike.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct BinaryLabels {
+    /// Raw value of the negative class.
+    pub negative: f32,
+    /// Raw value of the positive class.
+    pub positive: f32,
+}
+
+impl BinaryLabels {
+    /// Builds the mapping from the distinct labels seen in a dataset.
+    pub fn from_distinct(labels: &[f32]) -> Result<Self, DataError> {
+        let mut sorted: Vec<f32> = labels.to_vec();
+        sorted.sort_by(f32::total_cmp);
+        sorted.dedup();
+        match sorted.as_slice() {
+            [neg, pos] => Ok(BinaryLabels {
+                negative: *neg,
+                positive: *pos,
+            }),
+            [only] => Err(DataError::Labels(format!(
+                "the data has a single label value ({only}); a binary model needs two classes"
+            ))),
+            many => Err(DataError::Labels(format!(
+                "the data has {} distinct label values ({}); binary models accept two, such as \
+                 -1/+1, 0/1 or 1/2",
+                many.len(),
+                many.iter()
+                    .take(8)
+                    .map(|v| v.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
+    }
+
+    /// True when `raw` is the positive class.
+    pub fn is_positive(&self, raw: f32) -> bool {
+        raw == self.positive
+    }
+}

@@ -1,0 +1,236 @@
+//! The job configuration: one struct, filled from defaults, then a TOML file, then flags.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::algo::{ModelKind, OptimKind};
+use crate::comm::SyncMode;
+use crate::data::synth::SynthKind;
+
+/// Everything that defines a training job. Every field has a default and a `--flag`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobConfig {
+    /// LibSVM file (split on the fly, one partition per worker) or a partition location made
+    /// by `lambdaml data split`. None: synthesise `synth_rows` rows of `synth`.
+    pub data: Option<String>,
+    /// Number of features; inferred from the data when absent.
+    pub features: Option<usize>,
+    /// Synthetic dataset used when `data` is absent.
+    pub synth: SynthKind,
+    /// Rows synthesised when `data` is absent.
+    pub synth_rows: usize,
+    /// Number of workers (function invocations running at once).
+    pub workers: usize,
+    /// Model to train.
+    pub model: ModelKind,
+    /// Optimizer: how workers combine their work.
+    pub optim: OptimKind,
+    /// Synchronisation pattern.
+    pub sync: SyncMode,
+    /// Channel URL (`dir:PATH`); default `dir:{runs_dir}/_channel`.
+    pub channel: Option<String>,
+    /// Passes over the data.
+    pub epochs: u32,
+    /// Rows per minibatch on each worker.
+    pub batch_size: usize,
+    /// SGD learning rate.
+    pub lr: f32,
+    /// L2 regularisation strength.
+    pub lam: f32,
+    /// Seed for the data split, shuffles and synthetic data.
+    pub seed: u64,
+    /// Fraction of each partition held out for validation.
+    pub val_ratio: f64,
+    /// Seconds one invocation may run before it must checkpoint and re-invoke itself
+    /// (AWS Lambda allows at most 900).
+    pub invocation_timeout: f64,
+    /// Seconds before the deadline at which a worker checkpoints; default 10% of the timeout,
+    /// between 0.2 s and 60 s.
+    pub reinvoke_margin: Option<f64>,
+    /// Seconds a worker waits for a peer before the job fails.
+    pub wait_timeout: f64,
+    /// Where run folders (`runs/<job-id>/`) are written.
+    pub runs_dir: PathBuf,
+}
+
+impl Default for JobConfig {
+    fn default() -> Self {
+        JobConfig {
+            data: None,
+            features: None,
+            synth: SynthKind::Higgs,
+            synth_rows: 200_000,
+            workers: 4,
+            model: ModelKind::Lr,
+            optim: OptimKind::GradAvg,
+            sync: SyncMode::Reduce,
+            channel: None,
+            epochs: 5,
+            batch_size: 1000,
+            lr: 0.1,
+            lam: 1e-4,
+            seed: 1,
+            val_ratio: 0.1,
+            invocation_timeout: 900.0,
+            reinvoke_margin: None,
+            wait_timeout: 300.0,
+            runs_dir: PathBuf::from("runs"),
+        }
+    }
+}
+
+/// A configuration that cannot run, with the field at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The TOML file could not be read or parsed.
+    #[error("config {path}: {message}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A field has an unusable value.
+    #[error("invalid {field}: {message}")]
+    Field {
+        /// The field (as its flag name).
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn field(field: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Field {
+        field,
+        message: message.into(),
+    }
+}
+
+impl JobConfig {
+    /// Reads a TOML file; fields it leaves out keep their defaults.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::File {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Checks every field; the first problem found is returned.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.workers == 0 || self.workers > 10_000 {
+            return Err(field("workers", "must be between 1 and 10000"));
+        }
+        if self.epochs == 0 {
+            return Err(field("epochs", "must be at least 1"));
+        }
+        if self.batch_size == 0 {
+            return Err(field("batch-size", "must be at least 1"));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(field(
+                "lr",
+                format!("must be a positive number, got {}", self.lr),
+            ));
+        }
+        if !(self.lam.is_finite() && self.lam >= 0.0) {
+            return Err(field("lam", format!("must be >= 0, got {}", self.lam)));
+        }
+        if !(0.0..1.0).contains(&self.val_ratio) {
+            return Err(field(
+                "val-ratio",
+                format!("must be in [0, 1), got {}", self.val_ratio),
+            ));
+        }
+        if !(self.invocation_timeout.is_finite() && self.invocation_timeout >= 0.5) {
+            return Err(field("invocation-timeout", "must be at least 0.5 seconds"));
+        }
+        if let Some(m) = self.reinvoke_margin
+            && !(m.is_finite() && m > 0.0 && m < self.invocation_timeout)
+        {
+            return Err(field(
+                "reinvoke-margin",
+                "must be positive and below the invocation timeout",
+            ));
+        }
+        if !(self.wait_timeout.is_finite() && self.wait_timeout > 0.0) {
+            return Err(field("wait-timeout", "must be positive"));
+        }
+        if self.data.is_none() && self.synth_rows < self.workers {
+            return Err(field(
+                "synth-rows",
+                "must be at least the number of workers",
+            ));
+        }
+        if self.features == Some(0) {
+            return Err(field("features", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// Seconds before the deadline at which a worker checkpoints and re-invokes itself.
+    pub fn margin(&self) -> f64 {
+        self.reinvoke_margin
+            .unwrap_or((self.invocation_timeout * 0.1).clamp(0.2, 60.0))
+    }
+
+    /// The channel URL, defaulting to a directory inside the runs folder.
+    pub fn channel_url(&self) -> String {
+        self.channel
+            .clone()
+            .unwrap_or_else(|| format!("dir:{}", self.runs_dir.join("_channel").display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_overrides_defaults_and_rejects_unknown_fields() {
+        let cfg: JobConfig =
+            toml::from_str("workers = 8\nmodel = \"sparse_svm\"\nsync = \"reduce_scatter\"")
+                .unwrap();
+        assert_eq!(cfg.workers, 8);
+        assert_eq!(cfg.model, ModelKind::SparseSvm);
+        assert_eq!(cfg.sync, SyncMode::ReduceScatter);
+        assert_eq!(cfg.epochs, JobConfig::default().epochs);
+        let err = toml::from_str::<JobConfig>("modle = \"lr\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("modle"), "{err}");
+        let err = toml::from_str::<JobConfig>("model = \"cnn\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cnn") && err.contains("sparse_lr"), "{err}");
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let cfg = JobConfig {
+            lr: -1.0,
+            ..JobConfig::default()
+        };
+        assert!(
+            cfg.validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("invalid lr")
+        );
+        assert!(JobConfig::default().validate().is_ok());
+    }
+
+    #[test]
+    fn margin_scales_with_the_timeout() {
+        let mut cfg = JobConfig::default();
+        assert_eq!(cfg.margin(), 60.0);
+        cfg.invocation_timeout = 3.0;
+        assert!((cfg.margin() - 0.3).abs() < 1e-9);
+    }
+}

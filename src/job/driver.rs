@@ -1,0 +1,348 @@
+//! The driver (the paper's "trigger"): plans the job, invokes the workers, follows their
+//! progress on the channel, writes the run folder and deletes every key of the job.
+//!
+//! It never holds a handle on a worker: as on Lambda, invocations are fire-and-forget and
+//! everything comes back through the channel.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use super::config::JobConfig;
+use super::event::{JobSpec, WorkerEvent};
+use super::plan::{self, DataProgress, PreparedData};
+use super::records::{self, Progress, WorkerFailure, WorkerResult};
+use super::report::{self, Summary};
+use crate::channel::{self, Channel};
+use crate::comm::Keys;
+use crate::data::BinaryLabels;
+use crate::platform::PlatformSpec;
+
+/// Environment variable naming the binary that runs `lambdaml worker` (default: this one).
+pub const WORKER_EXE_ENV: &str = "LAMBDAML_WORKER_EXE";
+
+/// How the driver reports while it runs.
+pub trait JobProgress: DataProgress {
+    /// Training starts: `total` worker-epochs.
+    fn training(&self, total: u64);
+    /// Worker-epochs done so far, with the latest record seen.
+    fn trained(&self, done: u64, latest: Option<&records::EpochRecord>);
+    /// Training is over.
+    fn finished(&self);
+}
+
+/// A finished job.
+#[derive(Debug, Clone)]
+pub struct JobOutcome {
+    /// The summary written to `summary.json`.
+    pub summary: Summary,
+    /// Every worker's result, in worker order.
+    pub results: Vec<WorkerResult>,
+    /// The run folder.
+    pub run_dir: PathBuf,
+}
+
+/// Runs a whole job and returns its outcome; on failure every key of the job is deleted
+/// all the same.
+pub async fn run(mut cfg: JobConfig, ui: &dyn JobProgress) -> anyhow::Result<JobOutcome> {
+    cfg.validate()?;
+    cfg.runs_dir = absolute(&cfg.runs_dir)?;
+    if let Some(d) = &cfg.data
+        && !d.contains("://")
+    {
+        cfg.data = Some(absolute(Path::new(d))?.display().to_string());
+    }
+    let channel_url = absolute_channel(&cfg.channel_url())?;
+    let job_id = new_job_id(&cfg);
+    let run_dir = cfg.runs_dir.join(&job_id);
+    std::fs::create_dir_all(&run_dir)
+        .with_context(|| format!("creating the run folder {}", run_dir.display()))?;
+    if let Ok(text) = toml::to_string(&cfg) {
+        let _ = std::fs::write(run_dir.join("config.toml"), text);
+    }
+
+    let data = plan::prepare_data(&cfg, &run_dir, ui)?;
+    let result = run_prepared(&cfg, &job_id, &run_dir, &channel_url, &data, ui).await;
+    if data.temporary {
+        let _ = std::fs::remove_dir_all(&data.location);
+    }
+    result
+}
+
+async fn run_prepared(
+    cfg: &JobConfig,
+    job_id: &str,
+    run_dir: &Path,
+    channel_url: &str,
+    data: &PreparedData,
+    ui: &dyn JobProgress,
+) -> anyhow::Result<JobOutcome> {
+    if data.manifest.labels_truncated {
+        bail!("the data has more than 16 distinct labels; lr and svm are binary classifiers");
+    }
+    let labels = BinaryLabels::from_distinct(&data.manifest.labels)?;
+    let steps_per_epoch = plan::steps_per_epoch(&data.manifest, cfg.val_ratio, cfg.batch_size)?;
+    let channel = channel::open(channel_url)?;
+    probe(channel.as_ref(), job_id).await?;
+
+    let exe = match std::env::var_os(WORKER_EXE_ENV) {
+        Some(p) => PathBuf::from(p),
+        None => std::env::current_exe().context("locating the lambdaml binary")?,
+    };
+    let spec = JobSpec {
+        job_id: job_id.to_string(),
+        config: cfg.clone(),
+        channel: channel_url.to_string(),
+        data_location: data.location.clone(),
+        n_features: data.n_features,
+        labels,
+        steps_per_epoch,
+        platform: PlatformSpec::Local {
+            exe,
+            log_dir: run_dir.join("logs"),
+            timeout_s: cfg.invocation_timeout,
+        },
+    };
+    let started = Instant::now();
+    let outcome = invoke_and_follow(&spec, channel.clone(), ui).await;
+    let wall = started.elapsed().as_secs_f64();
+    let cleanup = delete_job_keys(channel.as_ref(), &spec, &outcome).await;
+    let results = match outcome {
+        Followed::Done(results) => results,
+        Followed::Failed { error, .. } => {
+            if let Err(e) = cleanup {
+                tracing::error!("cleanup after the failure also failed: {e:#}");
+            }
+            return Err(error.context(format!(
+                "job {job_id} failed (worker logs: {})",
+                run_dir.join("logs").display()
+            )));
+        }
+    };
+    cleanup?;
+    let summary = report::summarize(&spec, data.manifest.total_rows(), &results, wall);
+    report::write_run(run_dir, &summary, &results)
+        .with_context(|| format!("writing the run folder {}", run_dir.display()))?;
+    Ok(JobOutcome {
+        summary,
+        results,
+        run_dir: run_dir.to_path_buf(),
+    })
+}
+
+/// Checks the channel is usable before any worker starts.
+async fn probe(ch: &dyn Channel, job_id: &str) -> anyhow::Result<()> {
+    let key = format!("{job_id}/control/probe");
+    let fail = || format!("channel {} is not usable", ch.url());
+    ch.put(&key, bytes::Bytes::from_static(b"probe"))
+        .await
+        .with_context(fail)?;
+    ch.get(&key).await.with_context(fail)?;
+    ch.delete(&[key]).await.with_context(fail)?;
+    Ok(())
+}
+
+enum Followed {
+    Done(Vec<WorkerResult>),
+    Failed {
+        error: anyhow::Error,
+        residual: Vec<String>,
+    },
+}
+
+async fn invoke_and_follow(spec: &JobSpec, ch: Arc<dyn Channel>, ui: &dyn JobProgress) -> Followed {
+    let n = spec.config.workers;
+    let platform = spec.platform.build();
+    for w in 0..n {
+        let event = WorkerEvent {
+            job: spec.clone(),
+            worker: w,
+            invocation: 0,
+            resume: false,
+        };
+        let payload = serde_json::to_vec(&event).expect("events serialise");
+        if let Err(e) = platform.invoke(&format!("worker-{w}"), &payload) {
+            // Workers already started will notice the abort flag and stop.
+            let _ = ch
+                .put(&Keys::new(&spec.job_id).abort(), bytes::Bytes::new())
+                .await;
+            return Followed::Failed {
+                error: e.into(),
+                residual: Vec::new(),
+            };
+        }
+    }
+    ui.training(n as u64 * spec.config.epochs as u64);
+    let followed = follow(spec, ch.as_ref(), ui).await;
+    ui.finished();
+    followed
+}
+
+/// Polls the workers' records until all have finished, one has failed, or nothing moved for
+/// too long.
+async fn follow(spec: &JobSpec, ch: &dyn Channel, ui: &dyn JobProgress) -> Followed {
+    let n = spec.config.workers;
+    let job = &spec.job_id;
+    let mut results: Vec<Option<WorkerResult>> = vec![None; n];
+    let mut failures: Vec<Option<WorkerFailure>> = vec![None; n];
+    let mut epochs_done = vec![0u32; n];
+    let mut last_move = Instant::now();
+    // A silent worker (killed, crashed) is noticed once nothing moved for this long.
+    let stall_limit = Duration::from_secs_f64(
+        spec.config.wait_timeout.max(spec.config.invocation_timeout) + 30.0,
+    );
+    let mut aborted_at: Option<Instant> = None;
+    let poll = ch.poll_policy().max.max(Duration::from_millis(50));
+    loop {
+        for w in 0..n {
+            if results[w].is_some() || failures[w].is_some() {
+                continue;
+            }
+            match read_worker(ch, job, w).await {
+                Ok(WorkerState::Finished(r)) => {
+                    epochs_done[w] = r.history.len() as u32;
+                    ui.trained(
+                        epochs_done.iter().map(|&e| e as u64).sum(),
+                        r.history.last(),
+                    );
+                    results[w] = Some(*r);
+                    last_move = Instant::now();
+                }
+                Ok(WorkerState::Failed(f)) => {
+                    failures[w] = Some(f);
+                    last_move = Instant::now();
+                }
+                Ok(WorkerState::Running(Some(p))) if p.epochs_done != epochs_done[w] => {
+                    epochs_done[w] = p.epochs_done;
+                    ui.trained(epochs_done.iter().map(|&e| e as u64).sum(), p.last.as_ref());
+                    last_move = Instant::now();
+                }
+                Ok(WorkerState::Running(_)) => {}
+                Err(e) => {
+                    return Followed::Failed {
+                        error: e.context("reading worker records"),
+                        residual: Vec::new(),
+                    };
+                }
+            }
+        }
+        if results.iter().all(Option::is_some) {
+            return Followed::Done(results.into_iter().flatten().collect());
+        }
+        let first_failure = failures.iter().flatten().next();
+        let stalled = last_move.elapsed() > stall_limit;
+        if (first_failure.is_some() || stalled) && aborted_at.is_none() {
+            let _ = ch.put(&Keys::new(job).abort(), bytes::Bytes::new()).await;
+            aborted_at = Some(Instant::now());
+        }
+        if let Some(at) = aborted_at {
+            let settled = (0..n).all(|w| results[w].is_some() || failures[w].is_some());
+            // Running workers see the abort flag within about a second of their next wait.
+            if settled || at.elapsed() > Duration::from_secs(10) || stalled {
+                let residual = failures
+                    .iter()
+                    .flatten()
+                    .flat_map(|f| f.residual_keys.clone())
+                    .chain(
+                        results
+                            .iter()
+                            .flatten()
+                            .flat_map(|r| r.residual_keys.clone()),
+                    )
+                    .collect();
+                let error = match failures.iter().flatten().find(|f| !is_abort_echo(f)) {
+                    Some(f) => anyhow::anyhow!("worker {} failed: {}", f.worker, f.message),
+                    None => {
+                        let silent: Vec<usize> = (0..n)
+                            .filter(|&w| results[w].is_none() && failures[w].is_none())
+                            .collect();
+                        anyhow::anyhow!(
+                            "no progress for {:.0} s from workers {silent:?}: they stopped \
+                             without reporting (killed or crashed?)",
+                            stall_limit.as_secs_f64()
+                        )
+                    }
+                };
+                return Followed::Failed { error, residual };
+            }
+        }
+        tokio::time::sleep(poll).await;
+    }
+}
+
+/// A failure that only says "the driver aborted me" is an echo of another failure.
+fn is_abort_echo(f: &WorkerFailure) -> bool {
+    f.message.contains("aborted by the driver")
+}
+
+enum WorkerState {
+    Running(Option<Progress>),
+    Finished(Box<WorkerResult>),
+    Failed(WorkerFailure),
+}
+
+async fn read_worker(ch: &dyn Channel, job: &str, w: usize) -> anyhow::Result<WorkerState> {
+    if let Some(r) = records::get(ch, &records::key(job, records::RESULT, w)).await? {
+        return Ok(WorkerState::Finished(Box::new(r)));
+    }
+    if let Some(f) = records::get(ch, &records::key(job, records::FAILURE, w)).await? {
+        return Ok(WorkerState::Failed(f));
+    }
+    Ok(WorkerState::Running(
+        records::get(ch, &records::key(job, records::PROGRESS, w)).await?,
+    ))
+}
+
+/// Deletes every key the job created: the records and control keys (all known by name), the
+/// keys the workers reported as residual, and, where the backend can list, anything else
+/// under the job's prefix (a crashed worker cannot report its keys).
+async fn delete_job_keys(
+    ch: &dyn Channel,
+    spec: &JobSpec,
+    outcome: &Followed,
+) -> anyhow::Result<()> {
+    let keys_of = Keys::new(&spec.job_id);
+    let mut keys: Vec<String> = (0..spec.config.workers)
+        .flat_map(|w| records::ALL.map(|what| records::key(&spec.job_id, what, w)))
+        .chain([keys_of.abort(), format!("{}/control/probe", spec.job_id)])
+        .collect();
+    match outcome {
+        Followed::Done(results) => {
+            keys.extend(results.iter().flat_map(|r| r.residual_keys.iter().cloned()))
+        }
+        Followed::Failed { residual, .. } => keys.extend(residual.iter().cloned()),
+    }
+    if let Some(listed) = ch.list(&keys_of.prefix()).await? {
+        keys.extend(listed);
+    }
+    keys.sort();
+    keys.dedup();
+    for chunk in keys.chunks(1000) {
+        ch.delete(chunk)
+            .await
+            .with_context(|| format!("deleting the keys of job {}", spec.job_id))?;
+    }
+    Ok(())
+}
+
+fn new_job_id(cfg: &JobConfig) -> String {
+    let now = chrono::Local::now().format("%Y%m%d-%H%M%S");
+    let salt: u16 = rand::random();
+    format!("{now}-{}-{}-{}-{salt:04x}", cfg.model, cfg.optim, cfg.sync)
+}
+
+fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
+    std::path::absolute(p).with_context(|| format!("resolving {}", p.display()))
+}
+
+/// Makes a `dir:` channel path absolute, since workers may run elsewhere.
+fn absolute_channel(url: &str) -> anyhow::Result<String> {
+    match url.strip_prefix("dir:") {
+        Some(path) if !path.is_empty() => {
+            Ok(format!("dir:{}", absolute(Path::new(path))?.display()))
+        }
+        _ => Ok(url.to_string()),
+    }
+}

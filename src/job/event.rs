@@ -1,0 +1,43 @@
+//! What an invocation receives: the job (same for every worker) and its own coordinates.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::config::JobConfig;
+use crate::data::BinaryLabels;
+use crate::platform::PlatformSpec;
+
+/// The resolved job, as planned by the driver.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct JobSpec {
+    /// Unique id; prefix of every channel key of the job.
+    pub job_id: String,
+    /// The configuration, with defaults filled in.
+    pub config: JobConfig,
+    /// Channel URL.
+    pub channel: String,
+    /// Partition location (one partition per worker).
+    pub data_location: PathBuf,
+    /// Number of features.
+    pub n_features: usize,
+    /// Raw label values of the two classes.
+    pub labels: BinaryLabels,
+    /// Minibatches per epoch, the same on every worker.
+    pub steps_per_epoch: usize,
+    /// How to invoke a worker again.
+    pub platform: PlatformSpec,
+}
+
+/// The event of one invocation.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WorkerEvent {
+    /// The job.
+    pub job: JobSpec,
+    /// This worker's index (and partition).
+    pub worker: usize,
+    /// 0 for the first invocation, then 1, 2, ... for re-invocations.
+    pub invocation: u32,
+    /// True when the invocation continues from a checkpoint.
+    pub resume: bool,
+}

@@ -1,0 +1,12 @@
+//! Jobs: configuration, the driver that plans and follows a job, the worker loop with
+//! checkpoint and re-invocation, and the records and reports they exchange.
+
+pub mod config;
+pub mod driver;
+pub mod event;
+pub mod plan;
+pub mod records;
+pub mod report;
+pub mod worker;
+
+pub use config::JobConfig;

@@ -1,0 +1,185 @@
+//! Planning a job before any worker starts: where the partitions are, how many features and
+//! steps per epoch, which labels.
+
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+
+use super::config::JobConfig;
+use crate::data::partition::{self, Manifest};
+use crate::data::synth;
+
+/// Partitions ready for the workers.
+#[derive(Debug, Clone)]
+pub struct PreparedData {
+    /// The partition location.
+    pub location: PathBuf,
+    /// Its manifest.
+    pub manifest: Manifest,
+    /// Feature count the model uses.
+    pub n_features: usize,
+    /// True when the partitions were made for this job and are deleted after it.
+    pub temporary: bool,
+}
+
+/// Reports progress of long data steps (synthesis, split) to whoever shows it.
+pub trait DataProgress {
+    /// A new phase with `total` units (rows or bytes).
+    fn phase(&self, label: &str, total: u64, bytes: bool);
+    /// Units done so far in the current phase.
+    fn advance(&self, done: u64);
+    /// The phase is over.
+    fn done(&self);
+}
+
+/// Ensures partitions exist for `cfg` (synthesising and/or splitting into `run_dir` when
+/// needed) and returns where they are.
+pub fn prepare_data(
+    cfg: &JobConfig,
+    run_dir: &Path,
+    ui: &dyn DataProgress,
+) -> anyhow::Result<PreparedData> {
+    let source = match &cfg.data {
+        None => synthesize(cfg, ui)?,
+        Some(d) if d.contains("://") => {
+            bail!("data '{d}': this build reads local files and partition directories only")
+        }
+        Some(d) => PathBuf::from(d),
+    };
+    let meta = std::fs::metadata(&source)
+        .with_context(|| format!("data '{}' cannot be read", source.display()))?;
+    if meta.is_dir() {
+        let manifest = partition::read_manifest(&source)?;
+        if manifest.parts != cfg.workers {
+            bail!(
+                "data '{}' holds {} partitions but the job has {} workers: use --workers {} or \
+                 pass the LibSVM file to split it on the fly",
+                source.display(),
+                manifest.parts,
+                cfg.workers,
+                manifest.parts
+            );
+        }
+        let n_features = match cfg.features {
+            Some(n) if n < manifest.max_index => bail!(
+                "--features {n} is below the highest feature index in '{}' ({})",
+                source.display(),
+                manifest.max_index
+            ),
+            Some(n) => n,
+            None => manifest.n_features,
+        };
+        return Ok(PreparedData {
+            location: source,
+            manifest,
+            n_features,
+            temporary: false,
+        });
+    }
+    let location = run_dir.join("partitions");
+    ui.phase("split", meta.len(), true);
+    let manifest = partition::split_file(&source, cfg.workers, &location, cfg.features, |b| {
+        ui.advance(b)
+    })?;
+    ui.done();
+    Ok(PreparedData {
+        location,
+        n_features: manifest.n_features,
+        manifest,
+        temporary: true,
+    })
+}
+
+/// Writes (once) the synthetic dataset the config asks for and returns its path.
+fn synthesize(cfg: &JobConfig, ui: &dyn DataProgress) -> anyhow::Result<PathBuf> {
+    let features = match (cfg.synth, cfg.features) {
+        (synth::SynthKind::Rcv1, Some(n)) => n,
+        (kind, _) => kind.default_features(),
+    };
+    let dir = cfg.runs_dir.join("data");
+    let path = dir.join(format!(
+        "{}-{}rows-{}f-seed{}.svm",
+        serde_json::to_value(cfg.synth)?.as_str().unwrap_or("synth"),
+        cfg.synth_rows,
+        features,
+        cfg.seed
+    ));
+    if path.exists() {
+        return Ok(path);
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = dir.join(format!(".synth.tmp-{}", std::process::id()));
+    let file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut out = BufWriter::with_capacity(1 << 20, file);
+    ui.phase("synthesise", cfg.synth_rows as u64, false);
+    synth::generate(
+        cfg.synth,
+        cfg.synth_rows,
+        cfg.seed,
+        Some(features),
+        &mut out,
+        |r| ui.advance(r as u64),
+    )
+    .and_then(|_| out.into_inner().map_err(|e| e.into_error()).map(drop))
+    .with_context(|| format!("writing {}", tmp.display()))?;
+    ui.done();
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+/// Minibatches per epoch: enough to cover the smallest worker's training rows with
+/// `batch_size`-row batches; every worker runs that many, so collectives line up.
+pub fn steps_per_epoch(
+    manifest: &Manifest,
+    val_ratio: f64,
+    batch_size: usize,
+) -> anyhow::Result<usize> {
+    let (worker, rows) = manifest
+        .rows
+        .iter()
+        .enumerate()
+        .min_by_key(|(_, r)| **r)
+        .context("no partitions")?;
+    let train = rows - (val_ratio * *rows as f64).floor() as usize;
+    if train == 0 {
+        bail!(
+            "partition {worker} has {rows} rows and no training rows after the validation \
+             split: use fewer workers or more data"
+        );
+    }
+    Ok(train.div_ceil(batch_size))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_follow_the_smallest_partition() {
+        let m = Manifest {
+            parts: 2,
+            rows: vec![1000, 999],
+            n_features: 2,
+            max_index: 2,
+            nnz: 0,
+            labels: vec![0.0, 1.0],
+            labels_truncated: false,
+            source: String::new(),
+        };
+        // 999 - 99 = 900 training rows -> 9 batches of 100.
+        assert_eq!(steps_per_epoch(&m, 0.1, 100).unwrap(), 9);
+        assert_eq!(steps_per_epoch(&m, 0.1, 7).unwrap(), 129);
+        let tiny = Manifest {
+            rows: vec![0, 1],
+            ..m
+        };
+        assert!(
+            steps_per_epoch(&tiny, 0.1, 10)
+                .unwrap_err()
+                .to_string()
+                .contains("partition 0")
+        );
+    }
+}

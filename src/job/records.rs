@@ -1,0 +1,180 @@
+//! Records workers leave on the channel for the driver (progress, result, failure) and for
+//! their own next invocation (checkpoint). Keys live under `{job}/worker/`.
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::channel::{Channel, ChannelError, codec};
+use crate::comm::{CommStats, Completed};
+
+/// Key of worker `w`'s record of kind `what`.
+pub fn key(job: &str, what: &str, w: usize) -> String {
+    format!("{job}/worker/{what}/{w}")
+}
+
+/// Record kinds.
+pub const PROGRESS: &str = "progress";
+/// Final result of a worker.
+pub const RESULT: &str = "result";
+/// Failure report of a worker.
+pub const FAILURE: &str = "failure";
+/// Checkpoint between invocations.
+pub const CHECKPOINT: &str = "checkpoint";
+/// Every record kind (for cleanup).
+pub const ALL: [&str; 4] = [PROGRESS, RESULT, FAILURE, CHECKPOINT];
+
+/// Metrics of one worker for one epoch (a line of `metrics.jsonl`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EpochRecord {
+    /// Worker index.
+    pub worker: usize,
+    /// Epoch, from 1.
+    pub epoch: u32,
+    /// Mean minibatch loss over the epoch (local data).
+    pub train_loss: f64,
+    /// Loss on the worker's validation rows after the epoch's synchronisation.
+    pub val_loss: f64,
+    /// Accuracy on the validation rows, in [0, 1].
+    pub val_accuracy: f64,
+    /// Training rows of the worker.
+    pub n_train: u64,
+    /// Validation rows of the worker.
+    pub n_val: u64,
+    /// Seconds computing gradients and steps in this epoch.
+    pub compute_s: f64,
+    /// Seconds in collectives in this epoch.
+    pub comm_s: f64,
+    /// Wall seconds of the epoch in this worker (across invocations).
+    pub epoch_s: f64,
+    /// Invocation (0-based) that finished the epoch.
+    pub invocation: u32,
+}
+
+/// Latest progress of a worker, overwritten every epoch.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Progress {
+    /// Epochs finished.
+    pub epochs_done: u32,
+    /// The last epoch's metrics.
+    pub last: Option<EpochRecord>,
+    /// Invocations so far (1 = no re-invocation yet).
+    pub invocations: u32,
+}
+
+/// What a worker reports when it finishes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WorkerResult {
+    /// Worker index.
+    pub worker: usize,
+    /// Final parameters.
+    pub params: Vec<f32>,
+    /// Metrics of every epoch.
+    pub history: Vec<EpochRecord>,
+    /// Invocations used (1 + re-invocations).
+    pub invocations: u32,
+    /// Channel keys left for the driver to delete.
+    pub residual_keys: Vec<String>,
+    /// Channel traffic of the worker's collectives.
+    pub comm: CommStats,
+}
+
+/// What a worker reports when it fails.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WorkerFailure {
+    /// Worker index.
+    pub worker: usize,
+    /// The error, with its causes.
+    pub message: String,
+    /// Channel keys left for the driver to delete.
+    pub residual_keys: Vec<String>,
+}
+
+/// State carried from one invocation to the next.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Checkpoint {
+    /// Model parameters.
+    pub params: Vec<f32>,
+    /// Current epoch (0-based).
+    pub epoch: u32,
+    /// Next minibatch within the epoch.
+    pub step: usize,
+    /// Next collective round.
+    pub round: u64,
+    /// Accumulators of the unfinished epoch.
+    pub acc: EpochAcc,
+    /// Finished epochs.
+    pub history: Vec<EpochRecord>,
+    /// Collective rounds whose keys are still to delete.
+    pub pending: Vec<Completed>,
+    /// Invocations used so far.
+    pub invocations: u32,
+    /// Traffic so far.
+    pub comm: CommStats,
+}
+
+/// Running sums of the current epoch.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct EpochAcc {
+    /// Sum of minibatch losses.
+    pub loss_sum: f64,
+    /// Minibatches done.
+    pub batches: u64,
+    /// Seconds computing.
+    pub compute_s: f64,
+    /// Seconds in collectives.
+    pub comm_s: f64,
+    /// Wall seconds.
+    pub wall_s: f64,
+}
+
+/// Errors reading a record.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// The channel failed.
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
+    /// The record is not valid.
+    #[error("record '{key}' is unreadable: {message}")]
+    Corrupt {
+        /// The key.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Encodes a record: bincode (exact floats) inside a checksummed frame.
+pub fn encode<T: Serialize>(value: &T) -> Bytes {
+    let body = bincode::serde::encode_to_vec(value, bincode::config::standard())
+        .expect("records serialise");
+    codec::encode_bytes(&body)
+}
+
+/// Decodes a record read from `key`.
+pub fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, RecordError> {
+    let corrupt = |message: String| RecordError::Corrupt {
+        key: key.to_string(),
+        message,
+    };
+    let body = codec::decode_bytes(bytes).map_err(|e| corrupt(e.to_string()))?;
+    bincode::serde::decode_from_slice(body, bincode::config::standard())
+        .map(|(v, _)| v)
+        .map_err(|e| corrupt(e.to_string()))
+}
+
+/// Writes a record.
+pub async fn put<T: Serialize>(ch: &dyn Channel, key: &str, value: &T) -> Result<(), ChannelError> {
+    ch.put(key, encode(value)).await
+}
+
+/// Reads a record, `None` when absent.
+pub async fn get<T: DeserializeOwned>(
+    ch: &dyn Channel,
+    key: &str,
+) -> Result<Option<T>, RecordError> {
+    match ch.get(key).await? {
+        Some(bytes) => decode(key, &bytes).map(Some),
+        None => Ok(None),
+    }
+}

@@ -1,0 +1,220 @@
+//! What a finished job leaves behind: `summary.json`, `metrics.jsonl`, `model.bin`, and the
+//! table printed at the end.
+
+use std::io::Write;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::event::JobSpec;
+use super::records::{EpochRecord, WorkerResult};
+use crate::channel::codec;
+use crate::comm::CommStats;
+
+/// The run's summary (`summary.json`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Summary {
+    /// Job id.
+    pub job_id: String,
+    /// Model trained.
+    pub model: String,
+    /// Optimizer.
+    pub optim: String,
+    /// Synchronisation pattern.
+    pub sync: String,
+    /// Channel URL.
+    pub channel: String,
+    /// Number of workers.
+    pub workers: usize,
+    /// Epochs trained.
+    pub epochs: u32,
+    /// Rows per minibatch per worker.
+    pub batch_size: usize,
+    /// Minibatches per epoch per worker.
+    pub steps_per_epoch: usize,
+    /// Learning rate.
+    pub lr: f32,
+    /// L2 strength.
+    pub lam: f32,
+    /// Seed.
+    pub seed: u64,
+    /// Feature count.
+    pub n_features: usize,
+    /// Rows in all partitions.
+    pub rows: usize,
+    /// Mean training loss of the last epoch, weighted by training rows.
+    pub final_train_loss: f64,
+    /// Validation loss after the last epoch, pooled over workers.
+    pub final_val_loss: f64,
+    /// Validation accuracy after the last epoch, pooled over workers, in [0, 1].
+    pub final_val_accuracy: f64,
+    /// Wall seconds from the first invocation to the last result.
+    pub wall_seconds: f64,
+    /// Invocations of all workers, re-invocations included.
+    pub invocations: u32,
+    /// Invocations per worker.
+    pub invocations_per_worker: Vec<u32>,
+    /// CRC-32 of each worker's final parameters (equal digests: identical models).
+    pub param_digests: Vec<String>,
+    /// Channel traffic of all workers' collectives.
+    pub comm: CommStats,
+}
+
+/// Per-epoch metrics pooled over workers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EpochSummary {
+    /// Epoch, from 1.
+    pub epoch: u32,
+    /// Training loss weighted by training rows.
+    pub train_loss: f64,
+    /// Validation loss weighted by validation rows.
+    pub val_loss: f64,
+    /// Validation accuracy weighted by validation rows.
+    pub val_accuracy: f64,
+    /// Slowest worker's epoch seconds.
+    pub epoch_s: f64,
+    /// Mean share of the epoch spent in collectives.
+    pub comm_share: f64,
+}
+
+/// Pools the workers' records of each epoch.
+pub fn per_epoch(results: &[WorkerResult]) -> Vec<EpochSummary> {
+    let epochs = results.iter().map(|r| r.history.len()).min().unwrap_or(0);
+    (0..epochs)
+        .map(|e| pool(e as u32 + 1, results.iter().map(|r| &r.history[e])))
+        .collect()
+}
+
+fn pool<'a>(epoch: u32, records: impl Iterator<Item = &'a EpochRecord>) -> EpochSummary {
+    let (mut tl, mut nt, mut vl, mut va, mut nv) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    let (mut slowest, mut comm_share, mut count) = (0f64, 0.0, 0.0);
+    for r in records {
+        tl += r.train_loss * r.n_train as f64;
+        nt += r.n_train as f64;
+        vl += r.val_loss * r.n_val as f64;
+        va += r.val_accuracy * r.n_val as f64;
+        nv += r.n_val as f64;
+        slowest = slowest.max(r.epoch_s);
+        comm_share += if r.epoch_s > 0.0 {
+            r.comm_s / r.epoch_s
+        } else {
+            0.0
+        };
+        count += 1.0;
+    }
+    let div = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+    EpochSummary {
+        epoch,
+        train_loss: div(tl, nt),
+        val_loss: div(vl, nv),
+        val_accuracy: div(va, nv),
+        epoch_s: slowest,
+        comm_share: div(comm_share, count),
+    }
+}
+
+/// Builds the summary of a finished job.
+pub fn summarize(
+    spec: &JobSpec,
+    rows: usize,
+    results: &[WorkerResult],
+    wall_seconds: f64,
+) -> Summary {
+    let cfg = &spec.config;
+    let last = per_epoch(results).last().copied();
+    let invocations_per_worker: Vec<u32> = results.iter().map(|r| r.invocations).collect();
+    Summary {
+        job_id: spec.job_id.clone(),
+        model: cfg.model.to_string(),
+        optim: cfg.optim.to_string(),
+        sync: cfg.sync.to_string(),
+        channel: spec.channel.clone(),
+        workers: cfg.workers,
+        epochs: cfg.epochs,
+        batch_size: cfg.batch_size,
+        steps_per_epoch: spec.steps_per_epoch,
+        lr: cfg.lr,
+        lam: cfg.lam,
+        seed: cfg.seed,
+        n_features: spec.n_features,
+        rows,
+        final_train_loss: last.map_or(f64::NAN, |l| l.train_loss),
+        final_val_loss: last.map_or(f64::NAN, |l| l.val_loss),
+        final_val_accuracy: last.map_or(f64::NAN, |l| l.val_accuracy),
+        wall_seconds,
+        invocations: invocations_per_worker.iter().sum(),
+        invocations_per_worker,
+        param_digests: results.iter().map(|r| digest(&r.params)).collect(),
+        comm: results
+            .iter()
+            .fold(CommStats::default(), |acc, r| acc + r.comm),
+    }
+}
+
+/// CRC-32 of the parameters' little-endian bytes, as hex.
+pub fn digest(params: &[f32]) -> String {
+    let mut h = crc32fast::Hasher::new();
+    for p in params {
+        h.update(&p.to_le_bytes());
+    }
+    format!("{:08x}", h.finalize())
+}
+
+/// Writes `summary.json`, `metrics.jsonl` (a line per worker per epoch) and `model.bin`
+/// (worker 0's parameters in the wire format).
+pub fn write_run(dir: &Path, summary: &Summary, results: &[WorkerResult]) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let json = serde_json::to_vec_pretty(summary).expect("summary serialises");
+    std::fs::write(dir.join("summary.json"), json)?;
+    let mut metrics = std::io::BufWriter::new(std::fs::File::create(dir.join("metrics.jsonl"))?);
+    for r in results {
+        for e in &r.history {
+            serde_json::to_writer(&mut metrics, e)?;
+            metrics.write_all(b"\n")?;
+        }
+    }
+    metrics.flush()?;
+    if let Some(first) = results.first() {
+        std::fs::write(dir.join("model.bin"), codec::encode_f32(&first.params))?;
+    }
+    Ok(())
+}
+
+/// The table printed at the end of a job.
+pub fn render_table(summary: &Summary, results: &[WorkerResult]) -> String {
+    let mut out = String::new();
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        out,
+        "{:>5}  {:>10}  {:>10}  {:>8}  {:>8}  {:>6}",
+        "epoch", "train loss", "val loss", "val acc", "time s", "comm %"
+    );
+    for e in per_epoch(results) {
+        let _ = writeln!(
+            out,
+            "{:>5}  {:>10.5}  {:>10.5}  {:>7.2}%  {:>8.2}  {:>5.1}%",
+            e.epoch,
+            e.train_loss,
+            e.val_loss,
+            100.0 * e.val_accuracy,
+            e.epoch_s,
+            100.0 * e.comm_share
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n{} {}/{}/{} on {} workers over {}: val accuracy {:.2}%, {:.1} s, {} invocations, \
+         {} channel requests",
+        summary.job_id,
+        summary.model,
+        summary.optim,
+        summary.sync,
+        summary.workers,
+        summary.channel,
+        100.0 * summary.final_val_accuracy,
+        summary.wall_seconds,
+        summary.invocations,
+        summary.comm.puts + summary.comm.gets + summary.comm.deletes
+    );
+    out
+}

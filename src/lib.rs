@@ -1,0 +1,18 @@
+//! lambdaml: train machine-learning models on serverless functions that synchronise through
+//! external storage.
+//!
+//! Layers, top to bottom (each only uses the ones below it):
+//! - [`job`]: configuration, driver, worker loop, checkpoints, metrics;
+//! - [`algo`]: models and optimizers as pure compute over flat `f32` vectors;
+//! - [`comm`]: collectives (reduce, reduce-scatter, async, barrier) over a channel;
+//! - [`channel`]: the storage backends workers talk through;
+//! - [`platform`]: how a worker invocation is started (local processes, ...);
+//! - [`data`]: LibSVM parsing, partitioning, synthetic data.
+
+pub mod algo;
+pub mod channel;
+pub mod cli;
+pub mod comm;
+pub mod data;
+pub mod job;
+pub mod platform;

@@ -1,0 +1,33 @@
+//! The `lambdaml` binary: driver, worker and tools in one executable, so the same file runs
+//! on a laptop, in CI and as the Lambda function.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use lambdaml::cli::{Cli, Command};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Workers log progress (their stderr is the invocation's log); the driver stays quiet
+    // unless asked, so its table and progress bar are readable.
+    let default = match (&cli.command, cli.verbose) {
+        (Command::Worker(_), 0) => "info",
+        (_, 0) => "warn",
+        (_, 1) => "info",
+        _ => "debug",
+    };
+    let filter =
+        EnvFilter::try_from_env("LAMBDAML_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    match lambdaml::cli::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

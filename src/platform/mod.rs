@@ -1,0 +1,73 @@
+//! Platforms start worker invocations: fire-and-forget, with a deadline, like AWS Lambda's
+//! asynchronous `Invoke`. The driver never holds on to an invocation; it learns everything
+//! from the channel.
+
+pub mod local;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+pub use local::LocalPlatform;
+
+/// Environment variable through which the local platform tells a worker its deadline
+/// (milliseconds since the Unix epoch), as Lambda's context does.
+pub const DEADLINE_ENV: &str = "LAMBDAML_DEADLINE_MS";
+
+/// Errors starting an invocation.
+#[derive(Debug, thiserror::Error)]
+pub enum PlatformError {
+    /// The worker could not be started.
+    #[error("could not invoke {name}: {message}")]
+    Invoke {
+        /// The invocation's name.
+        name: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// Starts worker invocations.
+pub trait Platform: Send + Sync {
+    /// Starts one invocation of the worker function with `payload` (the event, JSON) and
+    /// returns at once. `name` labels its logs.
+    fn invoke(&self, name: &str, payload: &[u8]) -> Result<(), PlatformError>;
+}
+
+/// Everything a worker needs to re-create the platform and invoke itself again.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum PlatformSpec {
+    /// Local processes of the `lambdaml` binary.
+    Local {
+        /// The binary to run (`lambdaml worker`).
+        exe: std::path::PathBuf,
+        /// Where each invocation's stdout/stderr goes.
+        log_dir: std::path::PathBuf,
+        /// Seconds each invocation may run.
+        timeout_s: f64,
+    },
+}
+
+impl PlatformSpec {
+    /// Builds the platform this spec describes.
+    pub fn build(&self) -> Box<dyn Platform> {
+        match self {
+            PlatformSpec::Local {
+                exe,
+                log_dir,
+                timeout_s,
+            } => Box::new(LocalPlatform::new(
+                exe.clone(),
+                log_dir.clone(),
+                Duration::from_secs_f64(*timeout_s),
+            )),
+        }
+    }
+}
+
+/// The invocation deadline the local platform passed in the environment, if any.
+pub fn deadline_from_env() -> Option<SystemTime> {
+    let ms: u64 = std::env::var(DEADLINE_ENV).ok()?.parse().ok()?;
+    Some(UNIX_EPOCH + Duration::from_millis(ms))
+}
