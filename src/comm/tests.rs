@@ -96,9 +96,9 @@ fn reduce_and_reduce_scatter_give_the_same_bits_and_leave_no_key() {
 #[test]
 fn async_exchange_averages_what_is_there_and_cleans_up() {
     let out = all_reduce_rounds("async", SyncMode::Async, 3, 10);
-    for w in 0..3 {
+    for rounds in &out {
         assert!(
-            out[w]
+            rounds
                 .iter()
                 .all(|v| v.len() == 10 && v.iter().all(|x| x.is_finite()))
         );
