@@ -46,7 +46,7 @@ pub enum ChannelError {
         message: String,
     },
     /// The backend failed an operation.
-    #[error("channel {channel}: {op} '{key}' failed: {source}")]
+    #[error("{op} '{key}' on {channel} failed")]
     Backend {
         /// The channel URL.
         channel: String,

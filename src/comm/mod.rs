@@ -71,7 +71,7 @@ pub enum CommError {
     #[error("the job was aborted by the driver")]
     Aborted,
     /// A value could not be decoded.
-    #[error("key '{key}': {source}")]
+    #[error("key '{key}' holds an unreadable value")]
     Corrupt {
         /// The key read.
         key: String,

@@ -33,7 +33,7 @@ impl Dataset {
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     /// The file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The file or directory involved.
         path: PathBuf,

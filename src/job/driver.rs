@@ -135,7 +135,7 @@ async fn run_prepared(
 /// Checks the channel is usable before any worker starts.
 async fn probe(ch: &dyn Channel, job_id: &str) -> anyhow::Result<()> {
     let key = format!("{job_id}/control/probe");
-    let fail = || format!("channel {} is not usable", ch.url());
+    let fail = || "the channel is not usable";
     ch.put(&key, bytes::Bytes::from_static(b"probe"))
         .await
         .with_context(fail)?;

@@ -1,0 +1,160 @@
+//! Bad input ends with one clear message naming the file and line (or key), a non-zero exit
+//! and no panic; a failed job leaves no key on the channel.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+
+/// Runs `lambdaml train` expecting failure; returns stderr.
+fn train_fails(dir: &Path, args: &[&str]) -> String {
+    let out = output(
+        lambdaml()
+            .current_dir(dir)
+            .args(["train", "--quiet", "--runs-dir"])
+            .arg(dir.join("runs"))
+            .args(args),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        !out.status.success(),
+        "expected failure, got success:\n{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "panic:\n{stderr}");
+    stderr
+}
+
+#[test]
+fn a_malformed_line_is_named_by_file_and_line() {
+    let dir = scratch();
+    let file = dir.path().join("bad.svm");
+    std::fs::write(&file, "1 1:0.5 2:1\n0 1:0.1 2:0.2\n1 1:0.3 2=0.9\n0 2:1\n").unwrap();
+    let err = train_fails(
+        dir.path(),
+        &["--data", file.to_str().unwrap(), "--workers", "2"],
+    );
+    assert!(err.contains("bad.svm:3:"), "{err}");
+    assert!(
+        err.contains("'2=0.9' is not of the form index:value"),
+        "{err}"
+    );
+    assert_eq!(
+        err.lines().filter(|l| l.starts_with("error")).count(),
+        1,
+        "{err}"
+    );
+}
+
+#[test]
+fn an_index_past_n_features_is_named_by_file_and_line() {
+    let dir = scratch();
+    let file = dir.path().join("wide.svm");
+    std::fs::write(&file, "1 1:0.5 2:1\n0 1:0.1 7:0.2\n").unwrap();
+    let err = train_fails(
+        dir.path(),
+        &[
+            "--data",
+            file.to_str().unwrap(),
+            "--workers",
+            "1",
+            "--features",
+            "4",
+        ],
+    );
+    assert!(
+        err.contains("wide.svm:2:") && err.contains("index 7 is past n_features = 4"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_unknown_model_is_refused_by_flag_and_by_config() {
+    let dir = scratch();
+    let err = train_fails(dir.path(), &["--model", "cnn"]);
+    assert!(
+        err.contains("invalid value 'cnn'") && err.contains("sparse_svm"),
+        "{err}"
+    );
+    let cfg = dir.path().join("job.toml");
+    std::fs::write(&cfg, "workers = 2\nmodel = \"cnn\"\n").unwrap();
+    let err = train_fails(dir.path(), &["--config", cfg.to_str().unwrap()]);
+    assert!(err.contains("job.toml") && err.contains("cnn"), "{err}");
+}
+
+#[test]
+fn an_unwritable_channel_directory_is_named() {
+    let dir = scratch();
+    // A path below a regular file can never be created, even by root.
+    let blocker = dir.path().join("file");
+    std::fs::write(&blocker, "x").unwrap();
+    let url = format!("dir:{}/chan", blocker.display());
+    let err = train_fails(
+        dir.path(),
+        &["--data", dense_data().to_str().unwrap(), "--channel", &url],
+    );
+    assert!(
+        err.contains("is not usable") && err.contains("put"),
+        "{err}"
+    );
+    assert!(err.contains(&url) && err.contains("control/probe"), "{err}");
+}
+
+/// One worker's partition is corrupt: it fails, the driver aborts the others, reports the
+/// worker's error (file and line), and deletes every key of the job.
+#[test]
+fn a_job_failing_mid_way_reports_the_worker_error_and_leaves_no_key() {
+    let dir = scratch();
+    let parts = dir.path().join("parts");
+    let out = output(
+        lambdaml()
+            .args(["data", "split"])
+            .arg(dense_data())
+            .args(["--parts", "4", "--out"])
+            .arg(&parts),
+    );
+    assert!(out.status.success());
+    let part2 = parts.join("part-00002-of-00004");
+    let text = std::fs::read_to_string(&part2).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines[41] = "1 1:oops";
+    std::fs::write(&part2, lines.join("\n")).unwrap();
+    let chan = dir.path().join("chan");
+    let err = train_fails(
+        dir.path(),
+        &[
+            "--data",
+            parts.to_str().unwrap(),
+            "--workers",
+            "4",
+            "--channel",
+            &format!("dir:{}", chan.display()),
+        ],
+    );
+    assert!(err.contains("worker 2 failed"), "{err}");
+    assert!(err.contains("part-00002-of-00004:42:"), "{err}");
+    let left = files_under(&chan);
+    assert!(left.is_empty(), "keys left after a failed job: {left:?}");
+}
+
+#[test]
+fn a_partition_location_with_the_wrong_worker_count_is_explained() {
+    let dir = scratch();
+    let parts = dir.path().join("parts");
+    let out = output(
+        lambdaml()
+            .args(["data", "split"])
+            .arg(dense_data())
+            .args(["--parts", "3", "--out"])
+            .arg(&parts),
+    );
+    assert!(out.status.success());
+    let err = train_fails(
+        dir.path(),
+        &["--data", parts.to_str().unwrap(), "--workers", "4"],
+    );
+    assert!(
+        err.contains("holds 3 partitions but the job has 4 workers"),
+        "{err}"
+    );
+}

@@ -1,0 +1,167 @@
+//! Helpers for integration tests: run the real `lambdaml` binary (driver and worker
+//! processes), with datasets generated once per test binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use serde_json::Value;
+
+/// The `lambdaml` binary under test.
+pub fn lambdaml() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_lambdaml"))
+}
+
+/// Runs a command and returns its output, whatever the exit status.
+pub fn output(cmd: &mut Command) -> Output {
+    cmd.output().expect("the lambdaml binary runs")
+}
+
+/// A scratch directory for one test.
+pub fn scratch() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("lambdaml-test-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("temp dir")
+}
+
+fn shared_data(name: &str, args: &[&str]) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("data");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    if !path.exists() {
+        // Several test binaries may race: write to a private name, then rename.
+        let tmp = dir.join(format!("{name}.{}", std::process::id()));
+        let out = output(
+            lambdaml()
+                .args(["data", "synth"])
+                .args(args)
+                .arg("--out")
+                .arg(&tmp),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::rename(&tmp, &path).unwrap();
+    }
+    path
+}
+
+/// 4,000 HIGGS-like dense rows.
+pub fn dense_data() -> &'static Path {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| {
+        shared_data(
+            "higgs-4000.svm",
+            &["higgs", "--rows", "4000", "--seed", "3"],
+        )
+    })
+}
+
+/// 20,000 HIGGS-like dense rows.
+pub fn dense_data_20k() -> &'static Path {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| {
+        shared_data(
+            "higgs-20000.svm",
+            &["higgs", "--rows", "20000", "--seed", "4"],
+        )
+    })
+}
+
+/// 3,000 RCV1-like sparse rows over 5,000 features.
+pub fn sparse_data() -> &'static Path {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| {
+        shared_data(
+            "rcv1-3000.svm",
+            &[
+                "rcv1",
+                "--rows",
+                "3000",
+                "--features",
+                "5000",
+                "--seed",
+                "5",
+            ],
+        )
+    })
+}
+
+/// A finished training run.
+pub struct Run {
+    pub summary: Value,
+    pub run_dir: PathBuf,
+}
+
+impl Run {
+    /// Pooled training loss of each epoch, from metrics.jsonl.
+    pub fn train_losses(&self) -> Vec<f64> {
+        let text = std::fs::read_to_string(self.run_dir.join("metrics.jsonl")).unwrap();
+        let mut sums: Vec<(f64, f64)> = Vec::new();
+        for line in text.lines() {
+            let v: Value = serde_json::from_str(line).unwrap();
+            let e = v["epoch"].as_u64().unwrap() as usize;
+            if sums.len() < e {
+                sums.resize(e, (0.0, 0.0));
+            }
+            let n = v["n_train"].as_f64().unwrap();
+            sums[e - 1].0 += v["train_loss"].as_f64().unwrap() * n;
+            sums[e - 1].1 += n;
+        }
+        sums.iter().map(|(s, n)| s / n).collect()
+    }
+
+    /// Final parameters of worker 0, as written to model.bin.
+    pub fn model_bytes(&self) -> Vec<u8> {
+        std::fs::read(self.run_dir.join("model.bin")).unwrap()
+    }
+
+    pub fn digests(&self) -> Vec<String> {
+        self.summary["param_digests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+/// Runs `lambdaml train --json` with `args` in `dir` (runs go to `dir/runs`) and returns the
+/// run, failing the test with the driver's stderr if it fails.
+pub fn train(dir: &Path, args: &[&str]) -> Run {
+    let out = output(
+        lambdaml()
+            .current_dir(dir)
+            .args(["train", "--json", "--runs-dir"])
+            .arg(dir.join("runs"))
+            .args(args),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "train {args:?} failed:\n{stderr}");
+    let summary: Value = serde_json::from_slice(&out.stdout).expect("summary JSON on stdout");
+    let run_dir = dir.join("runs").join(summary["job_id"].as_str().unwrap());
+    Run { summary, run_dir }
+}
+
+/// Every file left under a `dir:` channel root (temp files included).
+pub fn files_under(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
