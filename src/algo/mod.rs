@@ -1,6 +1,8 @@
 //! Models and optimizers as pure compute over flat `f32` parameter vectors. Nothing here
 //! knows about channels, platforms or jobs.
 
+pub mod admm;
+pub mod kmeans;
 pub mod linear;
 pub mod sgd;
 
@@ -19,19 +21,32 @@ pub enum ModelKind {
     SparseLr,
     /// Linear SVM (hinge loss) on sparse (CSR) features.
     SparseSvm,
+    /// Lloyd's KMeans on dense features.
+    Kmeans,
+    /// Lloyd's KMeans on sparse (CSR) features.
+    SparseKmeans,
 }
 
 impl ModelKind {
     /// True for models that keep their data in CSR form.
     pub fn is_sparse(self) -> bool {
-        matches!(self, ModelKind::SparseLr | ModelKind::SparseSvm)
+        matches!(
+            self,
+            ModelKind::SparseLr | ModelKind::SparseSvm | ModelKind::SparseKmeans
+        )
     }
 
-    /// The loss of a linear model.
-    pub fn loss(self) -> linear::Loss {
+    /// True for clustering models (no labels, no optimizer).
+    pub fn is_clustering(self) -> bool {
+        matches!(self, ModelKind::Kmeans | ModelKind::SparseKmeans)
+    }
+
+    /// The loss of a linear model; `None` for clustering.
+    pub fn loss(self) -> Option<linear::Loss> {
         match self {
-            ModelKind::Lr | ModelKind::SparseLr => linear::Loss::Logistic,
-            ModelKind::Svm | ModelKind::SparseSvm => linear::Loss::Hinge,
+            ModelKind::Lr | ModelKind::SparseLr => Some(linear::Loss::Logistic),
+            ModelKind::Svm | ModelKind::SparseSvm => Some(linear::Loss::Hinge),
+            ModelKind::Kmeans | ModelKind::SparseKmeans => None,
         }
     }
 }
@@ -43,6 +58,8 @@ impl std::fmt::Display for ModelKind {
             ModelKind::Svm => "svm",
             ModelKind::SparseLr => "sparse_lr",
             ModelKind::SparseSvm => "sparse_svm",
+            ModelKind::Kmeans => "kmeans",
+            ModelKind::SparseKmeans => "sparse_kmeans",
         })
     }
 }
@@ -56,6 +73,8 @@ pub enum OptimKind {
     GradAvg,
     /// Train locally for an epoch, then average the models.
     ModelAvg,
+    /// Consensus ADMM: local epochs on the loss plus a proximal term, then a z/u update.
+    Admm,
 }
 
 impl std::fmt::Display for OptimKind {
@@ -63,6 +82,7 @@ impl std::fmt::Display for OptimKind {
         f.write_str(match self {
             OptimKind::GradAvg => "grad_avg",
             OptimKind::ModelAvg => "model_avg",
+            OptimKind::Admm => "admm",
         })
     }
 }

@@ -92,6 +92,24 @@ pub struct TrainArgs {
     /// L2 regularisation strength.
     #[arg(long)]
     pub lam: Option<f32>,
+    /// Regulariser (l1 with --optim admm only).
+    #[arg(long, value_enum)]
+    pub reg: Option<crate::algo::admm::Reg>,
+    /// ADMM penalty parameter.
+    #[arg(long)]
+    pub rho: Option<f32>,
+    /// ADMM: local epochs per round.
+    #[arg(long)]
+    pub local_epochs: Option<u32>,
+    /// Early-stop tolerance (KMeans: relative objective change; ADMM: both residuals).
+    #[arg(long)]
+    pub tol: Option<f64>,
+    /// KMeans: number of clusters.
+    #[arg(long)]
+    pub k: Option<usize>,
+    /// KMeans: LibSVM file whose rows are the initial centroids.
+    #[arg(long)]
+    pub init_centroids: Option<String>,
     /// Seed.
     #[arg(long)]
     pub seed: Option<u64>,
@@ -128,8 +146,18 @@ impl TrainArgs {
         set!(
             synth, synth_rows, workers, model, optim, sync, epochs, batch_size, lr, lam, seed
         );
-        set!(val_ratio, invocation_timeout, wait_timeout, runs_dir);
-        set_opt!(data, features, channel, reinvoke_margin);
+        set!(
+            val_ratio,
+            invocation_timeout,
+            wait_timeout,
+            runs_dir,
+            reg,
+            rho,
+            local_epochs,
+            tol,
+            k
+        );
+        set_opt!(data, features, channel, reinvoke_margin, init_centroids);
         Ok(c)
     }
 }

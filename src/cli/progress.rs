@@ -85,11 +85,14 @@ impl JobProgress for BarUi {
         self.with(|b| {
             b.set_position(done);
             if let Some(r) = latest {
+                let detail = match (r.val_accuracy, r.objective) {
+                    (Some(acc), _) => format!("val acc {:.2}%", 100.0 * acc),
+                    (None, Some(obj)) => format!("objective {obj:.6e}"),
+                    (None, None) => String::new(),
+                };
                 b.set_message(format!(
-                    "epoch {} loss {:.4} val acc {:.2}%",
-                    r.epoch,
-                    r.train_loss,
-                    100.0 * r.val_accuracy
+                    "epoch {} loss {:.4} {detail}",
+                    r.epoch, r.train_loss
                 ));
             }
         });

@@ -41,6 +41,11 @@ impl Keys {
         format!("{}/{round}/gather/{chunk}", self.job)
     }
 
+    /// The value broadcast by `root` in round `round`.
+    pub fn broadcast(&self, round: u64, root: usize) -> String {
+        format!("{}/{round}/bcast/{root}", self.job)
+    }
+
     /// Worker `w`'s latest model in async mode.
     pub fn async_model(&self, w: usize) -> String {
         format!("{}/async/model/{w}", self.job)

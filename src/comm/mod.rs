@@ -104,6 +104,8 @@ pub enum Op {
     Async,
     /// A barrier.
     Barrier,
+    /// A broadcast from worker 0.
+    Broadcast,
 }
 
 /// A completed collective whose keys this worker must delete once all workers are past it.
@@ -234,6 +236,8 @@ impl Comm {
                 .collect(),
             Op::Async => vec![k.async_model(w)],
             Op::Barrier => vec![k.barrier(r, w)],
+            Op::Broadcast if w == 0 => vec![k.broadcast(r, 0)],
+            Op::Broadcast => Vec::new(),
         }
     }
 
@@ -433,6 +437,31 @@ impl Comm {
             round: 0,
         });
         Ok(acc)
+    }
+
+    /// Sends worker 0's `values` to every worker: worker 0 passes `Some(values)` and gets them
+    /// back, the others pass `None` and wait for a vector of `len` values.
+    pub async fn broadcast(
+        &mut self,
+        round: u64,
+        values: Option<&[f32]>,
+        len: usize,
+    ) -> Result<Vec<f32>, CommError> {
+        let key = self.keys.broadcast(round, 0);
+        let result = match values {
+            Some(v) => {
+                if self.n > 1 {
+                    self.put(&key, codec::encode_f32(v)).await?;
+                }
+                v.to_vec()
+            }
+            None => self.wait_vector(&key, 0, Instant::now(), len).await?,
+        };
+        self.complete(Completed {
+            op: Op::Broadcast,
+            round,
+        });
+        Ok(result)
     }
 
     /// Returns once every worker has reached barrier `round`.

@@ -194,3 +194,30 @@ async fn corrupt_and_mismatched_values_are_named() {
         "{err}"
     );
 }
+
+#[test]
+fn broadcast_reaches_everyone_and_its_key_goes_at_the_next_gather() {
+    let results = run_workers("bcast", 3, Duration::from_secs(10), |mut comm| {
+        Box::pin(async move {
+            let root_values = [1.0f32, 2.0, 3.0];
+            let mine = (comm.worker == 0).then_some(&root_values[..]);
+            let got = comm.broadcast(0, mine, 3).await.unwrap();
+            comm.all_reduce_mean(SyncMode::Reduce, 0, &got)
+                .await
+                .unwrap();
+            (got, comm.residual_keys())
+        })
+    });
+    for (got, _) in &results {
+        assert_eq!(got, &vec![1.0, 2.0, 3.0]);
+    }
+    // The leader's gather of round 0 proved everyone had read the broadcast.
+    assert!(
+        results[0].1.iter().all(|k| !k.contains("bcast")),
+        "{:?}",
+        results[0].1
+    );
+    let residual: Vec<String> = results.iter().flat_map(|(_, r)| r.clone()).collect();
+    block_on(MemChannel::named("bcast").delete(&residual)).unwrap();
+    assert_eq!(remaining("bcast"), Vec::<String>::new());
+}

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::algo::admm::Reg;
 use crate::algo::{ModelKind, OptimKind};
 use crate::comm::SyncMode;
 use crate::data::synth::SynthKind;
@@ -39,6 +40,20 @@ pub struct JobConfig {
     pub lr: f32,
     /// L2 regularisation strength.
     pub lam: f32,
+    /// Regulariser: `l2` (`lam/2 ||w||^2`) or, with ADMM, `l1` (`lam ||w||_1`).
+    pub reg: Reg,
+    /// ADMM penalty parameter.
+    pub rho: f32,
+    /// ADMM: epochs of local SGD per round.
+    pub local_epochs: u32,
+    /// Early stop: KMeans when the objective's relative change is below it; ADMM when both
+    /// residuals are. 0 disables.
+    pub tol: f64,
+    /// KMeans: number of clusters.
+    pub k: usize,
+    /// KMeans: LibSVM file whose rows are the initial centroids (labels ignored); default
+    /// k-means++ on worker 0's partition.
+    pub init_centroids: Option<String>,
     /// Seed for the data split, shuffles and synthetic data.
     pub seed: u64,
     /// Fraction of each partition held out for validation.
@@ -71,6 +86,12 @@ impl Default for JobConfig {
             batch_size: 1000,
             lr: 0.1,
             lam: 1e-4,
+            reg: Reg::L2,
+            rho: 1.0,
+            local_epochs: 1,
+            tol: 1e-4,
+            k: 8,
+            init_centroids: None,
             seed: 1,
             val_ratio: 0.1,
             invocation_timeout: 900.0,
@@ -167,6 +188,43 @@ impl JobConfig {
                 "synth-rows",
                 "must be at least the number of workers",
             ));
+        }
+        if !(self.rho.is_finite() && self.rho > 0.0) {
+            return Err(field("rho", "must be positive"));
+        }
+        if self.local_epochs == 0 {
+            return Err(field("local-epochs", "must be at least 1"));
+        }
+        if !(self.tol.is_finite() && self.tol >= 0.0) {
+            return Err(field("tol", "must be >= 0"));
+        }
+        if self.model.is_clustering() {
+            if self.k == 0 {
+                return Err(field("k", "must be at least 1"));
+            }
+            if self.optim == OptimKind::Admm {
+                return Err(field(
+                    "optim",
+                    "ADMM does not apply to KMeans (Lloyd's algorithm needs no optimizer)",
+                ));
+            }
+            if self.sync == SyncMode::Async {
+                return Err(field(
+                    "sync",
+                    "KMeans needs every worker's statistics each round: use reduce or \
+                     reduce_scatter",
+                ));
+            }
+        } else {
+            if self.optim == OptimKind::Admm && self.sync == SyncMode::Async {
+                return Err(field(
+                    "sync",
+                    "ADMM's z-update needs every worker's model: use reduce or reduce_scatter",
+                ));
+            }
+            if self.reg == Reg::L1 && self.optim != OptimKind::Admm {
+                return Err(field("reg", "l1 is supported with --optim admm"));
+            }
         }
         if self.features == Some(0) {
             return Err(field("features", "must be at least 1"));

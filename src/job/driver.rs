@@ -54,6 +54,9 @@ pub async fn run(mut cfg: JobConfig, ui: &dyn JobProgress) -> anyhow::Result<Job
     {
         cfg.data = Some(absolute(Path::new(d))?.display().to_string());
     }
+    if let Some(c) = &cfg.init_centroids {
+        cfg.init_centroids = Some(absolute(Path::new(c))?.display().to_string());
+    }
     let channel_url = absolute_channel(&cfg.channel_url())?;
     let job_id = new_job_id(&cfg);
     let run_dir = cfg.runs_dir.join(&job_id);
@@ -79,10 +82,13 @@ async fn run_prepared(
     data: &PreparedData,
     ui: &dyn JobProgress,
 ) -> anyhow::Result<JobOutcome> {
-    if data.manifest.labels_truncated {
+    let labels = if cfg.model.is_clustering() {
+        None
+    } else if data.manifest.labels_truncated {
         bail!("the data has more than 16 distinct labels; lr and svm are binary classifiers");
-    }
-    let labels = BinaryLabels::from_distinct(&data.manifest.labels)?;
+    } else {
+        Some(BinaryLabels::from_distinct(&data.manifest.labels)?)
+    };
     let steps_per_epoch = plan::steps_per_epoch(&data.manifest, cfg.val_ratio, cfg.batch_size)?;
     let channel = channel::open(channel_url)?;
     probe(channel.as_ref(), job_id).await?;
@@ -98,6 +104,7 @@ async fn run_prepared(
         data_location: data.location.clone(),
         n_features: data.n_features,
         labels,
+        total_rows: data.manifest.total_rows(),
         steps_per_epoch,
         platform: PlatformSpec::Local {
             exe,

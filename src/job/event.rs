@@ -21,8 +21,10 @@ pub struct JobSpec {
     pub data_location: PathBuf,
     /// Number of features.
     pub n_features: usize,
-    /// Raw label values of the two classes.
-    pub labels: BinaryLabels,
+    /// Raw label values of the two classes (classifiers only).
+    pub labels: Option<BinaryLabels>,
+    /// Rows in all partitions.
+    pub total_rows: usize,
     /// Minibatches per epoch, the same on every worker.
     pub steps_per_epoch: usize,
     /// How to invoke a worker again.

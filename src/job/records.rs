@@ -33,10 +33,17 @@ pub struct EpochRecord {
     pub epoch: u32,
     /// Mean minibatch loss over the epoch (local data).
     pub train_loss: f64,
-    /// Loss on the worker's validation rows after the epoch's synchronisation.
-    pub val_loss: f64,
-    /// Accuracy on the validation rows, in [0, 1].
-    pub val_accuracy: f64,
+    /// Loss on the worker's validation rows after the epoch's synchronisation (classifiers).
+    pub val_loss: Option<f64>,
+    /// Accuracy on the validation rows, in [0, 1] (classifiers).
+    pub val_accuracy: Option<f64>,
+    /// KMeans: within-cluster sum of squares over all workers' rows, for the centroids the
+    /// round started with.
+    pub objective: Option<f64>,
+    /// ADMM: mean over workers of `||w_i - z||` after the round.
+    pub primal_residual: Option<f64>,
+    /// ADMM: `rho ||z - z_prev||`.
+    pub dual_residual: Option<f64>,
     /// Training rows of the worker.
     pub n_train: u64,
     /// Validation rows of the worker.
@@ -93,8 +100,14 @@ pub struct WorkerFailure {
 /// State carried from one invocation to the next.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Checkpoint {
-    /// Model parameters.
+    /// Model parameters (ADMM: the worker's local w_i; KMeans: the centroids).
     pub params: Vec<f32>,
+    /// Optimizer state (ADMM: z, u and the last local primal residual).
+    pub opt_state: Vec<f32>,
+    /// KMeans: the previous round's objective (for the stopping rule).
+    pub prev_objective: Option<f64>,
+    /// Training is over (last round or stopping rule); only reporting is left.
+    pub training_done: bool,
     /// Current epoch (0-based).
     pub epoch: u32,
     /// Next minibatch within the epoch.

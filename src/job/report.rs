@@ -42,12 +42,26 @@ pub struct Summary {
     pub n_features: usize,
     /// Rows in all partitions.
     pub rows: usize,
-    /// Mean training loss of the last epoch, weighted by training rows.
+    /// Epochs (rounds) actually run: fewer than `epochs` when a stopping rule fired.
+    pub rounds: u32,
+    /// Mean training loss of the last epoch, weighted by training rows (KMeans: the
+    /// objective per row).
     pub final_train_loss: f64,
-    /// Validation loss after the last epoch, pooled over workers.
-    pub final_val_loss: f64,
-    /// Validation accuracy after the last epoch, pooled over workers, in [0, 1].
-    pub final_val_accuracy: f64,
+    /// Validation loss after the last epoch, pooled over workers (classifiers).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub final_val_loss: Option<f64>,
+    /// Validation accuracy after the last epoch, pooled over workers, in [0, 1] (classifiers).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub final_val_accuracy: Option<f64>,
+    /// KMeans: the last round's within-cluster sum of squares.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub final_objective: Option<f64>,
+    /// ADMM: the last round's mean `||w_i - z||`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub final_primal_residual: Option<f64>,
+    /// ADMM: the last round's `rho ||z - z_prev||`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub final_dual_residual: Option<f64>,
     /// Wall seconds from the first invocation to the last result.
     pub wall_seconds: f64,
     /// Invocations of all workers, re-invocations included.
@@ -68,9 +82,15 @@ pub struct EpochSummary {
     /// Training loss weighted by training rows.
     pub train_loss: f64,
     /// Validation loss weighted by validation rows.
-    pub val_loss: f64,
+    pub val_loss: Option<f64>,
     /// Validation accuracy weighted by validation rows.
-    pub val_accuracy: f64,
+    pub val_accuracy: Option<f64>,
+    /// KMeans objective (the same on every worker).
+    pub objective: Option<f64>,
+    /// ADMM primal residual (the same on every worker).
+    pub primal_residual: Option<f64>,
+    /// ADMM dual residual (the same on every worker).
+    pub dual_residual: Option<f64>,
     /// Slowest worker's epoch seconds.
     pub epoch_s: f64,
     /// Mean share of the epoch spent in collectives.
@@ -88,12 +108,16 @@ pub fn per_epoch(results: &[WorkerResult]) -> Vec<EpochSummary> {
 fn pool<'a>(epoch: u32, records: impl Iterator<Item = &'a EpochRecord>) -> EpochSummary {
     let (mut tl, mut nt, mut vl, mut va, mut nv) = (0.0, 0.0, 0.0, 0.0, 0.0);
     let (mut slowest, mut comm_share, mut count) = (0f64, 0.0, 0.0);
+    let mut first: Option<&EpochRecord> = None;
     for r in records {
+        first.get_or_insert(r);
         tl += r.train_loss * r.n_train as f64;
         nt += r.n_train as f64;
-        vl += r.val_loss * r.n_val as f64;
-        va += r.val_accuracy * r.n_val as f64;
-        nv += r.n_val as f64;
+        if let (Some(l), Some(a)) = (r.val_loss, r.val_accuracy) {
+            vl += l * r.n_val as f64;
+            va += a * r.n_val as f64;
+            nv += r.n_val as f64;
+        }
         slowest = slowest.max(r.epoch_s);
         comm_share += if r.epoch_s > 0.0 {
             r.comm_s / r.epoch_s
@@ -103,11 +127,15 @@ fn pool<'a>(epoch: u32, records: impl Iterator<Item = &'a EpochRecord>) -> Epoch
         count += 1.0;
     }
     let div = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+    let has_val = first.is_some_and(|r| r.val_accuracy.is_some());
     EpochSummary {
         epoch,
         train_loss: div(tl, nt),
-        val_loss: div(vl, nv),
-        val_accuracy: div(va, nv),
+        val_loss: has_val.then(|| div(vl, nv)),
+        val_accuracy: has_val.then(|| div(va, nv)),
+        objective: first.and_then(|r| r.objective),
+        primal_residual: first.and_then(|r| r.primal_residual),
+        dual_residual: first.and_then(|r| r.dual_residual),
         epoch_s: slowest,
         comm_share: div(comm_share, count),
     }
@@ -121,12 +149,17 @@ pub fn summarize(
     wall_seconds: f64,
 ) -> Summary {
     let cfg = &spec.config;
-    let last = per_epoch(results).last().copied();
+    let epochs = per_epoch(results);
+    let last = epochs.last().copied();
     let invocations_per_worker: Vec<u32> = results.iter().map(|r| r.invocations).collect();
     Summary {
         job_id: spec.job_id.clone(),
         model: cfg.model.to_string(),
-        optim: cfg.optim.to_string(),
+        optim: if cfg.model.is_clustering() {
+            "lloyd".to_string()
+        } else {
+            cfg.optim.to_string()
+        },
         sync: cfg.sync.to_string(),
         channel: spec.channel.clone(),
         workers: cfg.workers,
@@ -138,9 +171,13 @@ pub fn summarize(
         seed: cfg.seed,
         n_features: spec.n_features,
         rows,
+        rounds: epochs.len() as u32,
         final_train_loss: last.map_or(f64::NAN, |l| l.train_loss),
-        final_val_loss: last.map_or(f64::NAN, |l| l.val_loss),
-        final_val_accuracy: last.map_or(f64::NAN, |l| l.val_accuracy),
+        final_val_loss: last.and_then(|l| l.val_loss),
+        final_val_accuracy: last.and_then(|l| l.val_accuracy),
+        final_objective: last.and_then(|l| l.objective),
+        final_primal_residual: last.and_then(|l| l.primal_residual),
+        final_dual_residual: last.and_then(|l| l.dual_residual),
         wall_seconds,
         invocations: invocations_per_worker.iter().sum(),
         invocations_per_worker,
@@ -180,30 +217,49 @@ pub fn write_run(dir: &Path, summary: &Summary, results: &[WorkerResult]) -> std
     Ok(())
 }
 
-/// The table printed at the end of a job.
+/// The table printed at the end of a job: the columns the model has.
 pub fn render_table(summary: &Summary, results: &[WorkerResult]) -> String {
-    let mut out = String::new();
     use std::fmt::Write as _;
-    let _ = writeln!(
-        out,
-        "{:>5}  {:>10}  {:>10}  {:>8}  {:>8}  {:>6}",
-        "epoch", "train loss", "val loss", "val acc", "time s", "comm %"
-    );
-    for e in per_epoch(results) {
-        let _ = writeln!(
-            out,
-            "{:>5}  {:>10.5}  {:>10.5}  {:>7.2}%  {:>8.2}  {:>5.1}%",
-            e.epoch,
-            e.train_loss,
-            e.val_loss,
-            100.0 * e.val_accuracy,
-            e.epoch_s,
-            100.0 * e.comm_share
-        );
+    let epochs = per_epoch(results);
+    type Column = (&'static str, fn(&EpochSummary) -> Option<String>);
+    let columns: [Column; 8] = [
+        ("train loss", |e| Some(format!("{:.5}", e.train_loss))),
+        ("val loss", |e| e.val_loss.map(|v| format!("{v:.5}"))),
+        ("val acc", |e| {
+            e.val_accuracy.map(|v| format!("{:.2}%", 100.0 * v))
+        }),
+        ("objective", |e| e.objective.map(|v| format!("{v:.6e}"))),
+        ("primal res", |e| {
+            e.primal_residual.map(|v| format!("{v:.3e}"))
+        }),
+        ("dual res", |e| e.dual_residual.map(|v| format!("{v:.3e}"))),
+        ("time s", |e| Some(format!("{:.2}", e.epoch_s))),
+        ("comm %", |e| Some(format!("{:.1}%", 100.0 * e.comm_share))),
+    ];
+    let shown: Vec<&Column> = columns
+        .iter()
+        .filter(|(_, f)| epochs.iter().any(|e| f(e).is_some()))
+        .collect();
+    let mut out = format!("{:>5}", "epoch");
+    for (name, _) in &shown {
+        let _ = write!(out, "  {name:>12}");
     }
+    out.push('\n');
+    for e in &epochs {
+        let _ = write!(out, "{:>5}", e.epoch);
+        for (_, f) in &shown {
+            let _ = write!(out, "  {:>12}", f(e).unwrap_or_else(|| "-".into()));
+        }
+        out.push('\n');
+    }
+    let outcome = match (summary.final_val_accuracy, summary.final_objective) {
+        (Some(acc), _) => format!("val accuracy {:.2}%", 100.0 * acc),
+        (None, Some(obj)) => format!("objective {obj:.6e}"),
+        (None, None) => "no metric".to_string(),
+    };
     let _ = writeln!(
         out,
-        "\n{} {}/{}/{} on {} workers over {}: val accuracy {:.2}%, {:.1} s, {} invocations, \
+        "\n{} {}/{}/{} on {} workers over {}: {outcome} after {} rounds, {:.1} s, {} invocations, \
          {} channel requests",
         summary.job_id,
         summary.model,
@@ -211,7 +267,7 @@ pub fn render_table(summary: &Summary, results: &[WorkerResult]) -> String {
         summary.sync,
         summary.workers,
         summary.channel,
-        100.0 * summary.final_val_accuracy,
+        summary.rounds,
         summary.wall_seconds,
         summary.invocations,
         summary.comm.puts + summary.comm.gets + summary.comm.deletes

@@ -1,0 +1,341 @@
+//! Distributed Lloyd's KMeans over dense or CSR rows.
+//!
+//! Each round a worker assigns its rows to the nearest centroid and produces the statistics
+//! `[sums (k x d), counts (k), sse (1)]`; the collective averages them over workers, and
+//! `centroid_c = mean sums_c / mean counts_c` (the averaging cancels: it is the count-weighted
+//! global mean). An empty cluster keeps its centroid.
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::data::{CsrMatrix, DenseMatrix, Features};
+
+/// Rows per block of the dense distance kernel.
+const BLOCK: usize = 256;
+
+/// Length of the statistics vector for `k` clusters of `d` features.
+pub fn stats_len(k: usize, d: usize) -> usize {
+    k * d + k + 1
+}
+
+/// Squared Euclidean norm of every row.
+pub fn row_sq_norms(x: &Features) -> Vec<f32> {
+    match x {
+        Features::Dense(m) => (0..m.n_rows())
+            .map(|i| m.row(i).iter().map(|v| v * v).sum())
+            .collect(),
+        Features::Sparse(m) => (0..m.n_rows())
+            .map(|i| m.row(i).1.iter().map(|v| v * v).sum())
+            .collect(),
+    }
+}
+
+/// Assigns every row to its nearest centroid; writes `[sums, counts, sse]` into `stats`.
+/// `centroids` is `k x d` row-major; `sq_norms` from [`row_sq_norms`].
+pub fn assign(x: &Features, sq_norms: &[f32], centroids: &[f32], k: usize, stats: &mut [f32]) {
+    let d = x.n_features();
+    assert_eq!(centroids.len(), k * d, "centroids must be k x d");
+    assert_eq!(stats.len(), stats_len(k, d));
+    let c_sq: Vec<f32> = centroids
+        .chunks_exact(d)
+        .map(|c| c.iter().map(|v| v * v).sum())
+        .collect();
+    let mut sums = vec![0f64; k * d];
+    let mut counts = vec![0u64; k];
+    let mut sse = 0f64;
+    // The expanded form picks the nearest centroid with one matrix multiply; the winner's
+    // distance is then recomputed directly, because the expansion loses precision to
+    // cancellation far from the origin and the objective should be exact.
+    let mut visit =
+        |dots: &[f32], row_sq: f32, add: &mut dyn FnMut(&mut [f64], &[f32], usize) -> f64| {
+            let mut best = (0usize, f32::INFINITY);
+            for (c, (&dot, &cs)) in dots.iter().zip(&c_sq).enumerate() {
+                let dist = row_sq - 2.0 * dot + cs;
+                if dist < best.1 {
+                    best = (c, dist);
+                }
+            }
+            counts[best.0] += 1;
+            let centroid = &centroids[best.0 * d..(best.0 + 1) * d];
+            sse += add(&mut sums[best.0 * d..(best.0 + 1) * d], centroid, best.0);
+        };
+    match x {
+        Features::Dense(m) => {
+            let mut dots = vec![0f32; BLOCK * k];
+            for start in (0..m.n_rows()).step_by(BLOCK) {
+                let rows = BLOCK.min(m.n_rows() - start);
+                dense_dots(m, start, rows, centroids, k, &mut dots[..rows * k]);
+                for r in 0..rows {
+                    let row = m.row(start + r);
+                    visit(
+                        &dots[r * k..(r + 1) * k],
+                        sq_norms[start + r],
+                        &mut |s, c, _| {
+                            let mut dist = 0f64;
+                            for ((a, v), cv) in s.iter_mut().zip(row).zip(c) {
+                                *a += *v as f64;
+                                dist += ((v - cv) as f64).powi(2);
+                            }
+                            dist
+                        },
+                    );
+                }
+            }
+        }
+        Features::Sparse(m) => {
+            let c_sq64: Vec<f64> = centroids
+                .chunks_exact(d)
+                .map(|c| c.iter().map(|v| (*v as f64).powi(2)).sum())
+                .collect();
+            let mut dots = vec![0f32; k];
+            for r in 0..m.n_rows() {
+                sparse_dots(m, r, centroids, d, &mut dots);
+                let (idx, val) = m.row(r);
+                visit(&dots, sq_norms[r], &mut |s, c, cluster| {
+                    // ||x - c||^2 = ||c||^2 + sum over non-zeros of ((x_j - c_j)^2 - c_j^2).
+                    let mut dist = c_sq64[cluster];
+                    for (&j, &v) in idx.iter().zip(val) {
+                        let cj = c[j as usize] as f64;
+                        s[j as usize] += v as f64;
+                        dist += (v as f64 - cj).powi(2) - cj * cj;
+                    }
+                    dist.max(0.0)
+                });
+            }
+        }
+    }
+    for (o, s) in stats[..k * d].iter_mut().zip(&sums) {
+        *o = *s as f32;
+    }
+    for (o, c) in stats[k * d..k * d + k].iter_mut().zip(&counts) {
+        *o = *c as f32;
+    }
+    stats[k * d + k] = sse as f32;
+}
+
+/// `out (rows x k) = X[start..start+rows] (rows x d) * C^T (d x k)`, one matrix multiply.
+fn dense_dots(
+    m: &DenseMatrix,
+    start: usize,
+    rows: usize,
+    centroids: &[f32],
+    k: usize,
+    out: &mut [f32],
+) {
+    let d = m.n_features;
+    let a = &m.values[start * d..(start + rows) * d];
+    // SAFETY: the pointers and strides describe `a` (rows x d, row-major), C^T read from
+    // `centroids` (k x d row-major, so element (p, j) is at j*d + p) and `out` (rows x k),
+    // all in bounds and not aliased.
+    unsafe {
+        matrixmultiply::sgemm(
+            rows,
+            d,
+            k,
+            1.0,
+            a.as_ptr(),
+            d as isize,
+            1,
+            centroids.as_ptr(),
+            1,
+            d as isize,
+            0.0,
+            out.as_mut_ptr(),
+            k as isize,
+            1,
+        );
+    }
+}
+
+fn sparse_dots(m: &CsrMatrix, r: usize, centroids: &[f32], d: usize, out: &mut [f32]) {
+    let (idx, val) = m.row(r);
+    for (c, o) in out.iter_mut().enumerate() {
+        let centroid = &centroids[c * d..(c + 1) * d];
+        *o = idx
+            .iter()
+            .zip(val)
+            .map(|(&j, &v)| centroid[j as usize] * v)
+            .sum();
+    }
+}
+
+/// New centroids from averaged statistics; an empty cluster keeps its old centroid.
+pub fn update(centroids: &mut [f32], mean_stats: &[f32], k: usize, d: usize) {
+    let counts = &mean_stats[k * d..k * d + k];
+    for c in 0..k {
+        if counts[c] > 0.0 {
+            let sums = &mean_stats[c * d..(c + 1) * d];
+            for (o, s) in centroids[c * d..(c + 1) * d].iter_mut().zip(sums) {
+                *o = s / counts[c];
+            }
+        }
+    }
+}
+
+/// k-means++ seeding on `x`: the first centroid uniformly, each next one with probability
+/// proportional to the squared distance to the nearest chosen centroid.
+pub fn kmeans_pp(x: &Features, k: usize, seed: u64) -> Vec<f32> {
+    let d = x.n_features();
+    let n = x.n_rows();
+    assert!(n > 0, "k-means++ needs rows");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut centroids = Vec::with_capacity(k * d);
+    let push_row = |centroids: &mut Vec<f32>, i: usize| match x {
+        Features::Dense(m) => centroids.extend_from_slice(m.row(i)),
+        Features::Sparse(m) => {
+            let start = centroids.len();
+            centroids.resize(start + d, 0.0);
+            let (idx, val) = m.row(i);
+            for (&j, &v) in idx.iter().zip(val) {
+                centroids[start + j as usize] = v;
+            }
+        }
+    };
+    push_row(&mut centroids, rng.random_range(0..n));
+    let sq = row_sq_norms(x);
+    let mut nearest = vec![f32::INFINITY; n];
+    for c in 1..k {
+        let last = &centroids[(c - 1) * d..c * d];
+        let mut dist = vec![0f32; n];
+        // Distances to the newest centroid only; `nearest` keeps the minimum over all.
+        let last_sq: f32 = last.iter().map(|v| v * v).sum();
+        for (i, di) in dist.iter_mut().enumerate() {
+            let dot = match x {
+                Features::Dense(m) => m.row(i).iter().zip(last).map(|(a, b)| a * b).sum::<f32>(),
+                Features::Sparse(m) => {
+                    let (idx, val) = m.row(i);
+                    idx.iter()
+                        .zip(val)
+                        .map(|(&j, &v)| last[j as usize] * v)
+                        .sum()
+                }
+            };
+            *di = (sq[i] - 2.0 * dot + last_sq).max(0.0);
+        }
+        for (ni, di) in nearest.iter_mut().zip(&dist) {
+            *ni = ni.min(*di);
+        }
+        let total: f64 = nearest.iter().map(|&v| v as f64).sum();
+        let pick = if total > 0.0 {
+            let mut target = rng.random::<f64>() * total;
+            let mut chosen = n - 1;
+            for (i, &v) in nearest.iter().enumerate() {
+                target -= v as f64;
+                if target <= 0.0 {
+                    chosen = i;
+                    break;
+                }
+            }
+            chosen
+        } else {
+            rng.random_range(0..n)
+        };
+        push_row(&mut centroids, pick);
+    }
+    centroids
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blobs() -> Features {
+        // Two clear clusters around (0,0) and (10,10).
+        let mut v = Vec::new();
+        for i in 0..40 {
+            let e = (i % 5) as f32 * 0.1;
+            if i % 2 == 0 {
+                v.extend([e, -e])
+            } else {
+                v.extend([10.0 + e, 10.0 - e])
+            }
+        }
+        Features::Dense(DenseMatrix {
+            n_features: 2,
+            values: v,
+        })
+    }
+
+    fn to_sparse(x: &Features) -> Features {
+        let Features::Dense(m) = x else {
+            unreachable!()
+        };
+        let mut csr = CsrMatrix {
+            n_features: m.n_features,
+            ..CsrMatrix::default()
+        };
+        for r in 0..m.n_rows() {
+            for (j, &v) in m.row(r).iter().enumerate() {
+                if v != 0.0 {
+                    csr.indices.push(j as u32);
+                    csr.values.push(v);
+                }
+            }
+            csr.indptr.push(csr.indices.len());
+        }
+        Features::Sparse(csr)
+    }
+
+    #[test]
+    fn lloyd_finds_the_two_blobs_dense_and_sparse() {
+        for x in [blobs(), to_sparse(&blobs())] {
+            let sq = row_sq_norms(&x);
+            let mut c = vec![1.0, 1.0, 2.0, 2.0];
+            let mut stats = vec![0f32; stats_len(2, 2)];
+            for _ in 0..5 {
+                assign(&x, &sq, &c, 2, &mut stats);
+                update(&mut c, &stats, 2, 2);
+            }
+            let mut centres: Vec<(i32, i32)> = c
+                .chunks(2)
+                .map(|p| (p[0].round() as i32, p[1].round() as i32))
+                .collect();
+            centres.sort();
+            assert_eq!(centres, vec![(0, 0), (10, 10)]);
+            assign(&x, &sq, &c, 2, &mut stats);
+            assert_eq!(&stats[4..6], &[20.0, 20.0]);
+            // Each blob: 20 points at offsets (e - 0.2, 0.2 - e), e in {0, .1, .2, .3, .4}.
+            assert!((stats[6] - 1.6).abs() < 1e-4, "sse {}", stats[6]);
+        }
+    }
+
+    #[test]
+    fn the_matmul_kernel_matches_pairwise_distances() {
+        let x = Features::Dense(DenseMatrix {
+            n_features: 3,
+            values: (0..3 * 600)
+                .map(|i| ((i * 37 % 101) as f32) / 10.0)
+                .collect(),
+        });
+        let c: Vec<f32> = (0..3 * 7).map(|i| ((i * 13 % 17) as f32) / 2.0).collect();
+        let mut stats = vec![0f32; stats_len(7, 3)];
+        assign(&x, &row_sq_norms(&x), &c, 7, &mut stats);
+        let Features::Dense(m) = &x else {
+            unreachable!()
+        };
+        let mut sse = 0f64;
+        for r in 0..m.n_rows() {
+            let best = c
+                .chunks(3)
+                .map(|cc| {
+                    cc.iter()
+                        .zip(m.row(r))
+                        .map(|(a, b)| (a - b).powi(2))
+                        .sum::<f32>()
+                })
+                .fold(f32::INFINITY, f32::min);
+            sse += best as f64;
+        }
+        assert!((stats[7 * 3 + 7] as f64 - sse).abs() / sse < 1e-4);
+        assert_eq!(stats[21..28].iter().sum::<f32>(), 600.0);
+    }
+
+    #[test]
+    fn kmeans_pp_is_seeded_and_spreads_out() {
+        let x = blobs();
+        let a = kmeans_pp(&x, 2, 9);
+        assert_eq!(a, kmeans_pp(&x, 2, 9));
+        // The second centre lands in the other blob.
+        assert!((a[0] - a[2]).abs() > 5.0, "{a:?}");
+    }
+}
