@@ -1,6 +1,6 @@
 //! Every model x optimizer x sync mode trains with 4 worker processes over a `dir:` channel:
-//! loss goes down, synchronous modes end with bit-identical workers, and the channel is
-//! left empty.
+//! loss (KMeans: the objective) goes down, synchronous modes end with bit-identical workers,
+//! and the channel is left empty.
 
 mod common;
 
@@ -12,28 +12,40 @@ fn check(model: &str, optim: &str, sync: &str) {
     let data = if sparse { sparse_data() } else { dense_data() };
     let chan = dir.path().join("chan");
     let lr = if sparse { "2.0" } else { "0.1" };
+    let kmeans = model.contains("kmeans");
+    let extra: &[&str] = match (kmeans, optim) {
+        (true, _) => &["--k", "4", "--tol", "0"],
+        // lr * rho well below 1, or the proximal pull undoes every local step.
+        (false, "admm") if sparse => &["--local-epochs", "2", "--rho", "0.1", "--tol", "0"],
+        (false, "admm") => &["--local-epochs", "2", "--rho", "0.5", "--tol", "0"],
+        _ => &[],
+    };
     let run = train(
         dir.path(),
         &[
-            "--data",
-            data.to_str().unwrap(),
-            "--workers",
-            "4",
-            "--model",
-            model,
-            "--optim",
-            optim,
-            "--sync",
-            sync,
-            "--epochs",
-            "4",
-            "--batch-size",
-            "50",
-            "--lr",
-            lr,
-            "--channel",
-            &format!("dir:{}", chan.display()),
-        ],
+            &[
+                "--data",
+                data.to_str().unwrap(),
+                "--workers",
+                "4",
+                "--model",
+                model,
+                "--optim",
+                optim,
+                "--sync",
+                sync,
+                "--epochs",
+                "4",
+                "--batch-size",
+                "50",
+                "--lr",
+                lr,
+                "--channel",
+                &format!("dir:{}", chan.display()),
+            ][..],
+            extra,
+        ]
+        .concat(),
     );
     let s = &run.summary;
     assert_eq!(s["workers"], 4);
@@ -44,8 +56,12 @@ fn check(model: &str, optim: &str, sync: &str) {
         losses[3] < losses[0],
         "{model}/{optim}/{sync}: training loss did not decrease: {losses:?}"
     );
-    let acc = s["final_val_accuracy"].as_f64().unwrap();
-    assert!(acc > 0.6, "{model}/{optim}/{sync}: accuracy {acc}");
+    if kmeans {
+        assert!(s["final_objective"].as_f64().unwrap() > 0.0);
+    } else {
+        let acc = s["final_val_accuracy"].as_f64().unwrap();
+        assert!(acc > 0.6, "{model}/{optim}/{sync}: accuracy {acc}");
+    }
     let digests = run.digests();
     if sync != "async" {
         assert!(
@@ -88,6 +104,52 @@ matrix! {
     sparse_svm_model_avg_reduce: "sparse_svm" "model_avg" "reduce";
     sparse_svm_model_avg_reduce_scatter: "sparse_svm" "model_avg" "reduce_scatter";
     sparse_svm_model_avg_async: "sparse_svm" "model_avg" "async";
+    lr_admm_reduce: "lr" "admm" "reduce";
+    lr_admm_reduce_scatter: "lr" "admm" "reduce_scatter";
+    svm_admm_reduce: "svm" "admm" "reduce";
+    svm_admm_reduce_scatter: "svm" "admm" "reduce_scatter";
+    sparse_lr_admm_reduce: "sparse_lr" "admm" "reduce";
+    sparse_lr_admm_reduce_scatter: "sparse_lr" "admm" "reduce_scatter";
+    sparse_svm_admm_reduce: "sparse_svm" "admm" "reduce";
+    sparse_svm_admm_reduce_scatter: "sparse_svm" "admm" "reduce_scatter";
+    kmeans_reduce: "kmeans" "grad_avg" "reduce";
+    kmeans_reduce_scatter: "kmeans" "grad_avg" "reduce_scatter";
+    sparse_kmeans_reduce: "sparse_kmeans" "grad_avg" "reduce";
+    sparse_kmeans_reduce_scatter: "sparse_kmeans" "grad_avg" "reduce_scatter";
+}
+
+/// Combinations that make no sense are refused with a reason, before any worker starts.
+#[test]
+fn meaningless_combinations_are_refused() {
+    let dir = scratch();
+    for (args, reason) in [
+        (
+            &["--model", "kmeans", "--optim", "admm"][..],
+            "ADMM does not apply to KMeans",
+        ),
+        (
+            &["--model", "kmeans", "--sync", "async"][..],
+            "use reduce or reduce_scatter",
+        ),
+        (
+            &["--optim", "admm", "--sync", "async"][..],
+            "use reduce or reduce_scatter",
+        ),
+        (&["--reg", "l1"][..], "l1 is supported with --optim admm"),
+    ] {
+        let out = output(
+            lambdaml()
+                .current_dir(dir.path())
+                .args(["train", "--quiet", "--runs-dir"])
+                .arg(dir.path().join("runs"))
+                .args(args),
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(reason),
+            "{args:?}: {err}"
+        );
+    }
 }
 
 /// reduce and reduce_scatter sum in the same order, so they give the same bits.

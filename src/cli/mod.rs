@@ -33,7 +33,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Train a model (with no options: LR on 200,000 synthetic HIGGS-like rows, 4 workers).
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Run one worker invocation; the event (JSON) is read from stdin. Started by platforms.
     Worker(WorkerArgs),
     /// Make and partition datasets.
@@ -184,7 +184,7 @@ pub enum DataCommand {
         /// Seed.
         #[arg(long, default_value_t = 1)]
         seed: u64,
-        /// Feature count (rcv1 only).
+        /// Feature count (rcv1 and blobs).
         #[arg(long)]
         features: Option<usize>,
         /// Output file.
@@ -210,7 +210,7 @@ pub enum DataCommand {
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Train(args) => train(args),
+        Command::Train(args) => train(*args),
         Command::Worker(args) => run_worker(args),
         Command::Data(cmd) => data(cmd),
     }

@@ -23,6 +23,9 @@ pub enum SynthKind {
     Higgs,
     /// Sparse, 47,236 features, ~0.2% non-zeros, labels -1/+1 (RCV1-like).
     Rcv1,
+    /// Dense Gaussian clusters for KMeans: 8 well-separated centres in 16 dimensions (by
+    /// default), the label is the cluster index.
+    Blobs,
 }
 
 impl SynthKind {
@@ -31,12 +34,18 @@ impl SynthKind {
         match self {
             SynthKind::Higgs => HIGGS_FEATURES,
             SynthKind::Rcv1 => RCV1_FEATURES,
+            SynthKind::Blobs => BLOBS_FEATURES,
         }
     }
 }
 
 /// Feature count of the HIGGS-like set.
 pub const HIGGS_FEATURES: usize = 28;
+/// Default feature count of the blobs set.
+pub const BLOBS_FEATURES: usize = 16;
+/// Clusters in the blobs set.
+pub const BLOBS_CLUSTERS: usize = 8;
+
 /// Feature count of the RCV1-like set.
 pub const RCV1_FEATURES: usize = 47_236;
 
@@ -45,8 +54,8 @@ const HIGGS_LOW: usize = 21;
 /// Terms of the RCV1-like set that carry the label.
 const RCV1_INFORMATIVE_TERMS: usize = 300;
 
-/// Writes `rows` rows of the chosen dataset in LibSVM format. `n_features` only applies to
-/// rcv1 (higgs always has 28). `progress` is called with the rows written so far.
+/// Writes `rows` rows of the chosen dataset in LibSVM format. `n_features` applies to rcv1
+/// and blobs (higgs always has 28). `progress` is called with the rows written so far.
 pub fn generate(
     kind: SynthKind,
     rows: usize,
@@ -64,7 +73,51 @@ pub fn generate(
             out,
             progress,
         ),
+        SynthKind::Blobs => blobs(
+            rows,
+            seed,
+            n_features.unwrap_or(BLOBS_FEATURES),
+            out,
+            progress,
+        ),
     }
+}
+
+fn blobs(
+    rows: usize,
+    seed: u64,
+    n_features: usize,
+    out: &mut impl Write,
+    mut progress: impl FnMut(usize),
+) -> std::io::Result<()> {
+    let mut truth = StdRng::seed_from_u64(0x424c_4f42);
+    // Centres far apart relative to the unit spread of each cluster.
+    let centres: Vec<Vec<f32>> = (0..BLOBS_CLUSTERS)
+        .map(|_| {
+            (0..n_features)
+                .map(|_| truth.random_range(-10.0..10.0))
+                .collect()
+        })
+        .collect();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut line = String::with_capacity(16 * n_features);
+    for r in 0..rows {
+        let c = rng.random_range(0..BLOBS_CLUSTERS);
+        line.clear();
+        use std::fmt::Write as _;
+        let _ = write!(line, "{c}");
+        for (j, centre) in centres[c].iter().enumerate() {
+            let noise: f32 = StandardNormal.sample(&mut rng);
+            let _ = write!(line, " {}:{:.4}", j + 1, centre + noise);
+        }
+        line.push('\n');
+        out.write_all(line.as_bytes())?;
+        if r % 4096 == 0 {
+            progress(r);
+        }
+    }
+    progress(rows);
+    Ok(())
 }
 
 fn higgs(

@@ -95,7 +95,7 @@ pub fn prepare_data(
 /// Writes (once) the synthetic dataset the config asks for and returns its path.
 fn synthesize(cfg: &JobConfig, ui: &dyn DataProgress) -> anyhow::Result<PathBuf> {
     let features = match (cfg.synth, cfg.features) {
-        (synth::SynthKind::Rcv1, Some(n)) => n,
+        (synth::SynthKind::Rcv1 | synth::SynthKind::Blobs, Some(n)) => n,
         (kind, _) => kind.default_features(),
     };
     let dir = cfg.runs_dir.join("data");
