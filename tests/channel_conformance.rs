@@ -122,6 +122,45 @@ pub fn concurrent_writers(open: fn(&str) -> Arc<dyn Channel>, ns: &'static str) 
     });
 }
 
+/// Sixteen `lambdaml channel put` processes at once: eight write their own key, eight race on
+/// one shared key with values large enough to be chunked on small-item backends. Every key
+/// is complete and the shared key holds exactly one writer's whole value.
+pub fn concurrent_writer_processes(url: &str) {
+    let dir = common::scratch();
+    let values: Vec<Bytes> = (0..8u8).map(|w| value(w, 400_000 + w as usize)).collect();
+    for (w, v) in values.iter().enumerate() {
+        std::fs::write(dir.path().join(format!("v{w}")), v).unwrap();
+    }
+    let children: Vec<_> = (0..16usize)
+        .map(|i| {
+            let key = if i < 8 {
+                format!("job-p/0/part/{i}")
+            } else {
+                "job-p/shared/model/0".into()
+            };
+            common::lambdaml()
+                .args(["channel", "put", url, &key])
+                .arg(dir.path().join(format!("v{}", i % 8)))
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut c in children {
+        assert!(c.wait().unwrap().success());
+    }
+    let ch = rt().block_on(channel::open(url)).unwrap();
+    rt().block_on(async {
+        for (w, v) in values.iter().enumerate() {
+            assert_eq!(
+                ch.get(&format!("job-p/0/part/{w}")).await.unwrap().as_ref(),
+                Some(v)
+            );
+        }
+        let shared = ch.get("job-p/shared/model/0").await.unwrap().unwrap();
+        assert!(values.contains(&shared), "torn write across processes");
+    });
+}
+
 pub fn invalid_keys_are_refused(ch: Arc<dyn Channel>) {
     rt().block_on(async {
         for bad in ["", "../escape", "a//b", "a/.hidden", "sp ace"] {
@@ -131,11 +170,12 @@ pub fn invalid_keys_are_refused(ch: Arc<dyn Channel>) {
 }
 
 macro_rules! backends {
-    ($($backend:ident => $open:expr;)*) => {$(
+    ($($backend:ident => $url:expr;)*) => {$(
         mod $backend {
             use super::*;
-            /// Opens the backend in namespace `ns` (one per test, so tests run in parallel).
-            fn open(ns: &str) -> Arc<dyn Channel> { ($open)(ns) }
+            /// The backend's URL in namespace `ns` (where the backend has namespaces).
+            fn url(ns: &str) -> String { ($url)(ns) }
+            fn open(ns: &str) -> Arc<dyn Channel> { rt().block_on(channel::open(&url(ns))).unwrap() }
             macro_rules! ns { ($t:ident) => { concat!(stringify!($backend), "-", stringify!($t)) } }
             #[test] fn put_get_overwrite_missing() { super::put_get_overwrite_missing(open(ns!(a))) }
             #[test] fn delete_is_idempotent() { super::delete_is_idempotent(open(ns!(b))) }
@@ -143,6 +183,11 @@ macro_rules! backends {
             #[test] fn jobs_sharing_a_channel_are_isolated() { super::jobs_sharing_a_channel_are_isolated(open(ns!(d))) }
             #[test] fn concurrent_writers() { super::concurrent_writers(open, ns!(e)) }
             #[test] fn invalid_keys_are_refused() { super::invalid_keys_are_refused(open(ns!(f))) }
+            #[test] fn concurrent_writer_processes() {
+                if !url("").starts_with("mem:") {
+                    super::concurrent_writer_processes(&url(ns!(g)))
+                }
+            }
         }
     )*};
 }
@@ -153,7 +198,66 @@ fn dir_root() -> &'static std::path::Path {
     DIR.get_or_init(common::scratch).path()
 }
 
+use common::services::shared;
+
 backends! {
-    dir => |ns: &str| channel::open(&format!("dir:{}/{ns}", dir_root().display())).unwrap();
-    mem => |ns: &str| channel::open(&format!("mem:{ns}")).unwrap();
+    dir => |ns: &str| format!("dir:{}/{ns}", dir_root().display());
+    mem => |ns: &str| format!("mem:{ns}");
+    memcached => |_: &str| shared("LAMBDAML_TEST_MEMCACHED");
+    memcached_64k_items => |_: &str| shared("LAMBDAML_TEST_MEMCACHED_SMALL");
+    redis => |_: &str| shared("LAMBDAML_TEST_REDIS");
+    s3 => |ns: &str| format!("{}/{ns}", shared("LAMBDAML_TEST_S3"));
+    dynamodb => |_: &str| shared("LAMBDAML_TEST_DYNAMODB");
+}
+
+/// A missing bucket is a clear error, not a hang or a retry loop.
+#[test]
+fn a_missing_s3_bucket_is_named() {
+    let url = format!("{}-missing/x", shared("LAMBDAML_TEST_S3"));
+    let err = rt().block_on(channel::open(&url)).unwrap_err();
+    let chain = format!("{:#}", anyhow::Error::from(err));
+    assert!(
+        chain.contains("bucket 'lambdaml-test-missing' does not exist"),
+        "{chain}"
+    );
+}
+
+/// A DynamoDB table with another key schema is refused with the reason.
+#[test]
+fn a_dynamodb_table_of_another_shape_is_refused() {
+    let err = rt()
+        .block_on(async {
+            let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                .load()
+                .await;
+            let client = aws_sdk_dynamodb::Client::new(&conf);
+            use aws_sdk_dynamodb::types::*;
+            let _ = client
+                .create_table()
+                .table_name("lambdaml-wrong-shape")
+                .attribute_definitions(
+                    AttributeDefinition::builder()
+                        .attribute_name("id")
+                        .attribute_type(ScalarAttributeType::S)
+                        .build()
+                        .unwrap(),
+                )
+                .key_schema(
+                    KeySchemaElement::builder()
+                        .attribute_name("id")
+                        .key_type(KeyType::Hash)
+                        .build()
+                        .unwrap(),
+                )
+                .billing_mode(BillingMode::PayPerRequest)
+                .send()
+                .await;
+            channel::open("dynamodb://lambdaml-wrong-shape").await
+        })
+        .unwrap_err();
+    let chain = format!("{:#}", anyhow::Error::from(err));
+    assert!(
+        chain.contains("single string partition key named 'k'"),
+        "{chain}"
+    );
 }

@@ -1,10 +1,72 @@
-//! Every model x optimizer x sync mode trains with 4 worker processes over a `dir:` channel:
-//! loss (KMeans: the objective) goes down, synchronous modes end with bit-identical workers,
-//! and the channel is left empty.
+//! Every model x optimizer x sync mode trains with 4 worker processes over every channel:
+//! `dir:`, Memcached, Redis, S3 and DynamoDB. Loss (KMeans: the objective) goes down,
+//! synchronous modes end with bit-identical workers and the same parameters on every channel,
+//! and afterwards the service itself holds no key of the job.
 
 mod common;
 
+use common::services::{Server, shared};
 use common::*;
+
+/// Runs the workload on `channel` (after `args`) and returns the run.
+fn run_on(dir: &std::path::Path, args: &[&str], channel: &str) -> Run {
+    train(dir, &[args, &["--channel", channel]].concat())
+}
+
+/// Keys of the job still on a listing channel, asked of the service.
+fn left_on(url: &str, job_id: &str) -> Vec<String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let ch = lambdaml::channel::open(url).await.unwrap();
+        ch.list(&format!("{job_id}/"))
+            .await
+            .unwrap()
+            .expect("this backend lists")
+    })
+}
+
+/// The same workload over Memcached, Redis, S3 and DynamoDB: same parameters as `dir:` for
+/// synchronous modes, and nothing of the job left on the service.
+fn check_remote_channels(dir: &std::path::Path, args: &[&str], reference: &Run, sync: &str) {
+    let memcached = Server::memcached(None);
+    let redis = Server::redis();
+    let s3 = format!(
+        "{}/matrix-{}",
+        shared("LAMBDAML_TEST_S3"),
+        reference.summary["job_id"].as_str().unwrap()
+    );
+    let dynamodb = shared("LAMBDAML_TEST_DYNAMODB");
+    for url in [&memcached.url, &redis.url, &s3, &dynamodb] {
+        let run = run_on(dir, args, url);
+        if sync != "async" {
+            assert_eq!(
+                run.digests(),
+                reference.digests(),
+                "{url}: other parameters than over dir:"
+            );
+        }
+        let job = run.summary["job_id"].as_str().unwrap();
+        let left = if url.starts_with("memcached") || url.starts_with("redis") {
+            let server = if url.starts_with("memcached") {
+                &memcached
+            } else {
+                &redis
+            };
+            assert_eq!(
+                server.items(),
+                0,
+                "{url}: the server still holds items after job {job}"
+            );
+            Vec::new()
+        } else {
+            left_on(url, job)
+        };
+        assert!(left.is_empty(), "{url}: keys left: {left:?}");
+    }
+}
 
 fn check(model: &str, optim: &str, sync: &str) {
     let dir = scratch();
@@ -20,33 +82,29 @@ fn check(model: &str, optim: &str, sync: &str) {
         (false, "admm") => &["--local-epochs", "2", "--rho", "0.5", "--tol", "0"],
         _ => &[],
     };
-    let run = train(
-        dir.path(),
+    let args: Vec<&str> = [
         &[
-            &[
-                "--data",
-                data.to_str().unwrap(),
-                "--workers",
-                "4",
-                "--model",
-                model,
-                "--optim",
-                optim,
-                "--sync",
-                sync,
-                "--epochs",
-                "4",
-                "--batch-size",
-                "50",
-                "--lr",
-                lr,
-                "--channel",
-                &format!("dir:{}", chan.display()),
-            ][..],
-            extra,
-        ]
-        .concat(),
-    );
+            "--data",
+            data.to_str().unwrap(),
+            "--workers",
+            "4",
+            "--model",
+            model,
+            "--optim",
+            optim,
+            "--sync",
+            sync,
+            "--epochs",
+            "4",
+            "--batch-size",
+            "50",
+            "--lr",
+            lr,
+        ][..],
+        extra,
+    ]
+    .concat();
+    let run = run_on(dir.path(), &args, &format!("dir:{}", chan.display()));
     let s = &run.summary;
     assert_eq!(s["workers"], 4);
     assert_eq!(s["invocations"], 4);
@@ -71,6 +129,7 @@ fn check(model: &str, optim: &str, sync: &str) {
     }
     let left = files_under(&chan);
     assert!(left.is_empty(), "keys left on the channel: {left:?}");
+    check_remote_channels(dir.path(), &args, &run, sync);
 }
 
 macro_rules! matrix {

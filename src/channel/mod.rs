@@ -4,10 +4,17 @@
 //! can) `list`. Collectives never rely on listing for correctness: every key they read is
 //! known in advance. Backends are chosen by URL with [`open`].
 
+mod aws;
+pub mod chunked;
 pub mod codec;
 pub mod dir;
+pub mod dynamodb;
 pub mod mem;
+pub mod memcached;
 mod poll;
+pub mod redis;
+pub mod retry;
+pub mod s3;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +23,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 pub use poll::Backoff;
+pub use retry::RetryPolicy;
 
 /// How a waiter should poll this backend: first sleep and the cap of the exponential backoff.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -86,15 +94,32 @@ pub trait Channel: Send + Sync + std::fmt::Debug {
     async fn list(&self, prefix: &str) -> Result<Option<Vec<String>>, ChannelError>;
 }
 
-/// Opens a channel from its URL: `dir:PATH` or `mem:[NAME]`.
-pub fn open(url: &str) -> Result<Arc<dyn Channel>, ChannelError> {
+/// Opens a channel from its URL with the default retry policy; see [`open_with`].
+pub async fn open(url: &str) -> Result<Arc<dyn Channel>, ChannelError> {
+    open_with(url, RetryPolicy::default()).await
+}
+
+/// Opens a channel from its URL:
+///
+/// - `dir:PATH` — a directory (local or shared);
+/// - `mem:[NAME]` — in this process only;
+/// - `s3://bucket[/prefix]` — S3 (the bucket must exist);
+/// - `memcached://host:port[,host:port...][?item_size=BYTES]` — Memcached / ElastiCache;
+/// - `redis://host:port[/db]` — Redis;
+/// - `dynamodb://table` — DynamoDB (the table is created when missing).
+///
+/// AWS region, credentials and endpoint come from the standard AWS settings. Transient
+/// backend failures are retried within `retry.budget`.
+pub async fn open_with(url: &str, retry: RetryPolicy) -> Result<Arc<dyn Channel>, ChannelError> {
     let invalid = |message: &str| ChannelError::InvalidUrl {
         url: url.to_string(),
         message: message.to_string(),
     };
-    let (scheme, rest) = url
-        .split_once(':')
-        .ok_or_else(|| invalid("expected SCHEME:LOCATION, e.g. dir:/tmp/chan or mem:"))?;
+    let (scheme, rest) = url.split_once(':').ok_or_else(|| {
+        invalid(
+            "expected SCHEME:LOCATION, e.g. dir:/tmp/chan, s3://bucket/prefix, redis://host:6379",
+        )
+    })?;
     match scheme {
         "dir" => {
             let path = rest.strip_prefix("//").unwrap_or(rest);
@@ -104,8 +129,12 @@ pub fn open(url: &str) -> Result<Arc<dyn Channel>, ChannelError> {
             Ok(Arc::new(dir::DirChannel::new(path, url)))
         }
         "mem" => Ok(Arc::new(mem::MemChannel::named(rest))),
+        "s3" => Ok(Arc::new(s3::S3Channel::open(url, retry).await?)),
+        "memcached" => Ok(Arc::new(memcached::open(url, retry).await?)),
+        "redis" => Ok(Arc::new(redis::RedisChannel::open(url, retry).await?)),
+        "dynamodb" => Ok(Arc::new(dynamodb::open(url, retry).await?)),
         other => Err(invalid(&format!(
-            "unknown scheme '{other}' (this build knows dir: and mem:)"
+            "unknown scheme '{other}' (known: dir:, mem:, s3://, memcached://, redis://, dynamodb://)"
         ))),
     }
 }
@@ -148,13 +177,19 @@ mod tests {
         }
     }
 
-    #[test]
-    fn urls_are_checked() {
-        assert!(open("dir:/tmp/x").is_ok());
-        assert!(open("mem:").is_ok());
-        let err = open("ftp://x").unwrap_err().to_string();
+    #[tokio::test]
+    async fn urls_are_checked() {
+        assert!(open("dir:/tmp/x").await.is_ok());
+        assert!(open("mem:").await.is_ok());
+        let err = open("ftp://x").await.unwrap_err().to_string();
         assert!(err.contains("unknown scheme 'ftp'"), "{err}");
-        assert!(open("nothing").is_err());
-        assert!(open("dir:").is_err());
+        assert!(open("nothing").await.is_err());
+        assert!(open("dir:").await.is_err());
+        let err = open("memcached://h:1?size=3")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown option 'size=3'"), "{err}");
+        assert!(open("dynamodb://").await.is_err());
     }
 }

@@ -12,8 +12,8 @@ use crate::algo::{ModelKind, OptimKind};
 use crate::comm::SyncMode;
 use crate::data::partition;
 use crate::data::synth::{self, SynthKind};
-use crate::job::event::WorkerEvent;
-use crate::job::{JobConfig, driver, report, worker};
+use crate::job::event::Invocation;
+use crate::job::{JobConfig, bench, driver, report, worker};
 use crate::platform;
 use progress::BarUi;
 
@@ -39,6 +39,74 @@ pub enum Command {
     /// Make and partition datasets.
     #[command(subcommand)]
     Data(DataCommand),
+    /// Measure a channel: put/get latency and all-reduce rounds with N worker processes.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+    /// Look into a channel: list, read, write and delete keys.
+    #[command(subcommand)]
+    Channel(ChannelCommand),
+}
+
+/// `lambdaml bench ...`.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Put/get latency and one all-reduce round (reduce, reduce_scatter), median and p95.
+    Channel {
+        /// Channel URL.
+        #[arg(long)]
+        channel: String,
+        /// Worker processes.
+        #[arg(long, default_value_t = 4)]
+        workers: usize,
+        /// Bytes per vector.
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+        /// Measured rounds per sync mode.
+        #[arg(long, default_value_t = 50)]
+        rounds: usize,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `lambdaml channel ...`.
+#[derive(Debug, Subcommand)]
+pub enum ChannelCommand {
+    /// List the keys under a prefix (backends that can list).
+    Ls {
+        /// Channel URL.
+        url: String,
+        /// Key prefix, e.g. a job id followed by '/'.
+        #[arg(default_value = "")]
+        prefix: String,
+    },
+    /// Write the raw bytes of a key to stdout.
+    Get {
+        /// Channel URL.
+        url: String,
+        /// The key.
+        key: String,
+    },
+    /// Store a file's bytes (or stdin's, with '-') under a key.
+    Put {
+        /// Channel URL.
+        url: String,
+        /// The key.
+        key: String,
+        /// File to store, '-' for stdin.
+        file: PathBuf,
+    },
+    /// Delete keys, or every key under --prefix (backends that can list).
+    Rm {
+        /// Channel URL.
+        url: String,
+        /// Keys to delete.
+        keys: Vec<String>,
+        /// Delete every key starting with this prefix.
+        #[arg(long)]
+        prefix: Option<String>,
+    },
 }
 
 /// `lambdaml train`: a TOML config plus flags that override any of its fields.
@@ -198,9 +266,9 @@ pub enum DataCommand {
         /// Number of partitions (= workers).
         #[arg(long)]
         parts: usize,
-        /// Output location (a directory).
+        /// Output location: a directory, or s3://bucket/prefix.
         #[arg(long)]
-        out: PathBuf,
+        out: String,
         /// Number of features (inferred when absent).
         #[arg(long)]
         features: Option<usize>,
@@ -213,6 +281,23 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(args) => train(*args),
         Command::Worker(args) => run_worker(args),
         Command::Data(cmd) => data(cmd),
+        Command::Channel(cmd) => runtime()?.block_on(channel_command(cmd)),
+        Command::Bench(BenchCommand::Channel {
+            channel,
+            workers,
+            size,
+            rounds,
+            json,
+        }) => {
+            let exe = std::env::current_exe().context("locating the lambdaml binary")?;
+            let report = runtime()?.block_on(bench::run(&channel, workers, size, rounds, exe))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", bench::render(&report));
+            }
+            Ok(())
+        }
     }
 }
 
@@ -251,7 +336,11 @@ fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
                 .context("reading the event from stdin")?;
         }
     }
-    let event: WorkerEvent = serde_json::from_str(&text).context("parsing the worker event")?;
+    let event: Invocation = serde_json::from_str(&text).context("parsing the worker event")?;
+    let event = match event {
+        Invocation::Train(e) => e,
+        Invocation::BenchChannel(e) => return runtime()?.block_on(bench::worker(e)),
+    };
     let deadline = platform::deadline_from_env();
     if let Some(d) = deadline {
         // The platform ends an invocation at its deadline, whatever it is doing (as Lambda
@@ -266,6 +355,55 @@ fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     }
     let outcome = runtime()?.block_on(worker::run(event, deadline))?;
     tracing::info!(?outcome, "invocation ends");
+    Ok(())
+}
+
+async fn channel_command(cmd: ChannelCommand) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let listed = |url: &str, keys: Option<Vec<String>>| {
+        keys.with_context(|| format!("{url} cannot list keys (memcached cannot)"))
+    };
+    match cmd {
+        ChannelCommand::Ls { url, prefix } => {
+            let ch = crate::channel::open(&url).await?;
+            for key in listed(&url, ch.list(&prefix).await?)? {
+                println!("{key}");
+            }
+        }
+        ChannelCommand::Get { url, key } => {
+            let ch = crate::channel::open(&url).await?;
+            let value = ch
+                .get(&key)
+                .await?
+                .with_context(|| format!("no key '{key}' on {url}"))?;
+            std::io::stdout().write_all(&value)?;
+        }
+        ChannelCommand::Put { url, key, file } => {
+            let bytes = if file.as_os_str() == "-" {
+                let mut b = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)?;
+                b
+            } else {
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?
+            };
+            crate::channel::open(&url)
+                .await?
+                .put(&key, bytes.into())
+                .await?;
+        }
+        ChannelCommand::Rm {
+            url,
+            mut keys,
+            prefix,
+        } => {
+            let ch = crate::channel::open(&url).await?;
+            if let Some(p) = prefix {
+                keys.extend(listed(&url, ch.list(&p).await?)?);
+            }
+            ch.delete(&keys).await?;
+            eprintln!("deleted {} keys", keys.len());
+        }
+    }
     Ok(())
 }
 
@@ -301,15 +439,28 @@ fn data(cmd: DataCommand) -> anyhow::Result<()> {
             features,
         } => {
             let len = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+            let remote = out.starts_with("s3://");
+            let local = if remote {
+                std::env::temp_dir().join(format!("lambdaml-split-{}", std::process::id()))
+            } else {
+                PathBuf::from(&out)
+            };
             ui.phase("split", len, true);
-            let m = partition::split_file(&file, parts, &out, features, |b| ui.advance(b))?;
+            let m = partition::split_file(&file, parts, &local, features, |b| ui.advance(b))?;
             ui.done();
+            if remote {
+                ui.phase("upload", len, true);
+                let uploaded =
+                    runtime()?.block_on(crate::job::data_source::upload(&local, &out, &m, |b| {
+                        ui.advance(b)
+                    }));
+                ui.done();
+                let _ = std::fs::remove_dir_all(&local);
+                uploaded?;
+            }
             eprintln!(
-                "wrote {} partitions of {:?} rows ({} features) to {}",
-                m.parts,
-                m.rows,
-                m.n_features,
-                out.display()
+                "wrote {} partitions of {:?} rows ({} features) to {out}",
+                m.parts, m.rows, m.n_features
             );
         }
     }

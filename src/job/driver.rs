@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 use super::config::JobConfig;
-use super::event::{JobSpec, WorkerEvent};
+use super::event::{Invocation, JobSpec, WorkerEvent};
 use super::plan::{self, DataProgress, PreparedData};
 use super::records::{self, Progress, WorkerFailure, WorkerResult};
 use super::report::{self, Summary};
@@ -66,7 +66,7 @@ pub async fn run(mut cfg: JobConfig, ui: &dyn JobProgress) -> anyhow::Result<Job
         let _ = std::fs::write(run_dir.join("config.toml"), text);
     }
 
-    let data = plan::prepare_data(&cfg, &run_dir, ui)?;
+    let data = plan::prepare_data(&cfg, &run_dir, ui).await?;
     let result = run_prepared(&cfg, &job_id, &run_dir, &channel_url, &data, ui).await;
     if data.temporary {
         let _ = std::fs::remove_dir_all(&data.location);
@@ -90,7 +90,7 @@ async fn run_prepared(
         Some(BinaryLabels::from_distinct(&data.manifest.labels)?)
     };
     let steps_per_epoch = plan::steps_per_epoch(&data.manifest, cfg.val_ratio, cfg.batch_size)?;
-    let channel = channel::open(channel_url)?;
+    let channel = channel::open_with(channel_url, retry_policy(cfg)).await?;
     probe(channel.as_ref(), job_id).await?;
 
     let exe = match std::env::var_os(WORKER_EXE_ENV) {
@@ -163,12 +163,12 @@ async fn invoke_and_follow(spec: &JobSpec, ch: Arc<dyn Channel>, ui: &dyn JobPro
     let n = spec.config.workers;
     let platform = spec.platform.build();
     for w in 0..n {
-        let event = WorkerEvent {
+        let event = Invocation::Train(WorkerEvent {
             job: spec.clone(),
             worker: w,
             invocation: 0,
             resume: false,
-        };
+        });
         let payload = serde_json::to_vec(&event).expect("events serialise");
         if let Err(e) = platform.invoke(&format!("worker-{w}"), &payload) {
             // Workers already started will notice the abort flag and stop.
@@ -332,6 +332,14 @@ async fn delete_job_keys(
             .with_context(|| format!("deleting the keys of job {}", spec.job_id))?;
     }
     Ok(())
+}
+
+/// Channel operations are retried for as long as a worker would wait for a peer.
+pub fn retry_policy(cfg: &JobConfig) -> channel::RetryPolicy {
+    channel::RetryPolicy {
+        budget: Duration::from_secs_f64(cfg.wait_timeout),
+        ..Default::default()
+    }
 }
 
 fn new_job_id(cfg: &JobConfig) -> String {

@@ -1,7 +1,5 @@
 //! What an invocation receives: the job (same for every worker) and its own coordinates.
 
-use std::path::PathBuf;
-
 use serde::{Deserialize, Serialize};
 
 use super::config::JobConfig;
@@ -17,8 +15,8 @@ pub struct JobSpec {
     pub config: JobConfig,
     /// Channel URL.
     pub channel: String,
-    /// Partition location (one partition per worker).
-    pub data_location: PathBuf,
+    /// Partition location (one partition per worker): a directory or `s3://bucket/prefix`.
+    pub data_location: String,
     /// Number of features.
     pub n_features: usize,
     /// Raw label values of the two classes (classifiers only).
@@ -42,4 +40,14 @@ pub struct WorkerEvent {
     pub invocation: u32,
     /// True when the invocation continues from a checkpoint.
     pub resume: bool,
+}
+
+/// The payload of an invocation of the `lambdaml worker` function.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Invocation {
+    /// A training worker.
+    Train(WorkerEvent),
+    /// A `lambdaml bench channel` worker.
+    BenchChannel(super::bench::BenchEvent),
 }

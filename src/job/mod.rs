@@ -1,7 +1,9 @@
 //! Jobs: configuration, the driver that plans and follows a job, the worker loop with
 //! checkpoint and re-invocation, and the records and reports they exchange.
 
+pub mod bench;
 pub mod config;
+pub mod data_source;
 pub mod driver;
 pub mod event;
 pub mod plan;

@@ -8,14 +8,15 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 
 use super::config::JobConfig;
+use super::data_source;
 use crate::data::partition::{self, Manifest};
 use crate::data::synth;
 
 /// Partitions ready for the workers.
 #[derive(Debug, Clone)]
 pub struct PreparedData {
-    /// The partition location.
-    pub location: PathBuf,
+    /// The partition location: a directory or `s3://bucket/prefix`.
+    pub location: String,
     /// Its manifest.
     pub manifest: Manifest,
     /// Feature count the model uses.
@@ -35,16 +36,20 @@ pub trait DataProgress {
 }
 
 /// Ensures partitions exist for `cfg` (synthesising and/or splitting into `run_dir` when
-/// needed) and returns where they are.
-pub fn prepare_data(
+/// needed) and returns where they are: a local directory or an S3 prefix.
+pub async fn prepare_data(
     cfg: &JobConfig,
     run_dir: &Path,
     ui: &dyn DataProgress,
 ) -> anyhow::Result<PreparedData> {
+    if let Some(url) = cfg.data.as_deref().filter(|d| d.starts_with("s3://")) {
+        let manifest = data_source::read_manifest(url).await?;
+        return partitioned(cfg, url.to_string(), manifest);
+    }
     let source = match &cfg.data {
         None => synthesize(cfg, ui)?,
         Some(d) if d.contains("://") => {
-            bail!("data '{d}': this build reads local files and partition directories only")
+            bail!("data '{d}': give a local file or directory, or s3://bucket/prefix")
         }
         Some(d) => PathBuf::from(d),
     };
@@ -52,31 +57,7 @@ pub fn prepare_data(
         .with_context(|| format!("data '{}' cannot be read", source.display()))?;
     if meta.is_dir() {
         let manifest = partition::read_manifest(&source)?;
-        if manifest.parts != cfg.workers {
-            bail!(
-                "data '{}' holds {} partitions but the job has {} workers: use --workers {} or \
-                 pass the LibSVM file to split it on the fly",
-                source.display(),
-                manifest.parts,
-                cfg.workers,
-                manifest.parts
-            );
-        }
-        let n_features = match cfg.features {
-            Some(n) if n < manifest.max_index => bail!(
-                "--features {n} is below the highest feature index in '{}' ({})",
-                source.display(),
-                manifest.max_index
-            ),
-            Some(n) => n,
-            None => manifest.n_features,
-        };
-        return Ok(PreparedData {
-            location: source,
-            manifest,
-            n_features,
-            temporary: false,
-        });
+        return partitioned(cfg, source.display().to_string(), manifest);
     }
     let location = run_dir.join("partitions");
     ui.phase("split", meta.len(), true);
@@ -85,10 +66,41 @@ pub fn prepare_data(
     })?;
     ui.done();
     Ok(PreparedData {
-        location,
+        location: location.display().to_string(),
         n_features: manifest.n_features,
         manifest,
         temporary: true,
+    })
+}
+
+/// Checks an existing partition location against the job.
+fn partitioned(
+    cfg: &JobConfig,
+    source: String,
+    manifest: Manifest,
+) -> anyhow::Result<PreparedData> {
+    if manifest.parts != cfg.workers {
+        bail!(
+            "data '{source}' holds {} partitions but the job has {} workers: use --workers {} or \
+             pass the LibSVM file to split it on the fly",
+            manifest.parts,
+            cfg.workers,
+            manifest.parts
+        );
+    }
+    let n_features = match cfg.features {
+        Some(n) if n < manifest.max_index => bail!(
+            "--features {n} is below the highest feature index in '{source}' ({})",
+            manifest.max_index
+        ),
+        Some(n) => n,
+        None => manifest.n_features,
+    };
+    Ok(PreparedData {
+        location: source,
+        manifest,
+        n_features,
+        temporary: false,
     })
 }
 

@@ -2,6 +2,8 @@
 //! processes), with datasets generated once per test binary.
 #![allow(dead_code)]
 
+pub mod services;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;

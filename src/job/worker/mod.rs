@@ -15,7 +15,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 
-use super::event::WorkerEvent;
+use super::data_source;
+use super::event::{Invocation, WorkerEvent};
 use super::records::{
     self, Checkpoint, EpochAcc, EpochRecord, Progress, WorkerFailure, WorkerResult,
 };
@@ -23,7 +24,6 @@ use crate::channel::{self, Channel};
 use crate::comm::{Comm, CommError};
 use crate::data::Dataset;
 use crate::data::libsvm::Layout;
-use crate::data::partition;
 
 /// How an invocation ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,7 +37,8 @@ pub enum Outcome {
 /// Runs one invocation. On error, a failure record is left for the driver (best effort).
 pub async fn run(event: WorkerEvent, deadline: Option<SystemTime>) -> anyhow::Result<Outcome> {
     let spec = &event.job;
-    let channel = channel::open(&spec.channel)?;
+    let channel =
+        channel::open_with(&spec.channel, super::driver::retry_policy(&spec.config)).await?;
     let mut session = None;
     let result = async {
         let s = session.insert(Session::start(&event, channel.clone(), deadline).await?);
@@ -88,9 +89,10 @@ impl<'a> Session<'a> {
         } else {
             Layout::Dense
         };
-        let manifest = partition::read_manifest(&spec.data_location)?;
+        let manifest = data_source::read_manifest(&spec.data_location).await?;
         let data =
-            partition::load_partition(&spec.data_location, &manifest, w, spec.n_features, layout)?;
+            data_source::load_partition(&spec.data_location, &manifest, w, spec.n_features, layout)
+                .await?;
         let margin = Duration::from_secs_f64(cfg.margin());
         // SystemTime -> Instant: the deadline is wall-clock (set by the platform), waits use
         // the monotonic clock.
@@ -237,7 +239,8 @@ impl<'a> Session<'a> {
             resume: true,
             ..self.event.clone()
         };
-        let payload = serde_json::to_vec(&next).expect("events serialise");
+        let payload =
+            serde_json::to_vec(&Invocation::Train(next.clone())).expect("events serialise");
         spec.platform
             .build()
             .invoke(&format!("worker-{w}"), &payload)

@@ -1,0 +1,300 @@
+//! Values larger than a backend's item limit (Memcached's `-I`, DynamoDB's 400 KB), split
+//! into chunks and reassembled transparently, so every model fits every channel.
+//!
+//! Every item starts with a tag byte. `0`: the value follows inline. `1`: a manifest
+//! (`u32` chunk count, `u64` total length, `u64` nonce); the chunks are the items
+//! `{key}#{nonce:x}#{i}`. Chunks are written first and the manifest last, and a rewrite uses
+//! a fresh nonce, so a reader sees the old value or the new one, never a mix; the chunks of a
+//! replaced value are deleted after the new manifest is in place.
+
+use async_trait::async_trait;
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::{Channel, ChannelError, PollPolicy, validate_key};
+
+const INLINE: u8 = 0;
+const MANIFEST: u8 = 1;
+const MANIFEST_LEN: usize = 1 + 4 + 8 + 8;
+
+/// The raw operations of a backend that stores whole items of limited size.
+#[async_trait]
+pub trait ItemStore: Send + Sync + std::fmt::Debug {
+    /// The channel URL, for messages.
+    fn url(&self) -> &str;
+    /// How waiters should poll.
+    fn poll_policy(&self) -> PollPolicy;
+    /// Largest value one item may hold, in bytes.
+    fn item_limit(&self) -> usize;
+    /// Stores one item.
+    async fn put_item(&self, key: &str, value: Bytes) -> Result<(), ChannelError>;
+    /// Reads several items at once (one round trip where the backend allows).
+    async fn get_items(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, ChannelError>;
+    /// Deletes items; absent ones are not an error.
+    async fn delete_items(&self, keys: &[String]) -> Result<(), ChannelError>;
+    /// Lists item keys with a prefix, `None` when the backend cannot list.
+    async fn list_items(&self, prefix: &str) -> Result<Option<Vec<String>>, ChannelError>;
+}
+
+/// A [`Channel`] over an [`ItemStore`], chunking values above the item limit.
+#[derive(Debug)]
+pub struct Chunked<S> {
+    store: S,
+}
+
+impl<S: ItemStore> Chunked<S> {
+    /// Wraps `store`.
+    pub fn new(store: S) -> Self {
+        Chunked { store }
+    }
+
+    /// The wrapped store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    fn corrupt(&self, key: &str, message: &str) -> ChannelError {
+        ChannelError::Backend {
+            channel: self.store.url().to_string(),
+            op: "get",
+            key: key.to_string(),
+            source: message.to_string().into(),
+        }
+    }
+
+    /// The chunk keys named by a manifest item, or `None` for an inline item.
+    fn chunk_keys(key: &str, item: &[u8]) -> Option<Vec<String>> {
+        let m = parse_manifest(item)?;
+        Some((0..m.chunks).map(|i| chunk_key(key, m.nonce, i)).collect())
+    }
+}
+
+struct Manifest {
+    chunks: u32,
+    len: u64,
+    nonce: u64,
+}
+
+fn parse_manifest(item: &[u8]) -> Option<Manifest> {
+    if item.len() != MANIFEST_LEN || item[0] != MANIFEST {
+        return None;
+    }
+    Some(Manifest {
+        chunks: u32::from_le_bytes(item[1..5].try_into().ok()?),
+        len: u64::from_le_bytes(item[5..13].try_into().ok()?),
+        nonce: u64::from_le_bytes(item[13..21].try_into().ok()?),
+    })
+}
+
+fn chunk_key(key: &str, nonce: u64, i: u32) -> String {
+    format!("{key}#{nonce:x}#{i}")
+}
+
+#[async_trait]
+impl<S: ItemStore> Channel for Chunked<S> {
+    fn url(&self) -> &str {
+        self.store.url()
+    }
+
+    fn poll_policy(&self) -> PollPolicy {
+        self.store.poll_policy()
+    }
+
+    async fn put(&self, key: &str, value: Bytes) -> Result<(), ChannelError> {
+        validate_key(key)?;
+        let limit = self.store.item_limit();
+        if value.len() < limit {
+            let mut item = BytesMut::with_capacity(value.len() + 1);
+            item.put_u8(INLINE);
+            item.put_slice(&value);
+            // An inline rewrite of a key that held chunks leaves them behind: clean up.
+            let old = self.store.get_items(&[key.to_string()]).await?;
+            self.store.put_item(key, item.freeze()).await?;
+            if let Some(chunks) = old[0].as_deref().and_then(|o| Self::chunk_keys(key, o)) {
+                self.store.delete_items(&chunks).await?;
+            }
+            return Ok(());
+        }
+        let old = self.store.get_items(&[key.to_string()]).await?;
+        let nonce: u64 = rand::random();
+        let n = value.len().div_ceil(limit) as u32;
+        for i in 0..n {
+            let part = value.slice(i as usize * limit..((i as usize + 1) * limit).min(value.len()));
+            self.store.put_item(&chunk_key(key, nonce, i), part).await?;
+        }
+        let mut manifest = BytesMut::with_capacity(MANIFEST_LEN);
+        manifest.put_u8(MANIFEST);
+        manifest.put_u32_le(n);
+        manifest.put_u64_le(value.len() as u64);
+        manifest.put_u64_le(nonce);
+        self.store.put_item(key, manifest.freeze()).await?;
+        if let Some(chunks) = old[0].as_deref().and_then(|o| Self::chunk_keys(key, o)) {
+            self.store.delete_items(&chunks).await?;
+        }
+        Ok(())
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, ChannelError> {
+        validate_key(key)?;
+        // A concurrent rewrite may delete the chunks we are about to read: read the manifest
+        // again and retry a few times.
+        for _ in 0..5 {
+            let Some(item) = self.store.get_items(&[key.to_string()]).await?.remove(0) else {
+                return Ok(None);
+            };
+            match item.first() {
+                Some(&INLINE) => return Ok(Some(item.slice(1..))),
+                Some(&MANIFEST) => {
+                    let m =
+                        parse_manifest(&item).ok_or_else(|| self.corrupt(key, "bad manifest"))?;
+                    let keys: Vec<String> =
+                        (0..m.chunks).map(|i| chunk_key(key, m.nonce, i)).collect();
+                    let parts = self.store.get_items(&keys).await?;
+                    if parts.iter().any(Option::is_none) {
+                        continue;
+                    }
+                    let mut value = BytesMut::with_capacity(m.len as usize);
+                    for p in parts.into_iter().flatten() {
+                        value.put_slice(&p);
+                    }
+                    if value.len() as u64 != m.len {
+                        return Err(
+                            self.corrupt(key, "chunks do not add up to the manifest length")
+                        );
+                    }
+                    return Ok(Some(value.freeze()));
+                }
+                _ => {
+                    return Err(
+                        self.corrupt(key, "item has an unknown tag (not written by lambdaml)")
+                    );
+                }
+            }
+        }
+        Err(self.corrupt(
+            key,
+            "chunks kept disappearing while reading (value rewritten too often)",
+        ))
+    }
+
+    async fn delete(&self, keys: &[String]) -> Result<(), ChannelError> {
+        for key in keys {
+            validate_key(key)?;
+        }
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let items = self.store.get_items(keys).await?;
+        let mut all: Vec<String> = keys.to_vec();
+        for (key, item) in keys.iter().zip(&items) {
+            if let Some(chunks) = item.as_deref().and_then(|i| Self::chunk_keys(key, i)) {
+                all.extend(chunks);
+            }
+        }
+        self.store.delete_items(&all).await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Option<Vec<String>>, ChannelError> {
+        Ok(self
+            .store
+            .list_items(prefix)
+            .await?
+            .map(|keys| keys.into_iter().filter(|k| !k.contains('#')).collect()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    /// An item store with a tiny limit that refuses larger items, like a real server.
+    #[derive(Debug, Default)]
+    struct Tiny(Mutex<BTreeMap<String, Bytes>>);
+
+    #[async_trait]
+    impl ItemStore for Tiny {
+        fn url(&self) -> &str {
+            "tiny:"
+        }
+        fn poll_policy(&self) -> PollPolicy {
+            PollPolicy {
+                initial: Duration::from_micros(1),
+                max: Duration::from_micros(1),
+            }
+        }
+        fn item_limit(&self) -> usize {
+            10
+        }
+        async fn put_item(&self, key: &str, value: Bytes) -> Result<(), ChannelError> {
+            assert!(
+                value.len() <= 11,
+                "item of {} bytes over the limit",
+                value.len()
+            );
+            self.0.lock().unwrap().insert(key.into(), value);
+            Ok(())
+        }
+        async fn get_items(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, ChannelError> {
+            let m = self.0.lock().unwrap();
+            Ok(keys.iter().map(|k| m.get(k).cloned()).collect())
+        }
+        async fn delete_items(&self, keys: &[String]) -> Result<(), ChannelError> {
+            let mut m = self.0.lock().unwrap();
+            keys.iter().for_each(|k| {
+                m.remove(k);
+            });
+            Ok(())
+        }
+        async fn list_items(&self, prefix: &str) -> Result<Option<Vec<String>>, ChannelError> {
+            Ok(Some(
+                self.0
+                    .lock()
+                    .unwrap()
+                    .keys()
+                    .filter(|k| k.starts_with(prefix))
+                    .cloned()
+                    .collect(),
+            ))
+        }
+    }
+
+    #[tokio::test]
+    async fn large_values_are_chunked_and_rewrites_leave_nothing_behind() {
+        let ch = Chunked::new(Tiny::default());
+        let big = Bytes::from((0..95u8).collect::<Vec<_>>());
+        ch.put("a/b", big.clone()).await.unwrap();
+        assert_eq!(ch.get("a/b").await.unwrap(), Some(big.clone()));
+        assert_eq!(ch.store.0.lock().unwrap().len(), 1 + 10);
+        assert_eq!(ch.list("a/").await.unwrap(), Some(vec!["a/b".to_string()]));
+        // Rewrite with another large value, then with a small one: old chunks go.
+        let other = Bytes::from(vec![7u8; 33]);
+        ch.put("a/b", other.clone()).await.unwrap();
+        assert_eq!(ch.get("a/b").await.unwrap(), Some(other));
+        assert_eq!(ch.store.0.lock().unwrap().len(), 1 + 4);
+        ch.put("a/b", Bytes::from_static(b"tiny")).await.unwrap();
+        assert_eq!(ch.store.0.lock().unwrap().len(), 1);
+        ch.put("a/c", big).await.unwrap();
+        ch.delete(&["a/b".into(), "a/c".into()]).await.unwrap();
+        assert!(ch.store.0.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_missing_chunk_is_an_error_not_garbage() {
+        let ch = Chunked::new(Tiny::default());
+        ch.put("k", Bytes::from(vec![1u8; 50])).await.unwrap();
+        let chunk = ch
+            .store
+            .0
+            .lock()
+            .unwrap()
+            .keys()
+            .find(|k| k.contains('#'))
+            .cloned()
+            .unwrap();
+        ch.store.0.lock().unwrap().remove(&chunk);
+        let err = ch.get("k").await.unwrap_err();
+        assert!(format!("{:#}", anyhow::Error::from(err)).contains("kept disappearing"));
+    }
+}

@@ -1,0 +1,281 @@
+//! `dynamodb://table` — Amazon DynamoDB or a compatible server. The table is created on first
+//! use (on-demand billing, string partition key `k`); an existing table of that shape is used
+//! as it is. Items are `{k: key, v: bytes}`; values above the 400 KB item limit are chunked
+//! by [`Chunked`]. Reads are strongly consistent.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::primitives::Blob;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, DeleteRequest, KeySchemaElement, KeyType,
+    KeysAndAttributes, ScalarAttributeType, TableStatus, WriteRequest,
+};
+use bytes::Bytes;
+
+use super::aws::{classify, sdk_config};
+use super::chunked::{Chunked, ItemStore};
+use super::retry::{BackendError, RetryPolicy, with_retries};
+use super::{ChannelError, PollPolicy};
+
+/// DynamoDB's item limit is 400 KB including attribute names and the key; values are cut
+/// well below it.
+const VALUE_LIMIT: usize = 350 * 1024;
+/// BatchGetItem takes at most 100 keys, BatchWriteItem 25 requests.
+const BATCH_GET: usize = 100;
+const BATCH_WRITE: usize = 25;
+
+/// The raw DynamoDB store (use through [`open`]).
+#[derive(Debug)]
+pub struct DynamoStore {
+    url: String,
+    client: Client,
+    table: String,
+    retry: RetryPolicy,
+}
+
+fn key_of(key: &str) -> HashMap<String, AttributeValue> {
+    HashMap::from([("k".to_string(), AttributeValue::S(key.to_string()))])
+}
+
+/// Opens `dynamodb://table`, creating the table when it is missing.
+pub async fn open(url: &str, retry: RetryPolicy) -> Result<Chunked<DynamoStore>, ChannelError> {
+    let table = url
+        .strip_prefix("dynamodb://")
+        .expect("scheme checked by the caller");
+    if table.is_empty() || table.contains('/') {
+        return Err(ChannelError::InvalidUrl {
+            url: url.to_string(),
+            message: "expected dynamodb://table".into(),
+        });
+    }
+    let store = DynamoStore {
+        url: url.to_string(),
+        client: Client::new(&sdk_config().await),
+        table: table.to_string(),
+        retry,
+    };
+    store.ensure_table().await?;
+    Ok(Chunked::new(store))
+}
+
+impl DynamoStore {
+    async fn ensure_table(&self) -> Result<(), ChannelError> {
+        let t = &self.table;
+        with_retries(&self.retry, &self.url, "open table", t, || async {
+            let described = self.client.describe_table().table_name(t).send().await;
+            let table = match described {
+                Ok(d) => d.table,
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|s| s.is_resource_not_found_exception()) =>
+                {
+                    let created = self
+                        .client
+                        .create_table()
+                        .table_name(t)
+                        .attribute_definitions(
+                            AttributeDefinition::builder()
+                                .attribute_name("k")
+                                .attribute_type(ScalarAttributeType::S)
+                                .build()
+                                .expect("complete"),
+                        )
+                        .key_schema(
+                            KeySchemaElement::builder()
+                                .attribute_name("k")
+                                .key_type(KeyType::Hash)
+                                .build()
+                                .expect("complete"),
+                        )
+                        .billing_mode(BillingMode::PayPerRequest)
+                        .send()
+                        .await;
+                    match created {
+                        Ok(c) => c.table_description,
+                        // Another worker created it first.
+                        Err(e)
+                            if e.as_service_error()
+                                .is_some_and(|s| s.is_resource_in_use_exception()) =>
+                        {
+                            None
+                        }
+                        Err(e) => return Err(classify(e)),
+                    }
+                }
+                Err(e) => return Err(classify(e)),
+            };
+            let Some(table) = table else {
+                return Err(BackendError::transient("table is being created"));
+            };
+            let schema: Vec<(&str, &KeyType)> = table
+                .key_schema()
+                .iter()
+                .map(|k| (k.attribute_name(), k.key_type()))
+                .collect();
+            if schema != [("k", &KeyType::Hash)] {
+                return Err(BackendError::permanent(format!(
+                    "table '{t}' exists with key schema {schema:?}; lambdaml needs a single \
+                     string partition key named 'k'"
+                )));
+            }
+            match table.table_status() {
+                Some(TableStatus::Active) | None => Ok(()),
+                Some(s) => Err(BackendError::transient(format!(
+                    "table is {s:?}, waiting for ACTIVE"
+                ))),
+            }
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl ItemStore for DynamoStore {
+    fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn poll_policy(&self) -> PollPolicy {
+        PollPolicy {
+            initial: Duration::from_millis(1),
+            max: Duration::from_millis(20),
+        }
+    }
+
+    fn item_limit(&self) -> usize {
+        VALUE_LIMIT
+    }
+
+    async fn put_item(&self, key: &str, value: Bytes) -> Result<(), ChannelError> {
+        with_retries(&self.retry, &self.url, "put", key, || async {
+            self.client
+                .put_item()
+                .table_name(&self.table)
+                .item("k", AttributeValue::S(key.to_string()))
+                .item("v", AttributeValue::B(Blob::new(value.to_vec())))
+                .send()
+                .await
+                .map(drop)
+                .map_err(classify)
+        })
+        .await
+    }
+
+    async fn get_items(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, ChannelError> {
+        let mut found: HashMap<String, Bytes> = HashMap::new();
+        let mut unique: Vec<&String> = keys.iter().collect();
+        unique.sort();
+        unique.dedup();
+        for batch in unique.chunks(BATCH_GET) {
+            let mut pending = Some(
+                KeysAndAttributes::builder()
+                    .set_keys(Some(batch.iter().map(|k| key_of(k)).collect()))
+                    .consistent_read(true)
+                    .build()
+                    .expect("keys are set"),
+            );
+            while let Some(request) = pending.take() {
+                let out = with_retries(&self.retry, &self.url, "get", batch[0], || async {
+                    self.client
+                        .batch_get_item()
+                        .request_items(&self.table, request.clone())
+                        .send()
+                        .await
+                        .map_err(classify)
+                })
+                .await?;
+                for item in out
+                    .responses()
+                    .and_then(|r| r.get(&self.table))
+                    .into_iter()
+                    .flatten()
+                {
+                    if let (Some(AttributeValue::S(k)), Some(AttributeValue::B(v))) =
+                        (item.get("k"), item.get("v"))
+                    {
+                        found.insert(k.clone(), Bytes::from(v.clone().into_inner()));
+                    }
+                }
+                // Past 16 MB per response, DynamoDB returns the rest as unprocessed.
+                pending = out
+                    .unprocessed_keys()
+                    .and_then(|u| u.get(&self.table))
+                    .filter(|u| !u.keys().is_empty())
+                    .cloned();
+            }
+        }
+        Ok(keys.iter().map(|k| found.get(k).cloned()).collect())
+    }
+
+    async fn delete_items(&self, keys: &[String]) -> Result<(), ChannelError> {
+        let mut unique: Vec<&String> = keys.iter().collect();
+        unique.sort();
+        unique.dedup();
+        for batch in unique.chunks(BATCH_WRITE) {
+            let mut requests: Vec<WriteRequest> = batch
+                .iter()
+                .map(|k| {
+                    WriteRequest::builder()
+                        .delete_request(
+                            DeleteRequest::builder()
+                                .set_key(Some(key_of(k)))
+                                .build()
+                                .expect("key is set"),
+                        )
+                        .build()
+                })
+                .collect();
+            while !requests.is_empty() {
+                let out = with_retries(&self.retry, &self.url, "delete", batch[0], || async {
+                    self.client
+                        .batch_write_item()
+                        .request_items(&self.table, requests.clone())
+                        .send()
+                        .await
+                        .map_err(classify)
+                })
+                .await?;
+                requests = out
+                    .unprocessed_items()
+                    .and_then(|u| u.get(&self.table))
+                    .cloned()
+                    .unwrap_or_default();
+            }
+        }
+        Ok(())
+    }
+
+    async fn list_items(&self, prefix: &str) -> Result<Option<Vec<String>>, ChannelError> {
+        let mut keys = Vec::new();
+        let mut start: Option<HashMap<String, AttributeValue>> = None;
+        loop {
+            let page = with_retries(&self.retry, &self.url, "list", prefix, || async {
+                self.client
+                    .scan()
+                    .table_name(&self.table)
+                    .filter_expression("begins_with(k, :p)")
+                    .expression_attribute_values(":p", AttributeValue::S(prefix.to_string()))
+                    .projection_expression("k")
+                    .consistent_read(true)
+                    .set_exclusive_start_key(start.clone())
+                    .send()
+                    .await
+                    .map_err(classify)
+            })
+            .await?;
+            keys.extend(page.items().iter().filter_map(|i| match i.get("k") {
+                Some(AttributeValue::S(k)) => Some(k.clone()),
+                _ => None,
+            }));
+            match page.last_evaluated_key() {
+                Some(k) if !k.is_empty() => start = Some(k.clone()),
+                _ => break,
+            }
+        }
+        keys.sort();
+        Ok(Some(keys))
+    }
+}

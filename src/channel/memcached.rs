@@ -1,0 +1,215 @@
+//! `memcached://host:port[,host:port...][?item_size=BYTES]` — Memcached or ElastiCache.
+//!
+//! Several nodes shard keys on the client, as with an ElastiCache cluster. Values above the
+//! item size (the server's `-I`, 1 MiB by default) are chunked by [`Chunked`]. Memcached
+//! cannot list keys; nothing in lambdaml needs it to.
+//!
+//! The client is synchronous and is called directly: a worker is one task in its own
+//! process, and a loopback round trip is shorter than a hop to a blocking thread pool.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::chunked::{Chunked, ItemStore};
+use super::retry::{BackendError, RetryPolicy, with_retries};
+use super::{ChannelError, PollPolicy};
+
+/// Default item size of memcached and ElastiCache (`-I 1m`).
+pub const DEFAULT_ITEM_SIZE: usize = 1 << 20;
+/// Room for the key and memcached's per-item header within the item size.
+const ITEM_OVERHEAD: usize = 1024;
+/// One request may not take longer (a paused server shows up as a timeout, then a retry).
+const OP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The raw Memcached store (use through [`open`]).
+pub struct MemcachedStore {
+    url: String,
+    servers: Vec<String>,
+    /// Replaced wholesale after a transport error: the crate returns a connection whose reply
+    /// was cut off to its pool, and a late reply must never be read as the next one's.
+    client: std::sync::RwLock<std::sync::Arc<memcache::Client>>,
+    item_size: usize,
+    retry: RetryPolicy,
+}
+
+impl std::fmt::Debug for MemcachedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemcachedStore")
+            .field("url", &self.url)
+            .finish()
+    }
+}
+
+/// Opens a Memcached channel from `memcached://...`.
+pub async fn open(url: &str, retry: RetryPolicy) -> Result<Chunked<MemcachedStore>, ChannelError> {
+    let invalid = |message: String| ChannelError::InvalidUrl {
+        url: url.to_string(),
+        message,
+    };
+    let rest = url
+        .strip_prefix("memcached://")
+        .expect("scheme checked by the caller");
+    let (hosts, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let mut item_size = DEFAULT_ITEM_SIZE;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("item_size", v)) => {
+                item_size = v
+                    .parse()
+                    .ok()
+                    .filter(|&n: &usize| n > 2 * ITEM_OVERHEAD)
+                    .ok_or_else(|| invalid(format!("item_size '{v}' is not a size above 2048")))?;
+            }
+            _ => {
+                return Err(invalid(format!(
+                    "unknown option '{pair}' (known: item_size)"
+                )));
+            }
+        }
+    }
+    let servers: Vec<String> = hosts
+        .split(',')
+        .filter(|h| !h.is_empty())
+        .map(|h| {
+            format!(
+                "memcache://{h}?tcp_nodelay=true&timeout={}",
+                OP_TIMEOUT.as_secs_f64()
+            )
+        })
+        .collect();
+    if servers.is_empty() {
+        return Err(invalid(
+            "expected memcached://host:port[,host:port...]".into(),
+        ));
+    }
+    let client = with_retries(&retry, url, "connect", "", || async {
+        connect(&servers).map_err(classify)
+    })
+    .await?;
+    Ok(Chunked::new(MemcachedStore {
+        url: url.to_string(),
+        servers,
+        client: std::sync::RwLock::new(std::sync::Arc::new(client)),
+        item_size,
+        retry,
+    }))
+}
+
+/// One connection pool per server. The pools skip r2d2's test-on-checkout, which would send
+/// a `version` round trip before every request and double the latency; a broken connection
+/// shows up as an error instead, and the store then reconnects. The read timeout is in the
+/// URL so that every connection the pool opens gets it.
+fn connect(servers: &[String]) -> Result<memcache::Client, memcache::MemcacheError> {
+    let pools = servers
+        .iter()
+        .map(|s| {
+            let url = memcache::Url::parse(s)
+                .map_err(|e| memcache::MemcacheError::BadURL(e.to_string()))?;
+            let pool = r2d2::Pool::builder()
+                .max_size(4)
+                .min_idle(Some(0))
+                .test_on_check_out(false)
+                .connection_timeout(OP_TIMEOUT)
+                .build(memcache::ConnectionManager::new(url))?;
+            Ok(pool)
+        })
+        .collect::<Result<Vec<_>, memcache::MemcacheError>>()?;
+    memcache::Client::with_pools(pools)
+}
+
+impl MemcachedStore {
+    fn client(&self) -> std::sync::Arc<memcache::Client> {
+        self.client
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Classifies an error; after a transport error, starts over with fresh connections.
+    fn failed(&self, e: memcache::MemcacheError) -> BackendError {
+        let e = classify(e);
+        if e.transient
+            && let Ok(fresh) = connect(&self.servers)
+        {
+            *self.client.write().unwrap_or_else(|p| p.into_inner()) = std::sync::Arc::new(fresh);
+        }
+        e
+    }
+}
+
+fn classify(e: memcache::MemcacheError) -> BackendError {
+    use memcache::MemcacheError as E;
+    match e {
+        E::IOError(_) | E::PoolError(_) => BackendError::transient(e.to_string()),
+        E::CommandError(ref c) if c.to_string().contains("too large") => {
+            BackendError::permanent(format!(
+                "{e}: the value exceeds the server's item size; pass ?item_size= matching its -I"
+            ))
+        }
+        _ => BackendError::permanent(e.to_string()),
+    }
+}
+
+#[async_trait]
+impl ItemStore for MemcachedStore {
+    fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn poll_policy(&self) -> PollPolicy {
+        PollPolicy {
+            initial: Duration::from_micros(20),
+            max: Duration::from_millis(2),
+        }
+    }
+
+    fn item_limit(&self) -> usize {
+        self.item_size - ITEM_OVERHEAD
+    }
+
+    async fn put_item(&self, key: &str, value: Bytes) -> Result<(), ChannelError> {
+        with_retries(&self.retry, &self.url, "put", key, || async {
+            self.client()
+                .set(key, &value[..], 0)
+                .map_err(|e| self.failed(e))
+        })
+        .await
+    }
+
+    async fn get_items(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, ChannelError> {
+        let first = keys.first().map_or("", String::as_str);
+        with_retries(&self.retry, &self.url, "get", first, || async {
+            if let [key] = keys {
+                let v: Option<Vec<u8>> = self.client().get(key).map_err(|e| self.failed(e))?;
+                return Ok(vec![v.map(Bytes::from)]);
+            }
+            let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+            let mut found: std::collections::HashMap<String, Vec<u8>> =
+                self.client().gets(&refs).map_err(|e| self.failed(e))?;
+            Ok(keys
+                .iter()
+                .map(|k| found.remove(k).map(Bytes::from))
+                .collect())
+        })
+        .await
+    }
+
+    async fn delete_items(&self, keys: &[String]) -> Result<(), ChannelError> {
+        for key in keys {
+            with_retries(&self.retry, &self.url, "delete", key, || async {
+                self.client()
+                    .delete(key)
+                    .map(drop)
+                    .map_err(|e| self.failed(e))
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn list_items(&self, _prefix: &str) -> Result<Option<Vec<String>>, ChannelError> {
+        Ok(None)
+    }
+}

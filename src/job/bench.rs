@@ -1,0 +1,245 @@
+//! `lambdaml bench channel`: put/get latency and all-reduce rounds over a channel, measured by
+//! real worker processes started through the local platform, as a job's workers would be.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use super::event::Invocation;
+use super::records;
+use crate::channel::{self, RetryPolicy, codec};
+use crate::comm::{Comm, Keys, SyncMode};
+use crate::platform::PlatformSpec;
+
+/// Rounds run before measuring (connections, caches, allocations).
+const WARMUP: usize = 3;
+
+/// What every bench worker gets.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BenchEvent {
+    /// Namespace of the bench's keys.
+    pub job_id: String,
+    /// Channel URL.
+    pub channel: String,
+    /// Number of workers.
+    pub workers: usize,
+    /// This worker.
+    pub worker: usize,
+    /// Bytes per vector.
+    pub size: usize,
+    /// Measured rounds per sync mode.
+    pub rounds: usize,
+}
+
+/// One worker's measurements, in milliseconds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct BenchSamples {
+    put_ms: Vec<f64>,
+    get_ms: Vec<f64>,
+    reduce_ms: Vec<f64>,
+    reduce_scatter_ms: Vec<f64>,
+    residual_keys: Vec<String>,
+}
+
+/// Median and 95th percentile, in milliseconds.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct Stat {
+    /// Median.
+    pub median: f64,
+    /// 95th percentile.
+    pub p95: f64,
+}
+
+/// The report of `lambdaml bench channel`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BenchReport {
+    /// Channel URL.
+    pub channel: String,
+    /// Worker processes.
+    pub workers: usize,
+    /// Bytes per vector.
+    pub size_bytes: usize,
+    /// Measured rounds per sync mode.
+    pub rounds: usize,
+    /// Latency of one put of `size_bytes`.
+    pub put_ms: Stat,
+    /// Latency of one get of `size_bytes`.
+    pub get_ms: Stat,
+    /// One all-reduce round, per sync mode (the slowest worker of each round).
+    pub round_ms: std::collections::BTreeMap<String, Stat>,
+    /// Median of `round_ms`, per sync mode.
+    pub round_ms_median: std::collections::BTreeMap<String, f64>,
+}
+
+fn stat(mut v: Vec<f64>) -> Stat {
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        v.get(((v.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    Stat {
+        median: at(0.5),
+        p95: at(0.95),
+    }
+}
+
+fn result_key(job: &str, w: usize) -> String {
+    records::key(job, "bench", w)
+}
+
+/// Runs the bench: starts `workers` processes of `exe`, collects their samples, deletes its
+/// keys and reports.
+pub async fn run(
+    url: &str,
+    workers: usize,
+    size: usize,
+    rounds: usize,
+    exe: PathBuf,
+) -> anyhow::Result<BenchReport> {
+    anyhow::ensure!(
+        workers >= 1 && rounds >= 1,
+        "need at least one worker and one round"
+    );
+    let ch = channel::open(url).await?;
+    let job_id = format!(
+        "bench-{}-{:04x}",
+        chrono::Local::now().format("%Y%m%d-%H%M%S"),
+        rand::random::<u16>()
+    );
+    let log_dir = std::env::temp_dir().join(&job_id);
+    let platform = PlatformSpec::Local {
+        exe,
+        log_dir: log_dir.clone(),
+        timeout_s: 900.0,
+    }
+    .build();
+    for w in 0..workers {
+        let event = Invocation::BenchChannel(BenchEvent {
+            job_id: job_id.clone(),
+            channel: url.to_string(),
+            workers,
+            worker: w,
+            size,
+            rounds,
+        });
+        platform.invoke(&format!("bench-{w}"), &serde_json::to_vec(&event)?)?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut samples: Vec<Option<BenchSamples>> = vec![None; workers];
+    while samples.iter().any(Option::is_none) {
+        for (w, slot) in samples.iter_mut().enumerate().filter(|(_, s)| s.is_none()) {
+            *slot = records::get(ch.as_ref(), &result_key(&job_id, w)).await?;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "bench workers did not finish in 10 minutes (logs: {})",
+            log_dir.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let samples: Vec<BenchSamples> = samples.into_iter().flatten().collect();
+    let mut keys: Vec<String> = (0..workers).map(|w| result_key(&job_id, w)).collect();
+    keys.extend(samples.iter().flat_map(|s| s.residual_keys.clone()));
+    if let Some(listed) = ch.list(&Keys::new(&job_id).prefix()).await? {
+        keys.extend(listed);
+    }
+    ch.delete(&keys).await?;
+    let _ = std::fs::remove_dir_all(&log_dir);
+    let slowest = |pick: fn(&BenchSamples) -> &Vec<f64>| -> Vec<f64> {
+        (0..rounds)
+            .map(|r| samples.iter().map(|s| pick(s)[r]).fold(0.0, f64::max))
+            .collect()
+    };
+    let round_ms: std::collections::BTreeMap<String, Stat> = [
+        ("reduce".to_string(), stat(slowest(|s| &s.reduce_ms))),
+        (
+            "reduce_scatter".to_string(),
+            stat(slowest(|s| &s.reduce_scatter_ms)),
+        ),
+    ]
+    .into();
+    Ok(BenchReport {
+        channel: url.to_string(),
+        workers,
+        size_bytes: size,
+        rounds,
+        put_ms: stat(samples.iter().flat_map(|s| s.put_ms.clone()).collect()),
+        get_ms: stat(samples.iter().flat_map(|s| s.get_ms.clone()).collect()),
+        round_ms_median: round_ms
+            .iter()
+            .map(|(k, v)| (k.clone(), v.median))
+            .collect(),
+        round_ms,
+    })
+}
+
+/// One bench worker (a process started by [`run`]).
+pub async fn worker(e: BenchEvent) -> anyhow::Result<()> {
+    let ch = channel::open_with(&e.channel, RetryPolicy::default()).await?;
+    let mut comm = Comm::new(
+        ch.clone(),
+        &e.job_id,
+        e.worker,
+        e.workers,
+        Duration::from_secs(120),
+    );
+    let values = vec![0.5f32; (e.size / 4).max(1)];
+    let frame = codec::encode_f32(&values);
+    let mine = format!("{}/putget/data/{}", e.job_id, e.worker);
+    let mut s = BenchSamples::default();
+    let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
+    for i in 0..WARMUP + e.rounds {
+        let t = Instant::now();
+        ch.put(&mine, frame.clone()).await?;
+        let put = ms(t);
+        let t = Instant::now();
+        ch.get(&mine)
+            .await?
+            .context("a value just written is missing")?;
+        if i >= WARMUP {
+            s.put_ms.push(put);
+            s.get_ms.push(ms(t));
+        }
+    }
+    ch.delete(std::slice::from_ref(&mine)).await?;
+    let mut round = 0u64;
+    for mode in [SyncMode::Reduce, SyncMode::ReduceScatter] {
+        for i in 0..WARMUP + e.rounds {
+            comm.barrier(round).await?;
+            let t = Instant::now();
+            comm.all_reduce_mean(mode, round, &values).await?;
+            let took = ms(t);
+            if i >= WARMUP {
+                match mode {
+                    SyncMode::Reduce => s.reduce_ms.push(took),
+                    _ => s.reduce_scatter_ms.push(took),
+                }
+            }
+            round += 1;
+        }
+    }
+    comm.barrier(round).await?;
+    s.residual_keys = comm.residual_keys();
+    records::put(ch.as_ref(), &result_key(&e.job_id, e.worker), &s).await?;
+    Ok(())
+}
+
+/// The report as a table.
+pub fn render(r: &BenchReport) -> String {
+    let mut out = format!(
+        "{} workers, {} bytes, {} rounds over {}\n{:<22} {:>10} {:>10}\n",
+        r.workers, r.size_bytes, r.rounds, r.channel, "operation", "median ms", "p95 ms"
+    );
+    let mut row = |name: &str, s: &Stat| {
+        out.push_str(&format!("{name:<22} {:>10.3} {:>10.3}\n", s.median, s.p95))
+    };
+    row("put", &r.put_ms);
+    row("get", &r.get_ms);
+    for (mode, s) in &r.round_ms {
+        row(&format!("all-reduce ({mode})"), s);
+    }
+    out
+}

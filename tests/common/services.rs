@@ -1,0 +1,143 @@
+//! Servers for channel tests. Shared ones (started by `scripts/services.sh`, addresses in
+//! the environment) and dedicated ones a test starts on a free port and owns (killed when
+//! dropped), for exact "nothing left" checks and for pausing or killing a server mid-job.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The URL of a shared service, from the environment `scripts/test.sh` sets up.
+pub fn shared(var: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| {
+        panic!(
+            "{var} is not set: run the suite with `bash scripts/test.sh`, which starts the servers"
+        )
+    })
+}
+
+/// Every remote channel of the shared services, with a name.
+pub fn shared_channels() -> Vec<(&'static str, String)> {
+    vec![
+        ("memcached", shared("LAMBDAML_TEST_MEMCACHED")),
+        ("memcached-64k", shared("LAMBDAML_TEST_MEMCACHED_SMALL")),
+        ("redis", shared("LAMBDAML_TEST_REDIS")),
+        ("s3", shared("LAMBDAML_TEST_S3")),
+        ("dynamodb", shared("LAMBDAML_TEST_DYNAMODB")),
+    ]
+}
+
+/// A free loopback port (the listener is closed before the server binds it).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A server process this test owns.
+pub struct Server {
+    child: Child,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    /// The channel URL that reaches it.
+    pub url: String,
+}
+
+impl Server {
+    fn start(mut cmd: Command, port: u16, url: String) -> Server {
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?} (installed by scripts/test.sh): {e}"));
+        let server = Server { child, port, url };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "server on port {port} did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+
+    /// A memcached of its own; `item_kb` sets `-I`.
+    pub fn memcached(item_kb: Option<usize>) -> Server {
+        let port = free_port();
+        let mut cmd = Command::new("memcached");
+        cmd.args([
+            "-u",
+            "root",
+            "-l",
+            "127.0.0.1",
+            "-U",
+            "0",
+            "-m",
+            "256",
+            "-p",
+            &port.to_string(),
+        ]);
+        let mut url = format!("memcached://127.0.0.1:{port}");
+        if let Some(kb) = item_kb {
+            cmd.args([
+                "-I",
+                &format!("{kb}k"),
+                "-o",
+                &format!("slab_chunk_max={}", kb * 512),
+            ]);
+            url.push_str(&format!("?item_size={}", kb * 1024));
+        }
+        Server::start(cmd, port, url)
+    }
+
+    /// A redis-server of its own.
+    pub fn redis() -> Server {
+        let port = free_port();
+        let mut cmd = Command::new("redis-server");
+        cmd.args([
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]);
+        Server::start(cmd, port, format!("redis://127.0.0.1:{port}"))
+    }
+
+    /// Sends a signal (`STOP`, `CONT`, `KILL`) to the server.
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Items the server holds, asked of the server itself (memcached `stats`, Redis `DBSIZE`).
+    pub fn items(&self) -> u64 {
+        if self.url.starts_with("memcached") {
+            let client =
+                memcache::Client::connect(format!("memcache://127.0.0.1:{}", self.port)).unwrap();
+            let stats = client.stats().unwrap();
+            stats[0].1["curr_items"].parse().unwrap()
+        } else {
+            let client = redis::Client::open(self.url.as_str()).unwrap();
+            let mut conn = client.get_connection().unwrap();
+            redis::cmd("DBSIZE").query(&mut conn).unwrap()
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
