@@ -25,6 +25,10 @@ fn value(seed: u8, len: usize) -> Bytes {
 
 pub fn put_get_overwrite_missing(ch: Arc<dyn Channel>) {
     rt().block_on(async {
+        // Shared servers may outlive one run of the suite.
+        ch.delete(&["job-a/0/x/1".into(), "job-a/0/empty/1".into()])
+            .await
+            .unwrap();
         assert_eq!(ch.get("job-a/0/x/1").await.unwrap(), None);
         ch.put("job-a/0/x/1", value(1, 10)).await.unwrap();
         assert_eq!(ch.get("job-a/0/x/1").await.unwrap(), Some(value(1, 10)));

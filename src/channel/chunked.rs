@@ -5,7 +5,13 @@
 //! (`u32` chunk count, `u64` total length, `u64` nonce); the chunks are the items
 //! `{key}#{nonce:x}#{i}`. Chunks are written first and the manifest last, and a rewrite uses
 //! a fresh nonce, so a reader sees the old value or the new one, never a mix; the chunks of a
-//! replaced value are deleted after the new manifest is in place.
+//! replaced large value are deleted after the new manifest is in place.
+//!
+//! Only a large put looks at the previous item (one extra read, negligible next to moving
+//! the chunks): a small put is a single request, because small puts are on every
+//! collective's critical path. So a key that goes from a chunked value to an inline one
+//! leaves the old chunks behind; lambdaml never does this (a key's values keep their size
+//! within a job), and a user overwriting keys by hand should delete first.
 
 use async_trait::async_trait;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -106,13 +112,7 @@ impl<S: ItemStore> Channel for Chunked<S> {
             let mut item = BytesMut::with_capacity(value.len() + 1);
             item.put_u8(INLINE);
             item.put_slice(&value);
-            // An inline rewrite of a key that held chunks leaves them behind: clean up.
-            let old = self.store.get_items(&[key.to_string()]).await?;
-            self.store.put_item(key, item.freeze()).await?;
-            if let Some(chunks) = old[0].as_deref().and_then(|o| Self::chunk_keys(key, o)) {
-                self.store.delete_items(&chunks).await?;
-            }
-            return Ok(());
+            return self.store.put_item(key, item.freeze()).await;
         }
         let old = self.store.get_items(&[key.to_string()]).await?;
         let nonce: u64 = rand::random();
@@ -176,6 +176,22 @@ impl<S: ItemStore> Channel for Chunked<S> {
         ))
     }
 
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, ChannelError> {
+        for key in keys {
+            validate_key(key)?;
+        }
+        let items = self.store.get_items(keys).await?;
+        let mut values = Vec::with_capacity(keys.len());
+        for (key, item) in keys.iter().zip(items) {
+            values.push(match item {
+                Some(i) if i.first() == Some(&INLINE) => Some(i.slice(1..)),
+                Some(_) => self.get(key).await?,
+                None => None,
+            });
+        }
+        Ok(values)
+    }
+
     async fn delete(&self, keys: &[String]) -> Result<(), ChannelError> {
         for key in keys {
             validate_key(key)?;
@@ -225,11 +241,11 @@ mod tests {
             }
         }
         fn item_limit(&self) -> usize {
-            10
+            32
         }
         async fn put_item(&self, key: &str, value: Bytes) -> Result<(), ChannelError> {
             assert!(
-                value.len() <= 11,
+                value.len() <= 32,
                 "item of {} bytes over the limit",
                 value.len()
             );
@@ -266,15 +282,23 @@ mod tests {
         let big = Bytes::from((0..95u8).collect::<Vec<_>>());
         ch.put("a/b", big.clone()).await.unwrap();
         assert_eq!(ch.get("a/b").await.unwrap(), Some(big.clone()));
-        assert_eq!(ch.store.0.lock().unwrap().len(), 1 + 10);
+        assert_eq!(ch.store.0.lock().unwrap().len(), 1 + 3);
         assert_eq!(ch.list("a/").await.unwrap(), Some(vec!["a/b".to_string()]));
-        // Rewrite with another large value, then with a small one: old chunks go.
-        let other = Bytes::from(vec![7u8; 33]);
+        // Rewrite with another large value: the old chunks go.
+        let other = Bytes::from(vec![7u8; 40]);
         ch.put("a/b", other.clone()).await.unwrap();
-        assert_eq!(ch.get("a/b").await.unwrap(), Some(other));
-        assert_eq!(ch.store.0.lock().unwrap().len(), 1 + 4);
-        ch.put("a/b", Bytes::from_static(b"tiny")).await.unwrap();
-        assert_eq!(ch.store.0.lock().unwrap().len(), 1);
+        assert_eq!(ch.get("a/b").await.unwrap(), Some(other.clone()));
+        assert_eq!(ch.store.0.lock().unwrap().len(), 1 + 2);
+        ch.put("a/s", Bytes::from_static(b"tiny")).await.unwrap();
+        let many = ch
+            .get_many(&["a/b".into(), "a/s".into(), "a/none".into()])
+            .await
+            .unwrap();
+        assert_eq!(
+            many,
+            vec![Some(other), Some(Bytes::from_static(b"tiny")), None]
+        );
+        ch.delete(&["a/s".into()]).await.unwrap();
         ch.put("a/c", big).await.unwrap();
         ch.delete(&["a/b".into(), "a/c".into()]).await.unwrap();
         assert!(ch.store.0.lock().unwrap().is_empty());
@@ -283,7 +307,7 @@ mod tests {
     #[tokio::test]
     async fn a_missing_chunk_is_an_error_not_garbage() {
         let ch = Chunked::new(Tiny::default());
-        ch.put("k", Bytes::from(vec![1u8; 50])).await.unwrap();
+        ch.put("k", Bytes::from(vec![1u8; 70])).await.unwrap();
         let chunk = ch
             .store
             .0

@@ -74,7 +74,7 @@ pub async fn open(url: &str, retry: RetryPolicy) -> Result<Chunked<MemcachedStor
         .filter(|h| !h.is_empty())
         .map(|h| {
             format!(
-                "memcache://{h}?tcp_nodelay=true&timeout={}",
+                "memcache://{h}?protocol=ascii&tcp_nodelay=true&timeout={}",
                 OP_TIMEOUT.as_secs_f64()
             )
         })

@@ -87,6 +87,16 @@ pub trait Channel: Send + Sync + std::fmt::Debug {
     /// Reads the value under `key`, `None` when absent.
     async fn get(&self, key: &str) -> Result<Option<Bytes>, ChannelError>;
 
+    /// Reads several keys, in one round trip where the backend allows (memcached multi-get,
+    /// Redis `MGET`, DynamoDB `BatchGetItem`); one `get` after another otherwise.
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, ChannelError> {
+        let mut values = Vec::with_capacity(keys.len());
+        for key in keys {
+            values.push(self.get(key).await?);
+        }
+        Ok(values)
+    }
+
     /// Deletes the keys; absent keys are not an error.
     async fn delete(&self, keys: &[String]) -> Result<(), ChannelError>;
 

@@ -102,6 +102,18 @@ impl Channel for RedisChannel {
         Ok(v.map(Bytes::from))
     }
 
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, ChannelError> {
+        let Some(first) = keys.first() else {
+            return Ok(Vec::new());
+        };
+        for key in keys {
+            validate_key(key)?;
+        }
+        let values: Vec<Option<Vec<u8>>> =
+            self.run("get", first, redis::cmd("MGET").arg(keys)).await?;
+        Ok(values.into_iter().map(|v| v.map(Bytes::from)).collect())
+    }
+
     async fn delete(&self, keys: &[String]) -> Result<(), ChannelError> {
         for chunk in keys.chunks(500) {
             for key in chunk {

@@ -338,7 +338,7 @@ fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     }
     let event: Invocation = serde_json::from_str(&text).context("parsing the worker event")?;
     let event = match event {
-        Invocation::Train(e) => e,
+        Invocation::Train(e) => *e,
         Invocation::BenchChannel(e) => return runtime()?.block_on(bench::worker(e)),
     };
     let deadline = platform::deadline_from_env();

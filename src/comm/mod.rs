@@ -277,30 +277,46 @@ impl Comm {
         Ok(v)
     }
 
-    /// Polls `key` (written by `worker`) with capped exponential backoff until it exists.
-    async fn wait_for(
+    /// Polls `keys` (each written by the worker beside it) with capped exponential backoff
+    /// until all exist, fetching the missing ones in one request per poll where the backend
+    /// allows. Returns the values in the order of `keys`.
+    async fn wait_all(
         &mut self,
-        key: &str,
-        worker: usize,
+        keys: &[(String, usize)],
         since: Instant,
-    ) -> Result<Bytes, CommError> {
+    ) -> Result<Vec<Bytes>, CommError> {
         let started = Instant::now();
         let limit = since + self.wait_timeout;
         let mut backoff = Backoff::new(self.channel.poll_policy());
         let mut next_abort_check = started + ABORT_CHECK_EVERY;
+        let mut found: Vec<Option<Bytes>> = vec![None; keys.len()];
         loop {
-            if let Some(v) = self.get(key).await? {
+            let missing: Vec<usize> = (0..keys.len()).filter(|&i| found[i].is_none()).collect();
+            if missing.is_empty() {
                 self.stats.wait_seconds += started.elapsed().as_secs_f64();
-                return Ok(v);
+                return Ok(found.into_iter().flatten().collect());
             }
+            let asked: Vec<String> = missing.iter().map(|&i| keys[i].0.clone()).collect();
+            self.stats.gets += asked.len() as u64;
+            let values = self.channel.get_many(&asked).await?;
+            for (&i, v) in missing.iter().zip(values) {
+                if let Some(v) = v {
+                    self.stats.bytes_in += v.len() as u64;
+                    found[i] = Some(v);
+                }
+            }
+            if found.iter().all(Option::is_some) {
+                continue;
+            }
+            let (key, worker) = &keys[found.iter().position(Option::is_none).expect("one missing")];
             let now = Instant::now();
             if self.deadline.is_some_and(|d| now >= d) {
-                return Err(CommError::Interrupted { key: key.into() });
+                return Err(CommError::Interrupted { key: key.clone() });
             }
             if now >= limit {
                 return Err(CommError::Timeout {
-                    key: key.into(),
-                    worker,
+                    key: key.clone(),
+                    worker: *worker,
                     waited: now - since,
                 });
             }
@@ -316,15 +332,20 @@ impl Comm {
         }
     }
 
-    async fn wait_vector(
+    /// Waits for the vectors under `keys` (written by the workers beside them), each of
+    /// `expected` values.
+    async fn wait_vectors(
         &mut self,
-        key: &str,
-        worker: usize,
+        keys: &[(String, usize)],
         since: Instant,
-        expected: usize,
-    ) -> Result<Vec<f32>, CommError> {
-        let bytes = self.wait_for(key, worker, since).await?;
-        decode_vector(key, &bytes, expected)
+        expected: impl Fn(usize) -> usize,
+    ) -> Result<Vec<Vec<f32>>, CommError> {
+        let values = self.wait_all(keys, since).await?;
+        keys.iter()
+            .zip(&values)
+            .enumerate()
+            .map(|(i, ((key, _), bytes))| decode_vector(key, bytes, expected(i)))
+            .collect()
     }
 
     /// Averages `values` over all workers with the chosen collective; `round` must increase
@@ -351,18 +372,19 @@ impl Comm {
         if self.worker != 0 {
             let own = self.keys.reduce_part(round, self.worker);
             self.put(&own, codec::encode_f32(values)).await?;
-            let mean = self.keys.reduce_mean(round);
-            let result = self.wait_vector(&mean, 0, since, len).await?;
+            let mean = [(self.keys.reduce_mean(round), 0)];
+            let result = self.wait_vectors(&mean, since, |_| len).await?.remove(0);
             self.complete(Completed {
                 op: Op::Reduce,
                 round,
             });
             return Ok(result);
         }
+        let parts: Vec<(String, usize)> = (1..self.n)
+            .map(|i| (self.keys.reduce_part(round, i), i))
+            .collect();
         let mut acc = values.to_vec();
-        for i in 1..self.n {
-            let key = self.keys.reduce_part(round, i);
-            let v = self.wait_vector(&key, i, since, len).await?;
+        for v in self.wait_vectors(&parts, since, |_| len).await? {
             add_assign(&mut acc, &v);
         }
         self.after_full_gather().await?;
@@ -385,14 +407,20 @@ impl Comm {
                 .await?;
         }
         let mine = chunk_bounds(len, n, w);
+        let parts: Vec<(String, usize)> = (0..n)
+            .filter(|&i| i != w)
+            .map(|i| (self.keys.scatter_part(round, w, i), i))
+            .collect();
+        let mut theirs = self
+            .wait_vectors(&parts, since, |_| mine.len())
+            .await?
+            .into_iter();
         let mut acc = vec![0f32; mine.len()];
         for i in 0..n {
             if i == w {
                 add_assign(&mut acc, &values[mine.clone()]);
             } else {
-                let key = self.keys.scatter_part(round, w, i);
-                let v = self.wait_vector(&key, i, since, mine.len()).await?;
-                add_assign(&mut acc, &v);
+                add_assign(&mut acc, &theirs.next().expect("one part per other worker"));
             }
         }
         self.after_full_gather().await?;
@@ -401,11 +429,16 @@ impl Comm {
         self.put(&key, codec::encode_f32(&acc)).await?;
         let mut result = vec![0f32; len];
         result[mine].copy_from_slice(&acc);
-        for j in (0..n).filter(|&j| j != w) {
-            let bounds = chunk_bounds(len, n, j);
-            let key = self.keys.gather_chunk(round, j);
-            let v = self.wait_vector(&key, j, since, bounds.len()).await?;
-            result[bounds].copy_from_slice(&v);
+        let owners: Vec<usize> = (0..n).filter(|&j| j != w).collect();
+        let chunks: Vec<(String, usize)> = owners
+            .iter()
+            .map(|&j| (self.keys.gather_chunk(round, j), j))
+            .collect();
+        let gathered = self
+            .wait_vectors(&chunks, since, |i| chunk_bounds(len, n, owners[i]).len())
+            .await?;
+        for (&j, v) in owners.iter().zip(gathered) {
+            result[chunk_bounds(len, n, j)].copy_from_slice(&v);
         }
         self.complete(Completed {
             op: Op::ReduceScatter,
@@ -455,7 +488,10 @@ impl Comm {
                 }
                 v.to_vec()
             }
-            None => self.wait_vector(&key, 0, Instant::now(), len).await?,
+            None => self
+                .wait_vectors(&[(key, 0)], Instant::now(), |_| len)
+                .await?
+                .remove(0),
         };
         self.complete(Completed {
             op: Op::Broadcast,
@@ -473,10 +509,11 @@ impl Comm {
         let own = self.keys.barrier(round, self.worker);
         self.put(&own, codec::encode_bytes(&[])).await?;
         let (n, w) = (self.n, self.worker);
-        for i in (0..n).filter(|&i| i != w) {
-            let key = self.keys.barrier(round, i);
-            self.wait_for(&key, i, since).await?;
-        }
+        let others: Vec<(String, usize)> = (0..n)
+            .filter(|&i| i != w)
+            .map(|i| (self.keys.barrier(round, i), i))
+            .collect();
+        self.wait_all(&others, since).await?;
         self.after_full_gather().await?;
         self.complete(Completed {
             op: Op::Barrier,

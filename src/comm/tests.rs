@@ -133,11 +133,17 @@ fn deadline_interrupts_and_re_execution_is_idempotent() {
         Box::pin(async move {
             let v = vector(comm.worker, 0, 8);
             if comm.worker == 1 {
-                // First attempt: the deadline has already passed while waiting.
+                // First attempt: the deadline has already passed while waiting for worker 0,
+                // which holds back until this attempt is over.
                 comm.set_deadline(Some(Instant::now()));
                 let err = comm.all_reduce_mean(SyncMode::ReduceScatter, 0, &v).await;
                 assert!(matches!(err, Err(CommError::Interrupted { .. })), "{err:?}");
                 comm.set_deadline(None);
+                comm.put("job/test/go/1", Bytes::new()).await.unwrap();
+            } else {
+                comm.wait_all(&[("job/test/go/1".into(), 1)], Instant::now())
+                    .await
+                    .unwrap();
             }
             comm.all_reduce_mean(SyncMode::ReduceScatter, 0, &v)
                 .await

@@ -163,12 +163,12 @@ async fn invoke_and_follow(spec: &JobSpec, ch: Arc<dyn Channel>, ui: &dyn JobPro
     let n = spec.config.workers;
     let platform = spec.platform.build();
     for w in 0..n {
-        let event = Invocation::Train(WorkerEvent {
+        let event = Invocation::Train(Box::new(WorkerEvent {
             job: spec.clone(),
             worker: w,
             invocation: 0,
             resume: false,
-        });
+        }));
         let payload = serde_json::to_vec(&event).expect("events serialise");
         if let Err(e) = platform.invoke(&format!("worker-{w}"), &payload) {
             // Workers already started will notice the abort flag and stop.

@@ -47,7 +47,7 @@ pub struct WorkerEvent {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Invocation {
     /// A training worker.
-    Train(WorkerEvent),
+    Train(Box<WorkerEvent>),
     /// A `lambdaml bench channel` worker.
     BenchChannel(super::bench::BenchEvent),
 }

@@ -239,8 +239,8 @@ impl<'a> Session<'a> {
             resume: true,
             ..self.event.clone()
         };
-        let payload =
-            serde_json::to_vec(&Invocation::Train(next.clone())).expect("events serialise");
+        let payload = serde_json::to_vec(&Invocation::Train(Box::new(next.clone())))
+            .expect("events serialise");
         spec.platform
             .build()
             .invoke(&format!("worker-{w}"), &payload)
