@@ -88,7 +88,7 @@ fn blobs(
     seed: u64,
     n_features: usize,
     out: &mut impl Write,
-    mut progress: impl FnMut(usize),
+    progress: impl FnMut(usize),
 ) -> std::io::Result<()> {
     let mut truth = StdRng::seed_from_u64(0x424c_4f42);
     // Centres far apart relative to the unit spread of each cluster.
@@ -100,31 +100,22 @@ fn blobs(
         })
         .collect();
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut line = String::with_capacity(16 * n_features);
-    for r in 0..rows {
+    write_rows(rows, out, progress, |line| {
         let c = rng.random_range(0..BLOBS_CLUSTERS);
-        line.clear();
         use std::fmt::Write as _;
         let _ = write!(line, "{c}");
         for (j, centre) in centres[c].iter().enumerate() {
             let noise: f32 = StandardNormal.sample(&mut rng);
             let _ = write!(line, " {}:{:.4}", j + 1, centre + noise);
         }
-        line.push('\n');
-        out.write_all(line.as_bytes())?;
-        if r % 4096 == 0 {
-            progress(r);
-        }
-    }
-    progress(rows);
-    Ok(())
+    })
 }
 
 fn higgs(
     rows: usize,
     seed: u64,
     out: &mut impl Write,
-    mut progress: impl FnMut(usize),
+    progress: impl FnMut(usize),
 ) -> std::io::Result<()> {
     // The "physics" (true weights) is fixed; the seed only draws the events, so two seeds
     // give two samples of the same problem.
@@ -135,8 +126,7 @@ fn higgs(
     let norm = w_low.iter().map(|w| w * w).sum::<f32>().sqrt();
     let mut rng = StdRng::seed_from_u64(seed);
     let mut x = [0f32; HIGGS_FEATURES];
-    let mut line = String::with_capacity(512);
-    for r in 0..rows {
+    write_rows(rows, out, progress, |line| {
         for v in x.iter_mut().take(HIGGS_LOW) {
             *v = StandardNormal.sample(&mut rng);
         }
@@ -149,20 +139,12 @@ fn higgs(
         let nonlinear = 0.5 * x[HIGGS_LOW] - 0.4 * x[0] * x[1];
         let p = 1.0 / (1.0 + (-(1.1 * linear + nonlinear)).exp());
         let label = u8::from(rng.random::<f32>() < p);
-        line.clear();
         use std::fmt::Write as _;
         let _ = write!(line, "{label}");
         for (j, v) in x.iter().enumerate() {
             let _ = write!(line, " {}:{:.4}", j + 1, v);
         }
-        line.push('\n');
-        out.write_all(line.as_bytes())?;
-        if r % 4096 == 0 {
-            progress(r);
-        }
-    }
-    progress(rows);
-    Ok(())
+    })
 }
 
 fn rcv1(
@@ -170,7 +152,7 @@ fn rcv1(
     seed: u64,
     n_features: usize,
     out: &mut impl Write,
-    mut progress: impl FnMut(usize),
+    progress: impl FnMut(usize),
 ) -> std::io::Result<()> {
     let n_features = n_features.max(2);
     let mut truth = StdRng::seed_from_u64(0x5243_5631);
@@ -194,8 +176,7 @@ fn rcv1(
     }
     let mut rng = StdRng::seed_from_u64(seed);
     let mut feats: Vec<(u32, f32)> = Vec::new();
-    let mut line = String::with_capacity(4096);
-    for r in 0..rows {
+    write_rows(rows, out, progress, |line| {
         let k = rng.random_range((mean_nnz * 0.5) as usize..=(mean_nnz * 1.5) as usize);
         feats.clear();
         for _ in 0..k {
@@ -213,12 +194,26 @@ fn rcv1(
         } else {
             "-1"
         };
-        line.clear();
         line.push_str(label);
         use std::fmt::Write as _;
         for &(i, v) in &feats {
             let _ = write!(line, " {}:{:.5}", i + 1, v / norm);
         }
+    })
+}
+
+/// Writes `rows` LibSVM lines, each filled by `row` into a reused buffer, and reports
+/// progress every 4096 rows.
+fn write_rows(
+    rows: usize,
+    out: &mut impl Write,
+    mut progress: impl FnMut(usize),
+    mut row: impl FnMut(&mut String),
+) -> std::io::Result<()> {
+    let mut line = String::with_capacity(4096);
+    for r in 0..rows {
+        line.clear();
+        row(&mut line);
         line.push('\n');
         out.write_all(line.as_bytes())?;
         if r % 4096 == 0 {
