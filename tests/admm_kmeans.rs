@@ -105,14 +105,7 @@ fn reference_optimum(parts: &[(Dataset, Vec<f32>)], loss: Loss, lam: f32, d: usi
 fn admm_reaches_the_optimum(model: &str, loss: Loss, tolerance: f64) {
     let dir = scratch();
     let parts_dir = dir.path().join("parts");
-    let out = output(
-        lambdaml()
-            .args(["data", "split"])
-            .arg(dense_data())
-            .args(["--parts", "4", "--out"])
-            .arg(&parts_dir),
-    );
-    assert!(out.status.success());
+    split(dense_data(), 4, &parts_dir);
     // Strong enough that the regulariser shapes the optimum: a wrong z-update shows.
     let lam = 1.0f32;
     let run = train(

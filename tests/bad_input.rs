@@ -106,14 +106,7 @@ fn an_unwritable_channel_directory_is_named() {
 fn a_job_failing_mid_way_reports_the_worker_error_and_leaves_no_key() {
     let dir = scratch();
     let parts = dir.path().join("parts");
-    let out = output(
-        lambdaml()
-            .args(["data", "split"])
-            .arg(dense_data())
-            .args(["--parts", "4", "--out"])
-            .arg(&parts),
-    );
-    assert!(out.status.success());
+    split(dense_data(), 4, &parts);
     let part2 = parts.join("part-00002-of-00004");
     let text = std::fs::read_to_string(&part2).unwrap();
     let mut lines: Vec<&str> = text.lines().collect();
@@ -141,14 +134,7 @@ fn a_job_failing_mid_way_reports_the_worker_error_and_leaves_no_key() {
 fn a_partition_location_with_the_wrong_worker_count_is_explained() {
     let dir = scratch();
     let parts = dir.path().join("parts");
-    let out = output(
-        lambdaml()
-            .args(["data", "split"])
-            .arg(dense_data())
-            .args(["--parts", "3", "--out"])
-            .arg(&parts),
-    );
-    assert!(out.status.success());
+    split(dense_data(), 3, &parts);
     let err = train_fails(
         dir.path(),
         &["--data", parts.to_str().unwrap(), "--workers", "4"],

@@ -166,26 +166,9 @@ fn a_server_that_stays_away_fails_the_job_with_a_clear_error() {
 fn partitions_are_read_from_s3() {
     let dir = scratch();
     let url = format!("{}/data-{}", shared("LAMBDAML_TEST_S3"), std::process::id());
-    let out = output(
-        lambdaml()
-            .args(["data", "split"])
-            .arg(dense_data())
-            .args(["--parts", "4", "--out", &url]),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    split(dense_data(), 4, &url);
     let local = dir.path().join("parts");
-    let out = output(
-        lambdaml()
-            .args(["data", "split"])
-            .arg(dense_data())
-            .args(["--parts", "4", "--out"])
-            .arg(&local),
-    );
-    assert!(out.status.success());
+    split(dense_data(), 4, &local);
     let from_s3 = train(dir.path(), &["--data", &url, "--epochs", "2"]);
     let from_disk = train(
         dir.path(),

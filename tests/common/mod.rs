@@ -93,6 +93,22 @@ pub fn sparse_data() -> &'static Path {
     })
 }
 
+/// Splits `data` into `parts` partitions at `out` (a directory or s3://...) with the CLI.
+pub fn split(data: &Path, parts: usize, out: impl AsRef<std::ffi::OsStr>) {
+    let out = output(
+        lambdaml()
+            .args(["data", "split"])
+            .arg(data)
+            .args(["--parts", &parts.to_string(), "--out"])
+            .arg(out),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A finished training run.
 pub struct Run {
     pub summary: Value,
