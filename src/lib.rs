@@ -5,6 +5,7 @@
 //! - [`job`]: configuration, driver, worker loop, checkpoints, metrics;
 //! - [`algo`]: models and optimizers as pure compute over flat `f32` vectors;
 //! - [`comm`]: collectives (reduce, reduce-scatter, async, barrier) over a channel;
+//! - [`ps`]: the parameter server of hybrid mode (`--sync ps`) and its client;
 //! - [`channel`]: the storage backends workers talk through;
 //! - [`platform`]: how a worker invocation is started (local processes, ...);
 //! - [`data`]: LibSVM parsing, partitioning, synthetic data.
@@ -16,3 +17,4 @@ pub mod comm;
 pub mod data;
 pub mod job;
 pub mod platform;
+pub mod ps;

@@ -45,6 +45,44 @@ pub enum Command {
     /// Look into a channel: list, read, write and delete keys.
     #[command(subcommand)]
     Channel(ChannelCommand),
+    /// The parameter server of hybrid mode (`--sync ps`): serve, or show what one holds.
+    #[command(subcommand)]
+    Ps(PsCommand),
+}
+
+/// `lambdaml ps ...`.
+#[derive(Debug, Subcommand)]
+pub enum PsCommand {
+    /// Run a parameter server (on a VM the workers can reach) until Ctrl-C or SIGTERM.
+    Serve {
+        /// Address to listen on; port 0 picks a free port (printed on stdout).
+        #[arg(long, default_value = "0.0.0.0:50051")]
+        addr: String,
+        /// Seconds between expiry checks and snapshots to --dir.
+        #[arg(long, default_value_t = 10.0)]
+        interval: f64,
+        /// Seconds a model may stay unused before it is dropped.
+        #[arg(long, default_value_t = 3600.0)]
+        expired: f64,
+        /// Directory for snapshots: a restarted server resumes the models found there.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Token every call must carry (workers: --ps-token).
+        #[arg(long, env = "LAMBDAML_PS_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// Print the models a parameter server holds: sizes, rounds, idle times.
+    Status {
+        /// The server's HOST:PORT.
+        #[arg(long)]
+        addr: String,
+        /// The server's token.
+        #[arg(long, env = "LAMBDAML_PS_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `lambdaml bench ...`.
@@ -64,6 +102,12 @@ pub enum BenchCommand {
         /// Measured rounds per sync mode.
         #[arg(long, default_value_t = 50)]
         rounds: usize,
+        /// Also measure push+pull rounds on this parameter server (HOST:PORT).
+        #[arg(long)]
+        ps_addr: Option<String>,
+        /// The parameter server's token.
+        #[arg(long, env = "LAMBDAML_PS_TOKEN", hide_env_values = true)]
+        ps_token: Option<String>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -196,6 +240,12 @@ pub struct TrainArgs {
     /// Where run folders go.
     #[arg(long)]
     pub runs_dir: Option<PathBuf>,
+    /// `--sync ps`: the parameter server's HOST:PORT.
+    #[arg(long)]
+    pub ps_addr: Option<String>,
+    /// `--sync ps`: the parameter server's token.
+    #[arg(long, env = "LAMBDAML_PS_TOKEN", hide_env_values = true)]
+    pub ps_token: Option<String>,
 }
 
 impl TrainArgs {
@@ -225,7 +275,15 @@ impl TrainArgs {
             tol,
             k
         );
-        set_opt!(data, features, channel, reinvoke_margin, init_centroids);
+        set_opt!(
+            data,
+            features,
+            channel,
+            reinvoke_margin,
+            init_centroids,
+            ps_addr,
+            ps_token
+        );
         Ok(c)
     }
 }
@@ -282,15 +340,20 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Worker(args) => run_worker(args),
         Command::Data(cmd) => data(cmd),
         Command::Channel(cmd) => runtime()?.block_on(channel_command(cmd)),
+        Command::Ps(cmd) => ps_command(cmd),
         Command::Bench(BenchCommand::Channel {
             channel,
             workers,
             size,
             rounds,
+            ps_addr,
+            ps_token,
             json,
         }) => {
             let exe = std::env::current_exe().context("locating the lambdaml binary")?;
-            let report = runtime()?.block_on(bench::run(&channel, workers, size, rounds, exe))?;
+            let ps = ps_addr.map(|a| (a, ps_token));
+            let report =
+                runtime()?.block_on(bench::run(&channel, workers, size, rounds, ps, exe))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -306,6 +369,65 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("starting the async runtime")
+}
+
+fn ps_command(cmd: PsCommand) -> anyhow::Result<()> {
+    use crate::ps::{client, server};
+    match cmd {
+        PsCommand::Serve {
+            addr,
+            interval,
+            expired,
+            dir,
+            token,
+        } => {
+            anyhow::ensure!(
+                interval > 0.0 && expired > 0.0,
+                "--interval and --expired must be positive"
+            );
+            let opts = server::ServeOptions {
+                addr,
+                interval: std::time::Duration::from_secs_f64(interval),
+                expired: std::time::Duration::from_secs_f64(expired),
+                dir,
+                token,
+            };
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?
+                .block_on(server::serve(opts, |a| {
+                    use std::io::Write as _;
+                    println!("listening on {a}");
+                    let _ = std::io::stdout().flush();
+                }))
+        }
+        PsCommand::Status { addr, token, json } => runtime()?.block_on(async {
+            let mut c = client::PsClient::connect(&addr, token.as_deref()).await?;
+            let s = c.status().await?;
+            if json {
+                let models: Vec<serde_json::Value> = s
+                    .models
+                    .iter()
+                    .map(|m| {
+                        serde_json::json!({
+                            "job": m.job, "name": m.name, "len": m.len, "workers": m.workers,
+                            "completed_round": m.completed_round, "open_round": m.open_round,
+                            "pushed": m.pushed, "idle_s": m.idle_s, "pushes": m.pushes,
+                            "pulls": m.pulls,
+                        })
+                    })
+                    .collect();
+                let out = serde_json::json!({
+                    "version": s.version, "uptime_s": s.uptime_s, "models": models,
+                });
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                print!("{}", client::render_status(&s));
+            }
+            Ok(())
+        }),
+    }
 }
 
 fn train(args: TrainArgs) -> anyhow::Result<()> {

@@ -33,6 +33,9 @@ pub enum SyncMode {
     ReduceScatter,
     /// No barrier: publish the own model, average with the latest models of the others.
     Async,
+    /// Through a parameter server (`lambdaml ps serve`, `--ps-addr`): push, then pull the
+    /// model once every worker pushed. The channel then only carries records.
+    Ps,
 }
 
 impl std::fmt::Display for SyncMode {
@@ -41,6 +44,7 @@ impl std::fmt::Display for SyncMode {
             SyncMode::Reduce => "reduce",
             SyncMode::ReduceScatter => "reduce_scatter",
             SyncMode::Async => "async",
+            SyncMode::Ps => "ps",
         })
     }
 }
@@ -70,6 +74,9 @@ pub enum CommError {
     /// The driver aborted the job.
     #[error("the job was aborted by the driver")]
     Aborted,
+    /// The parameter server failed (`--sync ps`).
+    #[error(transparent)]
+    Ps(#[from] crate::ps::client::PsError),
     /// A value could not be decoded.
     #[error("key '{key}' holds an unreadable value")]
     Corrupt {
@@ -363,6 +370,7 @@ impl Comm {
             SyncMode::Reduce => self.reduce(round, values).await,
             SyncMode::ReduceScatter => self.reduce_scatter(round, values).await,
             SyncMode::Async => self.async_exchange(values).await,
+            SyncMode::Ps => unreachable!("--sync ps rounds go to the parameter server"),
         }
     }
 

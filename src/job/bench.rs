@@ -31,6 +31,12 @@ pub struct BenchEvent {
     pub size: usize,
     /// Measured rounds per sync mode.
     pub rounds: usize,
+    /// A parameter server to measure as well (push + pull rounds).
+    #[serde(default)]
+    pub ps_addr: Option<String>,
+    /// Its token.
+    #[serde(default)]
+    pub ps_token: Option<String>,
 }
 
 /// One worker's measurements, in milliseconds.
@@ -40,6 +46,8 @@ pub struct BenchSamples {
     get_ms: Vec<f64>,
     reduce_ms: Vec<f64>,
     reduce_scatter_ms: Vec<f64>,
+    #[serde(default)]
+    ps_ms: Vec<f64>,
     residual_keys: Vec<String>,
 }
 
@@ -97,6 +105,7 @@ pub async fn run(
     workers: usize,
     size: usize,
     rounds: usize,
+    ps: Option<(String, Option<String>)>,
     exe: PathBuf,
 ) -> anyhow::Result<BenchReport> {
     anyhow::ensure!(
@@ -124,6 +133,8 @@ pub async fn run(
             worker: w,
             size,
             rounds,
+            ps_addr: ps.as_ref().map(|p| p.0.clone()),
+            ps_token: ps.as_ref().and_then(|p| p.1.clone()),
         });
         platform.invoke(&format!("bench-{w}"), &serde_json::to_vec(&event)?)?;
     }
@@ -148,12 +159,16 @@ pub async fn run(
     }
     ch.delete(&keys).await?;
     let _ = std::fs::remove_dir_all(&log_dir);
+    if let Some((addr, token)) = &ps {
+        let mut c = crate::ps::client::PsClient::connect(addr, token.as_deref()).await?;
+        c.drop_job(&job_id).await?;
+    }
     let slowest = |pick: fn(&BenchSamples) -> &Vec<f64>| -> Vec<f64> {
         (0..rounds)
             .map(|r| samples.iter().map(|s| pick(s)[r]).fold(0.0, f64::max))
             .collect()
     };
-    let round_ms: std::collections::BTreeMap<String, Stat> = [
+    let mut round_ms: std::collections::BTreeMap<String, Stat> = [
         ("reduce".to_string(), stat(slowest(|s| &s.reduce_ms))),
         (
             "reduce_scatter".to_string(),
@@ -161,6 +176,9 @@ pub async fn run(
         ),
     ]
     .into();
+    if ps.is_some() {
+        round_ms.insert("ps".to_string(), stat(slowest(|s| &s.ps_ms)));
+    }
     Ok(BenchReport {
         channel: url.to_string(),
         workers,
@@ -221,6 +239,29 @@ pub async fn worker(e: BenchEvent) -> anyhow::Result<()> {
             round += 1;
         }
     }
+    if let Some(addr) = &e.ps_addr {
+        use crate::ps::collective::{MODEL, PsCollective};
+        let mut ps = PsCollective::connect(
+            addr,
+            e.ps_token.as_deref(),
+            ch.clone(),
+            &e.job_id,
+            e.worker,
+            e.workers,
+            Duration::from_secs(120),
+        )
+        .await?;
+        ps.ensure(MODEL, values.len(), None, 0).await?;
+        for i in 0..WARMUP + e.rounds {
+            comm.barrier(round).await?;
+            let t = Instant::now();
+            ps.grad_step(i as u64, &values, -0.01).await?;
+            if i >= WARMUP {
+                s.ps_ms.push(ms(t));
+            }
+            round += 1;
+        }
+    }
     comm.barrier(round).await?;
     s.residual_keys = comm.residual_keys();
     records::put(ch.as_ref(), &result_key(&e.job_id, e.worker), &s).await?;
@@ -239,7 +280,10 @@ pub fn render(r: &BenchReport) -> String {
     row("put", &r.put_ms);
     row("get", &r.get_ms);
     for (mode, s) in &r.round_ms {
-        row(&format!("all-reduce ({mode})"), s);
+        match mode.as_str() {
+            "ps" => row("push+pull (ps)", s),
+            _ => row(&format!("all-reduce ({mode})"), s),
+        }
     }
     out
 }

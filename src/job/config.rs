@@ -68,6 +68,12 @@ pub struct JobConfig {
     pub wait_timeout: f64,
     /// Where run folders (`runs/<job-id>/`) are written.
     pub runs_dir: PathBuf,
+    /// `--sync ps`: the parameter server's `HOST:PORT`.
+    pub ps_addr: Option<String>,
+    /// `--sync ps`: the server's token. Never written out (run folders, summaries); it
+    /// reaches workers in their event only.
+    #[serde(skip_serializing)]
+    pub ps_token: Option<String>,
 }
 
 impl Default for JobConfig {
@@ -98,6 +104,8 @@ impl Default for JobConfig {
             reinvoke_margin: None,
             wait_timeout: 300.0,
             runs_dir: PathBuf::from("runs"),
+            ps_addr: None,
+            ps_token: None,
         }
     }
 }
@@ -225,6 +233,17 @@ impl JobConfig {
             if self.reg == Reg::L1 && self.optim != OptimKind::Admm {
                 return Err(field("reg", "l1 is supported with --optim admm"));
             }
+        }
+        match (self.sync, &self.ps_addr) {
+            (SyncMode::Ps, None) => {
+                return Err(field(
+                    "ps-addr",
+                    "--sync ps needs the parameter server's HOST:PORT (start one with \
+                     `lambdaml ps serve`)",
+                ));
+            }
+            (SyncMode::Ps, Some(_)) | (_, None) => {}
+            (_, Some(_)) => return Err(field("ps-addr", "only used with --sync ps")),
         }
         if self.features == Some(0) {
             return Err(field("features", "must be at least 1"));

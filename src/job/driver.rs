@@ -19,6 +19,7 @@ use crate::channel::{self, Channel};
 use crate::comm::Keys;
 use crate::data::BinaryLabels;
 use crate::platform::PlatformSpec;
+use crate::ps::client::PsClient;
 
 /// Environment variable naming the binary that runs `lambdaml worker` (default: this one).
 pub const WORKER_EXE_ENV: &str = "LAMBDAML_WORKER_EXE";
@@ -92,6 +93,15 @@ async fn run_prepared(
     let steps_per_epoch = plan::steps_per_epoch(&data.manifest, cfg.val_ratio, cfg.batch_size)?;
     let channel = channel::open_with(channel_url, retry_policy(cfg)).await?;
     probe(channel.as_ref(), job_id).await?;
+    let ps = match &cfg.ps_addr {
+        Some(addr) => {
+            let mut c = PsClient::connect(addr, cfg.ps_token.as_deref()).await?;
+            let h = c.health().await?;
+            tracing::info!(%addr, version = %h.version, models = h.models, "parameter server up");
+            Some(c)
+        }
+        None => None,
+    };
 
     let exe = match std::env::var_os(WORKER_EXE_ENV) {
         Some(p) => PathBuf::from(p),
@@ -111,11 +121,18 @@ async fn run_prepared(
             log_dir: run_dir.join("logs"),
             timeout_s: cfg.invocation_timeout,
         },
+        ps_token: cfg.ps_token.clone(),
     };
     let started = Instant::now();
     let outcome = invoke_and_follow(&spec, channel.clone(), ui).await;
     let wall = started.elapsed().as_secs_f64();
     let cleanup = delete_job_keys(channel.as_ref(), &spec, &outcome).await;
+    if let Some(mut c) = ps {
+        match c.drop_job(job_id).await {
+            Ok(n) => tracing::debug!(models = n, "job's models dropped from the parameter server"),
+            Err(e) => tracing::warn!("could not drop the job's models (they expire): {e}"),
+        }
+    }
     let results = match outcome {
         Followed::Done(results) => results,
         Followed::Failed { error, .. } => {

@@ -27,6 +27,10 @@ pub struct JobSpec {
     pub steps_per_epoch: usize,
     /// How to invoke a worker again.
     pub platform: PlatformSpec,
+    /// The parameter server's token (`--sync ps`), kept out of `config` so that it is never
+    /// written to the run folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ps_token: Option<String>,
 }
 
 /// The event of one invocation.

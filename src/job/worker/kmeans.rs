@@ -77,7 +77,7 @@ async fn initial_centroids(
         );
     }
     let own = (s.event.worker == 0).then(|| kmeans::kmeans_pp(&s.data.features, k, cfg.seed));
-    match s.comm.broadcast(0, own.as_deref(), k * d).await {
+    match s.broadcast(own.as_deref(), k * d).await {
         Ok(c) => Ok(Some(c)),
         Err(e) => interrupted(e),
     }

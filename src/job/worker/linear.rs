@@ -92,6 +92,10 @@ pub(super) async fn train(s: &mut Session<'_>) -> anyhow::Result<Outcome> {
                         None => return s.reinvoke().await,
                     }
                 }
+                (OptimKind::GradAvg, SyncMode::Ps) => match s.ps_grad_step(&grad, cfg.lr).await? {
+                    Some(model) => s.state.params = model,
+                    None => return s.reinvoke().await,
+                },
                 (OptimKind::GradAvg, _) => match s.collective(&grad).await? {
                     Some(mean) => sgd::step(&mut s.state.params, &mean, cfg.lr),
                     None => return s.reinvoke().await,

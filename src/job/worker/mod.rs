@@ -21,9 +21,10 @@ use super::records::{
     self, Checkpoint, EpochAcc, EpochRecord, Progress, WorkerFailure, WorkerResult,
 };
 use crate::channel::{self, Channel};
-use crate::comm::{Comm, CommError};
+use crate::comm::{Comm, CommError, CommStats, SyncMode};
 use crate::data::Dataset;
 use crate::data::libsvm::Layout;
+use crate::ps::collective::PsCollective;
 
 /// How an invocation ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +69,8 @@ struct Session<'a> {
     event: &'a WorkerEvent,
     channel: Arc<dyn Channel>,
     comm: Comm,
+    /// `--sync ps`: the parameter server, which then does every collective.
+    ps: Option<PsCollective>,
     data: Dataset,
     state: Checkpoint,
     deadline: Option<Instant>,
@@ -105,7 +108,25 @@ impl<'a> Session<'a> {
             cfg.workers,
             Duration::from_secs_f64(cfg.wait_timeout),
         );
-        comm.set_deadline(deadline.map(|d| d.checked_sub(margin / 2).unwrap_or(d)));
+        let wait_deadline = deadline.map(|d| d.checked_sub(margin / 2).unwrap_or(d));
+        comm.set_deadline(wait_deadline);
+        let ps = match (&cfg.sync, &cfg.ps_addr) {
+            (SyncMode::Ps, Some(addr)) => {
+                let mut ps = PsCollective::connect(
+                    addr,
+                    spec.ps_token.as_deref(),
+                    channel.clone(),
+                    &spec.job_id,
+                    w,
+                    cfg.workers,
+                    Duration::from_secs_f64(cfg.wait_timeout),
+                )
+                .await?;
+                ps.set_deadline(wait_deadline);
+                Some(ps)
+            }
+            _ => None,
+        };
         let ckpt_key = records::key(&spec.job_id, records::CHECKPOINT, w);
         let state = if event.resume {
             let mut ckpt: Checkpoint = records::get(channel.as_ref(), &ckpt_key)
@@ -142,6 +163,7 @@ impl<'a> Session<'a> {
             event,
             channel,
             comm,
+            ps,
             data,
             state,
             deadline,
@@ -161,12 +183,56 @@ impl<'a> Session<'a> {
     /// interrupted it (the caller re-invokes, and the round is re-run).
     async fn collective(&mut self, values: &[f32]) -> anyhow::Result<Option<Vec<f32>>> {
         let sync = self.event.job.config.sync;
+        let round = self.state.round;
         let started = Instant::now();
-        match self
-            .comm
-            .all_reduce_mean(sync, self.state.round, values)
-            .await
-        {
+        let result = match &mut self.ps {
+            Some(ps) => ps.mean(round, values).await,
+            None => self.comm.all_reduce_mean(sync, round, values).await,
+        };
+        self.after_round(started, result)
+    }
+
+    /// `--sync ps` gradient averaging: the server applies `-lr/n * grad` of every worker to
+    /// its model; returns the model after the round (`None`: interrupted, as above).
+    async fn ps_grad_step(&mut self, grad: &[f32], lr: f32) -> anyhow::Result<Option<Vec<f32>>> {
+        let round = self.state.round;
+        let n = self.event.job.config.workers;
+        let initial = self.state.params.clone();
+        let ps = self.ps.as_mut().expect("--sync ps has a server");
+        let started = Instant::now();
+        let result = async {
+            ps.ensure(
+                crate::ps::collective::MODEL,
+                initial.len(),
+                Some(&initial),
+                round,
+            )
+            .await?;
+            ps.grad_step(round, grad, -lr / n as f32).await
+        }
+        .await;
+        self.after_round(started, result)
+    }
+
+    /// The root's vector on every worker (KMeans' initial centroids).
+    async fn broadcast(&mut self, own: Option<&[f32]>, len: usize) -> Result<Vec<f32>, CommError> {
+        match &mut self.ps {
+            Some(ps) => ps.broadcast(0, own, len).await,
+            None => self.comm.broadcast(0, own, len).await,
+        }
+    }
+
+    /// Traffic of this invocation's collectives.
+    fn comm_stats(&self) -> CommStats {
+        self.comm.stats() + self.ps.as_ref().map(|p| p.stats()).unwrap_or_default()
+    }
+
+    fn after_round(
+        &mut self,
+        started: Instant,
+        result: Result<Vec<f32>, CommError>,
+    ) -> anyhow::Result<Option<Vec<f32>>> {
+        match result {
             Ok(v) => {
                 let took = started.elapsed();
                 self.state.acc.comm_s += took.as_secs_f64();
@@ -228,7 +294,7 @@ impl<'a> Session<'a> {
         let key = records::key(&spec.job_id, records::CHECKPOINT, w);
         let snapshot = Checkpoint {
             pending: self.comm.pending().to_vec(),
-            comm: self.state.comm + self.comm.stats(),
+            comm: self.state.comm + self.comm_stats(),
             ..self.state.clone()
         };
         records::put(self.channel.as_ref(), &key, &snapshot)
@@ -264,7 +330,7 @@ impl<'a> Session<'a> {
             history: self.state.history.clone(),
             invocations: self.state.invocations,
             residual_keys: self.comm.residual_keys(),
-            comm: self.state.comm + self.comm.stats(),
+            comm: self.state.comm + self.comm_stats(),
         };
         let key = records::key(&spec.job_id, records::RESULT, w);
         records::put(self.channel.as_ref(), &key, &result).await?;

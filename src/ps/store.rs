@@ -1,0 +1,533 @@
+//! The parameter server's models and their round logic, free of gRPC so it can be tested
+//! directly.
+//!
+//! A model holds a vector `m` and counts rounds. Every worker pushes once per round; the
+//! round completes when all `workers` have pushed, and the value of `m` at that moment is
+//! kept as the round's *snapshot*. A pull for round `r` returns that snapshot, so a fast
+//! worker that already pushed for round `r + 1` cannot change what a slow one pulls for
+//! `r`. Pushes for a round are only accepted once the previous round is complete (a worker
+//! pulls before it pushes again), so rounds never interleave.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+/// Snapshots kept per model: the last completed round and the one before, which is all a
+/// worker re-running a round after a re-invocation can ask for.
+const KEPT_SNAPSHOTS: usize = 2;
+
+/// How a push changes the model.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum Mode {
+    /// `m += scale * values`, applied at once.
+    Grad {
+        /// Factor applied to the pushed values (for SGD: `-lr / workers`).
+        scale: f32,
+    },
+    /// `m = mean of the round's pushes`, set when the round completes.
+    Average,
+    /// `m = values`; an empty push only marks the worker's arrival.
+    Replace,
+}
+
+/// What is wrong with a request.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StoreError {
+    /// No such model.
+    #[error("no model '{name}' for job '{job}' (never registered, dropped, or expired)")]
+    NotFound {
+        /// Job id.
+        job: String,
+        /// Model name.
+        name: String,
+    },
+    /// The request does not fit the model.
+    #[error("{0}")]
+    Invalid(String),
+    /// The round does not fit the model's state.
+    #[error("{0}")]
+    OutOfOrder(String),
+}
+
+/// The persistent state of one model (what a snapshot to `--dir` holds).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelState {
+    /// Job id.
+    pub job: String,
+    /// Model name within the job.
+    pub name: String,
+    /// Workers that push each round.
+    pub workers: u32,
+    /// The live vector.
+    pub values: Vec<f32>,
+    /// The round being collected, once a push for it arrived.
+    pub open_round: Option<u64>,
+    /// Workers that pushed for `open_round`.
+    pub pushed: BTreeSet<u32>,
+    /// Sum of the round's pushes (`Average` mode only).
+    pub acc: Vec<f32>,
+    /// The mode of the open round (all pushes of a round must agree).
+    pub open_mode: Option<Mode>,
+    /// Completed rounds with the vector at completion, oldest first.
+    pub snapshots: VecDeque<(u64, Arc<Vec<f32>>)>,
+    /// Pushes received.
+    pub pushes: u64,
+    /// Pulls served.
+    pub pulls: u64,
+}
+
+impl ModelState {
+    /// A fresh model with `values`.
+    pub fn new(job: &str, name: &str, workers: u32, values: Vec<f32>) -> Self {
+        ModelState {
+            job: job.to_string(),
+            name: name.to_string(),
+            workers,
+            values,
+            open_round: None,
+            pushed: BTreeSet::new(),
+            acc: Vec::new(),
+            open_mode: None,
+            snapshots: VecDeque::new(),
+            pushes: 0,
+            pulls: 0,
+        }
+    }
+
+    /// The last completed round.
+    pub fn completed_round(&self) -> Option<u64> {
+        self.snapshots.back().map(|(r, _)| *r)
+    }
+
+    /// Applies one push; `Ok(true)` when it counted, `Ok(false)` for a repeat.
+    pub fn push(
+        &mut self,
+        round: u64,
+        worker: u32,
+        mode: Mode,
+        values: &[f32],
+    ) -> Result<bool, StoreError> {
+        if worker >= self.workers {
+            return Err(StoreError::Invalid(format!(
+                "worker {worker} pushed to '{}', which has {} workers",
+                self.name, self.workers
+            )));
+        }
+        let len = self.values.len();
+        let empty_replace = mode == Mode::Replace && values.is_empty();
+        if !empty_replace && values.len() != len {
+            return Err(StoreError::Invalid(format!(
+                "push of {} values to '{}', which holds {len}",
+                values.len(),
+                self.name
+            )));
+        }
+        self.pushes += 1;
+        if self.snapshots.iter().any(|(r, _)| *r == round) {
+            return Ok(false);
+        }
+        if let Some(done) = self.completed_round()
+            && round < done
+        {
+            return Err(StoreError::OutOfOrder(format!(
+                "push for round {round} of '{}', which completed round {done} already",
+                self.name
+            )));
+        }
+        match self.open_round {
+            Some(open) if open == round => {
+                if self.pushed.contains(&worker) {
+                    return Ok(false);
+                }
+                if self.open_mode != Some(mode) && !matches!(mode, Mode::Grad { .. }) {
+                    return Err(StoreError::Invalid(format!(
+                        "round {round} of '{}' mixes push modes",
+                        self.name
+                    )));
+                }
+            }
+            Some(open) => {
+                return Err(StoreError::OutOfOrder(format!(
+                    "push for round {round} of '{}' while round {open} has {} of {} pushes",
+                    self.name,
+                    self.pushed.len(),
+                    self.workers
+                )));
+            }
+            None => {
+                self.open_round = Some(round);
+                self.open_mode = Some(mode);
+                if mode == Mode::Average {
+                    self.acc = vec![0.0; len];
+                }
+            }
+        }
+        match mode {
+            Mode::Grad { scale } => {
+                for (m, v) in self.values.iter_mut().zip(values) {
+                    *m += scale * v;
+                }
+            }
+            Mode::Average => {
+                for (a, v) in self.acc.iter_mut().zip(values) {
+                    *a += v;
+                }
+            }
+            Mode::Replace if !values.is_empty() => self.values.copy_from_slice(values),
+            Mode::Replace => {}
+        }
+        self.pushed.insert(worker);
+        if self.pushed.len() == self.workers as usize {
+            self.complete(round);
+        }
+        Ok(true)
+    }
+
+    fn complete(&mut self, round: u64) {
+        if self.open_mode == Some(Mode::Average) {
+            let n = self.workers as f32;
+            for (m, a) in self.values.iter_mut().zip(&self.acc) {
+                *m = a / n;
+            }
+            self.acc = Vec::new();
+        }
+        self.snapshots
+            .push_back((round, Arc::new(self.values.clone())));
+        while self.snapshots.len() > KEPT_SNAPSHOTS {
+            self.snapshots.pop_front();
+        }
+        self.open_round = None;
+        self.open_mode = None;
+        self.pushed.clear();
+    }
+
+    /// The values at the end of `round`: `Ok(None)` while the round is still open.
+    pub fn snapshot(&self, round: u64) -> Result<Option<Arc<Vec<f32>>>, StoreError> {
+        if let Some((_, v)) = self.snapshots.iter().find(|(r, _)| *r == round) {
+            return Ok(Some(v.clone()));
+        }
+        match self.snapshots.front() {
+            Some((oldest, _)) if round < *oldest => Err(StoreError::OutOfOrder(format!(
+                "round {round} of '{}' is no longer held (oldest kept: {oldest})",
+                self.name
+            ))),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// A model with what the server needs around it at run time.
+#[derive(Debug)]
+pub struct Model {
+    /// The state, locked per model so models do not contend.
+    pub state: Mutex<ModelState>,
+    /// Bumped when a round completes; pulls wait on it.
+    pub completed: watch::Sender<u64>,
+    /// When the model was last used.
+    pub last_access: Mutex<Instant>,
+    /// Changed since the last snapshot to disk.
+    pub dirty: std::sync::atomic::AtomicBool,
+}
+
+impl Model {
+    /// Wraps `state`, used now.
+    pub fn new(state: ModelState) -> Self {
+        Model {
+            state: Mutex::new(state),
+            completed: watch::channel(0).0,
+            last_access: Mutex::new(Instant::now()),
+            dirty: std::sync::atomic::AtomicBool::new(true),
+        }
+    }
+
+    /// Marks the model used now.
+    pub fn touch(&self) {
+        *self.last_access.lock().expect("lock") = Instant::now();
+    }
+
+    /// Time since the last use.
+    pub fn idle(&self) -> Duration {
+        self.last_access.lock().expect("lock").elapsed()
+    }
+
+    /// Applies a push and wakes pullers when it completed a round.
+    pub fn push(
+        &self,
+        round: u64,
+        worker: u32,
+        mode: Mode,
+        values: &[f32],
+    ) -> Result<(bool, u32), StoreError> {
+        self.touch();
+        let mut s = self.state.lock().expect("lock");
+        let before = s.completed_round();
+        let applied = s.push(round, worker, mode, values)?;
+        let pushed = if s.completed_round() != before {
+            s.workers
+        } else {
+            s.pushed.len() as u32
+        };
+        let completed = s.completed_round() != before;
+        drop(s);
+        if applied {
+            self.dirty.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        if completed {
+            self.completed.send_modify(|c| *c += 1);
+        }
+        Ok((applied, pushed))
+    }
+
+    /// The values at the end of `round`, waiting up to `timeout`; `Ok(None)`: not yet.
+    pub async fn pull(
+        &self,
+        round: u64,
+        timeout: Duration,
+    ) -> Result<Option<Arc<Vec<f32>>>, StoreError> {
+        self.touch();
+        let give_up = tokio::time::Instant::now() + timeout;
+        let mut rx = self.completed.subscribe();
+        loop {
+            // `subscribe` marked the current value seen: a completion after this check
+            // wakes `changed` below, so none is missed.
+            {
+                let mut s = self.state.lock().expect("lock");
+                if let Some(v) = s.snapshot(round)? {
+                    s.pulls += 1;
+                    drop(s);
+                    self.touch();
+                    return Ok(Some(v));
+                }
+            }
+            match tokio::time::timeout_at(give_up, rx.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) | Err(_) => return Ok(None),
+            }
+        }
+    }
+
+    /// The live values, without waiting.
+    pub fn current(&self) -> (Option<u64>, Arc<Vec<f32>>) {
+        self.touch();
+        let mut s = self.state.lock().expect("lock");
+        s.pulls += 1;
+        (s.completed_round(), Arc::new(s.values.clone()))
+    }
+}
+
+/// Every model the server holds, by (job, name).
+#[derive(Debug, Default)]
+pub struct Store {
+    models: Mutex<HashMap<(String, String), Arc<Model>>>,
+}
+
+impl Store {
+    /// The model `(job, name)`.
+    pub fn get(&self, job: &str, name: &str) -> Result<Arc<Model>, StoreError> {
+        self.models
+            .lock()
+            .expect("lock")
+            .get(&(job.to_string(), name.to_string()))
+            .cloned()
+            .ok_or_else(|| StoreError::NotFound {
+                job: job.to_string(),
+                name: name.to_string(),
+            })
+    }
+
+    /// Inserts `state` unless a model of that name exists; true when inserted. An existing
+    /// model of another shape is an error (two jobs, or a bug, using one name).
+    pub fn register(&self, state: ModelState) -> Result<(bool, Arc<Model>), StoreError> {
+        let key = (state.job.clone(), state.name.clone());
+        let mut models = self.models.lock().expect("lock");
+        if let Some(m) = models.get(&key) {
+            let s = m.state.lock().expect("lock");
+            if s.values.len() != state.values.len() || s.workers != state.workers {
+                return Err(StoreError::Invalid(format!(
+                    "model '{}' of job '{}' exists with {} values and {} workers, not {} and {}",
+                    state.name,
+                    state.job,
+                    s.values.len(),
+                    s.workers,
+                    state.values.len(),
+                    state.workers
+                )));
+            }
+            drop(s);
+            m.touch();
+            return Ok((false, m.clone()));
+        }
+        let m = Arc::new(Model::new(state));
+        models.insert(key, m.clone());
+        Ok((true, m))
+    }
+
+    /// Puts back a model read from a snapshot.
+    pub fn restore(&self, state: ModelState) {
+        let key = (state.job.clone(), state.name.clone());
+        let m = Model::new(state);
+        m.dirty.store(false, std::sync::atomic::Ordering::Relaxed);
+        self.models.lock().expect("lock").insert(key, Arc::new(m));
+    }
+
+    /// Removes every model of `job`; returns their names.
+    pub fn drop_job(&self, job: &str) -> Vec<(String, String)> {
+        let mut models = self.models.lock().expect("lock");
+        let gone: Vec<_> = models.keys().filter(|(j, _)| j == job).cloned().collect();
+        for k in &gone {
+            models.remove(k);
+        }
+        gone
+    }
+
+    /// Removes models idle for longer than `expired`; returns their names.
+    pub fn expire(&self, expired: Duration) -> Vec<(String, String)> {
+        let mut models = self.models.lock().expect("lock");
+        let gone: Vec<_> = models
+            .iter()
+            .filter(|(_, m)| m.idle() > expired)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &gone {
+            models.remove(k);
+        }
+        gone
+    }
+
+    /// Every model, sorted by (job, name).
+    pub fn all(&self) -> Vec<Arc<Model>> {
+        let models = self.models.lock().expect("lock");
+        let mut keys: Vec<_> = models.keys().cloned().collect();
+        keys.sort();
+        keys.iter().map(|k| models[k].clone()).collect()
+    }
+
+    /// Number of models.
+    pub fn len(&self) -> usize {
+        self.models.lock().expect("lock").len()
+    }
+
+    /// True when no model is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model(workers: u32, values: Vec<f32>) -> ModelState {
+        ModelState::new("job", "m", workers, values)
+    }
+
+    #[test]
+    fn grad_pushes_accumulate_and_complete_the_round() {
+        let mut m = model(2, vec![1.0, 1.0]);
+        assert!(
+            m.push(0, 0, Mode::Grad { scale: -0.5 }, &[2.0, 4.0])
+                .unwrap()
+        );
+        assert_eq!(m.snapshot(0).unwrap(), None);
+        assert!(
+            m.push(0, 1, Mode::Grad { scale: -0.5 }, &[0.0, 2.0])
+                .unwrap()
+        );
+        assert_eq!(*m.snapshot(0).unwrap().unwrap(), vec![0.0, -2.0]);
+    }
+
+    #[test]
+    fn repeated_pushes_are_ignored() {
+        let mut m = model(2, vec![0.0]);
+        assert!(m.push(3, 0, Mode::Grad { scale: 1.0 }, &[1.0]).unwrap());
+        assert!(!m.push(3, 0, Mode::Grad { scale: 1.0 }, &[1.0]).unwrap());
+        m.push(3, 1, Mode::Grad { scale: 1.0 }, &[1.0]).unwrap();
+        // A re-invoked worker re-running the completed round changes nothing.
+        assert!(!m.push(3, 0, Mode::Grad { scale: 1.0 }, &[1.0]).unwrap());
+        assert_eq!(m.values, vec![2.0]);
+    }
+
+    #[test]
+    fn average_sets_the_mean_when_the_round_completes() {
+        let mut m = model(3, vec![9.0, 9.0]);
+        m.push(0, 0, Mode::Average, &[1.0, 2.0]).unwrap();
+        m.push(0, 2, Mode::Average, &[2.0, 4.0]).unwrap();
+        assert_eq!(m.values, vec![9.0, 9.0], "unchanged until complete");
+        m.push(0, 1, Mode::Average, &[3.0, 6.0]).unwrap();
+        assert_eq!(*m.snapshot(0).unwrap().unwrap(), vec![2.0, 4.0]);
+    }
+
+    #[test]
+    fn replace_with_empty_pushes_broadcasts_one_worker_s_values() {
+        let mut m = model(3, vec![0.0; 2]);
+        m.push(5, 1, Mode::Replace, &[]).unwrap();
+        m.push(5, 0, Mode::Replace, &[7.0, 8.0]).unwrap();
+        m.push(5, 2, Mode::Replace, &[]).unwrap();
+        assert_eq!(*m.snapshot(5).unwrap().unwrap(), vec![7.0, 8.0]);
+    }
+
+    #[test]
+    fn snapshots_are_frozen_while_the_next_round_runs() {
+        let mut m = model(2, vec![0.0]);
+        m.push(0, 0, Mode::Grad { scale: 1.0 }, &[1.0]).unwrap();
+        m.push(0, 1, Mode::Grad { scale: 1.0 }, &[1.0]).unwrap();
+        m.push(1, 0, Mode::Grad { scale: 1.0 }, &[5.0]).unwrap();
+        assert_eq!(*m.snapshot(0).unwrap().unwrap(), vec![2.0]);
+        assert_eq!(m.values, vec![7.0]);
+    }
+
+    #[test]
+    fn out_of_order_and_malformed_pushes_are_errors() {
+        let mut m = model(2, vec![0.0; 3]);
+        let e = m.push(0, 2, Mode::Average, &[0.0; 3]).unwrap_err();
+        assert!(e.to_string().contains("has 2 workers"), "{e}");
+        let e = m.push(0, 0, Mode::Average, &[0.0; 2]).unwrap_err();
+        assert!(e.to_string().contains("holds 3"), "{e}");
+        m.push(0, 0, Mode::Average, &[0.0; 3]).unwrap();
+        let e = m.push(1, 1, Mode::Average, &[0.0; 3]).unwrap_err();
+        assert!(e.to_string().contains("while round 0 has 1 of 2"), "{e}");
+        for r in 0..4 {
+            if r > 0 {
+                m.push(r, 0, Mode::Average, &[0.0; 3]).unwrap();
+            }
+            m.push(r, 1, Mode::Average, &[0.0; 3]).unwrap();
+        }
+        assert!(m.snapshot(0).is_err(), "only the last rounds are kept");
+        assert!(m.snapshot(3).unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn pull_waits_for_the_round_and_times_out() {
+        let m = Arc::new(Model::new(model(2, vec![0.0])));
+        assert_eq!(m.pull(0, Duration::from_millis(20)).await.unwrap(), None);
+        let waiter = {
+            let m = m.clone();
+            tokio::spawn(async move { m.pull(0, Duration::from_secs(10)).await })
+        };
+        m.push(0, 0, Mode::Grad { scale: 1.0 }, &[1.0]).unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        m.push(0, 1, Mode::Grad { scale: 1.0 }, &[2.0]).unwrap();
+        assert_eq!(*waiter.await.unwrap().unwrap().unwrap(), vec![3.0]);
+    }
+
+    #[test]
+    fn store_registers_once_and_expires_idle_models() {
+        let s = Store::default();
+        assert!(s.register(model(2, vec![1.0])).unwrap().0);
+        let (created, m) = s.register(model(2, vec![5.0])).unwrap();
+        assert!(!created);
+        assert_eq!(
+            m.state.lock().unwrap().values,
+            vec![1.0],
+            "first values kept"
+        );
+        assert!(s.register(model(3, vec![1.0])).is_err(), "another shape");
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(s.expire(Duration::from_secs(10)).len(), 0);
+        assert_eq!(s.expire(Duration::from_millis(10)).len(), 1);
+        assert!(s.is_empty());
+    }
+}
