@@ -7,6 +7,8 @@
 //! - [`comm`]: collectives (reduce, reduce-scatter, async, barrier) over a channel;
 //! - [`ps`]: the parameter server of hybrid mode (`--sync ps`) and its client;
 //! - [`channel`]: the storage backends workers talk through;
+//! - [`cost`]: what a run would cost on AWS (price table and estimate);
+//! - [`report`]: `lambdaml report`, charts and tables comparing finished runs;
 //! - [`platform`]: how a worker invocation is started (local processes, ...);
 //! - [`data`]: LibSVM parsing, partitioning, synthetic data.
 
@@ -14,7 +16,9 @@ pub mod algo;
 pub mod channel;
 pub mod cli;
 pub mod comm;
+pub mod cost;
 pub mod data;
 pub mod job;
 pub mod platform;
 pub mod ps;
+pub mod report;

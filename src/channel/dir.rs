@@ -12,6 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+use super::meter::{self, Op};
 use super::{Channel, ChannelError, PollPolicy, validate_key};
 
 /// A channel backed by a directory tree.
@@ -119,6 +120,7 @@ impl Channel for DirChannel {
 
     async fn put(&self, key: &str, value: Bytes) -> Result<(), ChannelError> {
         validate_key(key)?;
+        meter::record(Op::Put, 1, value.len() as u64);
         let path = self.root.join(key);
         let parent = path.parent().expect("joined path has a parent");
         // A concurrent delete may prune the directory between create and write: retry.
@@ -138,13 +140,20 @@ impl Channel for DirChannel {
     async fn get(&self, key: &str) -> Result<Option<Bytes>, ChannelError> {
         validate_key(key)?;
         match std::fs::read(self.root.join(key)) {
-            Ok(v) => Ok(Some(Bytes::from(v))),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Ok(v) => {
+                meter::record(Op::Get, 1, v.len() as u64);
+                Ok(Some(Bytes::from(v)))
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                meter::record(Op::Get, 1, 0);
+                Ok(None)
+            }
             Err(e) => Err(self.err("get", key, e)),
         }
     }
 
     async fn delete(&self, keys: &[String]) -> Result<(), ChannelError> {
+        meter::record(Op::Delete, keys.len() as u64, 0);
         let mut parents: Vec<PathBuf> = Vec::new();
         for key in keys {
             validate_key(key)?;
@@ -171,6 +180,7 @@ impl Channel for DirChannel {
             Some(i) => self.root.join(&prefix[..i]),
             None => self.root.clone(),
         };
+        meter::record(Op::List, 1, 0);
         let mut keys = Vec::new();
         self.walk(&base, &mut keys)
             .map_err(|e| self.err("list", prefix, e))?;

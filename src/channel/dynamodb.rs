@@ -17,6 +17,7 @@ use bytes::Bytes;
 
 use super::aws::{classify, sdk_config};
 use super::chunked::{Chunked, ItemStore};
+use super::meter::{self, Op};
 use super::retry::{BackendError, RetryPolicy, with_retries};
 use super::{ChannelError, PollPolicy};
 
@@ -34,6 +35,25 @@ pub struct DynamoStore {
     client: Client,
     table: String,
     retry: RetryPolicy,
+}
+
+/// Write request units of an item of `bytes`: one per started KB.
+fn write_units(bytes: usize) -> u64 {
+    (bytes + 2).div_ceil(1024).max(1) as u64
+}
+
+/// Approximate stored size of an item: attribute names plus values.
+fn item_size(item: &HashMap<String, AttributeValue>) -> usize {
+    item.iter()
+        .map(|(name, v)| {
+            name.len()
+                + match v {
+                    AttributeValue::S(s) => s.len(),
+                    AttributeValue::B(b) => b.as_ref().len(),
+                    _ => 8,
+                }
+        })
+        .sum()
 }
 
 fn key_of(key: &str) -> HashMap<String, AttributeValue> {
@@ -151,6 +171,8 @@ impl ItemStore for DynamoStore {
 
     async fn put_item(&self, key: &str, value: Bytes) -> Result<(), ChannelError> {
         with_retries(&self.retry, &self.url, "put", key, || async {
+            meter::record(Op::Put, 1, value.len() as u64);
+            meter::record_units(0, write_units(key.len() + value.len()));
             self.client
                 .put_item()
                 .table_name(&self.table)
@@ -179,6 +201,7 @@ impl ItemStore for DynamoStore {
             );
             while let Some(request) = pending.take() {
                 let out = with_retries(&self.retry, &self.url, "get", batch[0], || async {
+                    meter::record(Op::Get, 1, 0);
                     self.client
                         .batch_get_item()
                         .request_items(&self.table, request.clone())
@@ -187,6 +210,23 @@ impl ItemStore for DynamoStore {
                         .map_err(classify)
                 })
                 .await?;
+                // Strongly consistent reads: 4 KB units per item, a missing item costs one.
+                let returned = out.responses().and_then(|r| r.get(&self.table));
+                let (mut units, mut bytes, mut n_found) = (0, 0, 0);
+                for item in returned.into_iter().flatten() {
+                    let size = item_size(item);
+                    units += size.div_ceil(4096).max(1) as u64;
+                    bytes += size as u64;
+                    n_found += 1;
+                }
+                let asked = request.keys().len() as u64;
+                let unprocessed = out
+                    .unprocessed_keys()
+                    .and_then(|u| u.get(&self.table))
+                    .map_or(0, |u| u.keys().len() as u64);
+                units += asked.saturating_sub(n_found + unprocessed);
+                meter::record(Op::Get, 0, bytes);
+                meter::record_units(units, 0);
                 for item in out
                     .responses()
                     .and_then(|r| r.get(&self.table))
@@ -230,6 +270,8 @@ impl ItemStore for DynamoStore {
                 .collect();
             while !requests.is_empty() {
                 let out = with_retries(&self.retry, &self.url, "delete", batch[0], || async {
+                    meter::record(Op::Delete, 1, 0);
+                    meter::record_units(0, requests.len() as u64);
                     self.client
                         .batch_write_item()
                         .request_items(&self.table, requests.clone())
@@ -253,6 +295,7 @@ impl ItemStore for DynamoStore {
         let mut start: Option<HashMap<String, AttributeValue>> = None;
         loop {
             let page = with_retries(&self.retry, &self.url, "list", prefix, || async {
+                meter::record(Op::List, 1, 0);
                 self.client
                     .scan()
                     .table_name(&self.table)

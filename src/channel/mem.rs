@@ -10,6 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+use super::meter::{self, Op};
 use super::{Channel, ChannelError, PollPolicy, validate_key};
 
 type Store = Arc<Mutex<BTreeMap<String, Bytes>>>;
@@ -65,16 +66,20 @@ impl Channel for MemChannel {
 
     async fn put(&self, key: &str, value: Bytes) -> Result<(), ChannelError> {
         validate_key(key)?;
+        meter::record(Op::Put, 1, value.len() as u64);
         self.lock().insert(key.to_string(), value);
         Ok(())
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>, ChannelError> {
         validate_key(key)?;
-        Ok(self.lock().get(key).cloned())
+        let v = self.lock().get(key).cloned();
+        meter::record(Op::Get, 1, v.as_ref().map_or(0, |v| v.len() as u64));
+        Ok(v)
     }
 
     async fn delete(&self, keys: &[String]) -> Result<(), ChannelError> {
+        meter::record(Op::Delete, keys.len() as u64, 0);
         let mut store = self.lock();
         for key in keys {
             store.remove(key);

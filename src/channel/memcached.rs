@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::chunked::{Chunked, ItemStore};
+use super::meter::{self, Op};
 use super::retry::{BackendError, RetryPolicy, with_retries};
 use super::{ChannelError, PollPolicy};
 
@@ -171,6 +172,7 @@ impl ItemStore for MemcachedStore {
 
     async fn put_item(&self, key: &str, value: Bytes) -> Result<(), ChannelError> {
         with_retries(&self.retry, &self.url, "put", key, || async {
+            meter::record(Op::Put, 1, value.len() as u64);
             self.client()
                 .set(key, &value[..], 0)
                 .map_err(|e| self.failed(e))
@@ -181,13 +183,20 @@ impl ItemStore for MemcachedStore {
     async fn get_items(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, ChannelError> {
         let first = keys.first().map_or("", String::as_str);
         with_retries(&self.retry, &self.url, "get", first, || async {
+            // memcached counts every key of a multi-get as one get (`cmd_get`).
             if let [key] = keys {
                 let v: Option<Vec<u8>> = self.client().get(key).map_err(|e| self.failed(e))?;
+                meter::record(Op::Get, 1, v.as_ref().map_or(0, |v| v.len() as u64));
                 return Ok(vec![v.map(Bytes::from)]);
             }
             let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-            let mut found: std::collections::HashMap<String, Vec<u8>> =
-                self.client().gets(&refs).map_err(|e| self.failed(e))?;
+            let found: Result<std::collections::HashMap<String, Vec<u8>>, _> =
+                self.client().gets(&refs);
+            let bytes = found
+                .as_ref()
+                .map_or(0, |f| f.values().map(|v| v.len() as u64).sum());
+            meter::record(Op::Get, keys.len() as u64, bytes);
+            let mut found = found.map_err(|e| self.failed(e))?;
             Ok(keys
                 .iter()
                 .map(|k| found.remove(k).map(Bytes::from))
@@ -199,6 +208,7 @@ impl ItemStore for MemcachedStore {
     async fn delete_items(&self, keys: &[String]) -> Result<(), ChannelError> {
         for key in keys {
             with_retries(&self.retry, &self.url, "delete", key, || async {
+                meter::record(Op::Delete, 1, 0);
                 self.client()
                     .delete(key)
                     .map(drop)

@@ -11,6 +11,7 @@ pub mod dir;
 pub mod dynamodb;
 pub mod mem;
 pub mod memcached;
+pub mod meter;
 mod poll;
 pub mod redis;
 pub mod retry;

@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use redis::aio::ConnectionManager;
 
+use super::meter::{self, Op};
 use super::retry::{BackendError, RetryPolicy, with_retries};
 use super::{Channel, ChannelError, PollPolicy, validate_key};
 
@@ -66,7 +67,16 @@ impl RedisChannel {
         key: &str,
         cmd: &redis::Cmd,
     ) -> Result<T, ChannelError> {
+        let kind = match op {
+            "put" => Op::Put,
+            "get" => Op::Get,
+            "delete" => Op::Delete,
+            _ => Op::List,
+        };
         with_retries(&self.retry, &self.url, op, key, || async {
+            // One command, one request, as `INFO commandstats` counts them; value bytes are
+            // added by the callers.
+            meter::record(kind, 1, 0);
             let mut conn = self.conn.clone();
             tokio::time::timeout(OP_TIMEOUT, cmd.query_async::<T>(&mut conn))
                 .await
@@ -92,6 +102,7 @@ impl Channel for RedisChannel {
 
     async fn put(&self, key: &str, value: Bytes) -> Result<(), ChannelError> {
         validate_key(key)?;
+        meter::record(Op::Put, 0, value.len() as u64);
         self.run::<()>("put", key, redis::cmd("SET").arg(key).arg(&value[..]))
             .await
     }
@@ -99,6 +110,7 @@ impl Channel for RedisChannel {
     async fn get(&self, key: &str) -> Result<Option<Bytes>, ChannelError> {
         validate_key(key)?;
         let v: Option<Vec<u8>> = self.run("get", key, redis::cmd("GET").arg(key)).await?;
+        meter::record(Op::Get, 0, v.as_ref().map_or(0, |v| v.len() as u64));
         Ok(v.map(Bytes::from))
     }
 
@@ -111,6 +123,8 @@ impl Channel for RedisChannel {
         }
         let values: Vec<Option<Vec<u8>>> =
             self.run("get", first, redis::cmd("MGET").arg(keys)).await?;
+        let bytes = values.iter().flatten().map(|v| v.len() as u64).sum();
+        meter::record(Op::Get, 0, bytes);
         Ok(values.into_iter().map(|v| v.map(Bytes::from)).collect())
     }
 

@@ -10,6 +10,7 @@ use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 use bytes::Bytes;
 
 use super::aws::{classify, endpoint_overridden, sdk_config};
+use super::meter::{self, Op};
 use super::retry::{BackendError, RetryPolicy, with_retries};
 use super::{Channel, ChannelError, PollPolicy, validate_key};
 
@@ -88,6 +89,7 @@ impl Channel for S3Channel {
     async fn put(&self, key: &str, value: Bytes) -> Result<(), ChannelError> {
         validate_key(key)?;
         with_retries(&self.retry, &self.url, "put", key, || async {
+            meter::record(Op::Put, 1, value.len() as u64);
             self.client
                 .put_object()
                 .bucket(&self.bucket)
@@ -104,6 +106,7 @@ impl Channel for S3Channel {
     async fn get(&self, key: &str) -> Result<Option<Bytes>, ChannelError> {
         validate_key(key)?;
         with_retries(&self.retry, &self.url, "get", key, || async {
+            meter::record(Op::Get, 1, 0);
             match self
                 .client
                 .get_object()
@@ -116,7 +119,11 @@ impl Channel for S3Channel {
                     .body
                     .collect()
                     .await
-                    .map(|b| Some(b.into_bytes()))
+                    .map(|b| {
+                        let b = b.into_bytes();
+                        meter::record(Op::Get, 0, b.len() as u64);
+                        Some(b)
+                    })
                     .map_err(BackendError::transient),
                 Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
                 Err(e) => Err(classify(e)),
@@ -143,6 +150,7 @@ impl Channel for S3Channel {
                 .build()
                 .expect("objects are set");
             with_retries(&self.retry, &self.url, "delete", &chunk[0], || async {
+                meter::record(Op::Delete, 1, 0);
                 let out = self
                     .client
                     .delete_objects()
@@ -171,6 +179,7 @@ impl Channel for S3Channel {
         let mut token: Option<String> = None;
         loop {
             let page = with_retries(&self.retry, &self.url, "list", prefix, || async {
+                meter::record(Op::List, 1, 0);
                 self.client
                     .list_objects_v2()
                     .bucket(&self.bucket)

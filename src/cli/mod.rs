@@ -48,6 +48,20 @@ pub enum Command {
     /// The parameter server of hybrid mode (`--sync ps`): serve, or show what one holds.
     #[command(subcommand)]
     Ps(PsCommand),
+    /// Compare finished runs: PNG charts (loss vs time, loss vs cost, time per worker) and a
+    /// markdown table.
+    Report(ReportArgs),
+}
+
+/// `lambdaml report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Run folders (runs/<job-id>/), one or more.
+    #[arg(required = true)]
+    pub runs: Vec<PathBuf>,
+    /// Where the charts and report.md go.
+    #[arg(long, default_value = "report")]
+    pub out: PathBuf,
 }
 
 /// `lambdaml ps ...`.
@@ -240,6 +254,12 @@ pub struct TrainArgs {
     /// Where run folders go.
     #[arg(long)]
     pub runs_dir: Option<PathBuf>,
+    /// Memory of a worker function in MB (the cost model bills GB-seconds at this size).
+    #[arg(long)]
+    pub memory_mb: Option<u32>,
+    /// TOML file overriding prices of the cost model.
+    #[arg(long)]
+    pub prices: Option<PathBuf>,
     /// `--sync ps`: the parameter server's HOST:PORT.
     #[arg(long)]
     pub ps_addr: Option<String>,
@@ -273,7 +293,8 @@ impl TrainArgs {
             rho,
             local_epochs,
             tol,
-            k
+            k,
+            memory_mb
         );
         set_opt!(
             data,
@@ -282,7 +303,8 @@ impl TrainArgs {
             reinvoke_margin,
             init_centroids,
             ps_addr,
-            ps_token
+            ps_token,
+            prices
         );
         Ok(c)
     }
@@ -341,6 +363,25 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Data(cmd) => data(cmd),
         Command::Channel(cmd) => runtime()?.block_on(channel_command(cmd)),
         Command::Ps(cmd) => ps_command(cmd),
+        Command::Report(args) => {
+            use crate::job::plan::DataProgress;
+            let ui = BarUi::new(true);
+            let n = std::cell::Cell::new(0);
+            ui.phase("report", 4, false);
+            let written = crate::report::write(&args.runs, &args.out, &|_| {
+                n.set(n.get() + 1);
+                ui.advance(n.get())
+            });
+            ui.done();
+            let written = written?;
+            eprintln!(
+                "wrote {} and {} charts to {}",
+                written.markdown.display(),
+                written.charts.len(),
+                args.out.display()
+            );
+            Ok(())
+        }
         Command::Bench(BenchCommand::Channel {
             channel,
             workers,

@@ -68,6 +68,11 @@ pub struct JobConfig {
     pub wait_timeout: f64,
     /// Where run folders (`runs/<job-id>/`) are written.
     pub runs_dir: PathBuf,
+    /// Memory of a worker function in MB (Lambda: 128 to 10240); the cost model bills
+    /// GB-seconds at this size.
+    pub memory_mb: u32,
+    /// TOML file overriding prices of the cost model (default: built-in us-east-1 prices).
+    pub prices: Option<PathBuf>,
     /// `--sync ps`: the parameter server's `HOST:PORT`.
     pub ps_addr: Option<String>,
     /// `--sync ps`: the server's token. Never written out (run folders, summaries); it
@@ -104,6 +109,8 @@ impl Default for JobConfig {
             reinvoke_margin: None,
             wait_timeout: 300.0,
             runs_dir: PathBuf::from("runs"),
+            memory_mb: 2048,
+            prices: None,
             ps_addr: None,
             ps_token: None,
         }
@@ -233,6 +240,12 @@ impl JobConfig {
             if self.reg == Reg::L1 && self.optim != OptimKind::Admm {
                 return Err(field("reg", "l1 is supported with --optim admm"));
             }
+        }
+        if !(128..=10_240).contains(&self.memory_mb) {
+            return Err(field(
+                "memory-mb",
+                "must be between 128 and 10240 (Lambda's range)",
+            ));
         }
         match (self.sync, &self.ps_addr) {
             (SyncMode::Ps, None) => {

@@ -55,6 +55,10 @@ pub async fn run(mut cfg: JobConfig, ui: &dyn JobProgress) -> anyhow::Result<Job
     {
         cfg.data = Some(absolute(Path::new(d))?.display().to_string());
     }
+    if let Some(p) = &cfg.prices {
+        cfg.prices = Some(absolute(p)?);
+    }
+    let prices = crate::cost::Prices::load(cfg.prices.as_deref())?;
     if let Some(c) = &cfg.init_centroids {
         cfg.init_centroids = Some(absolute(Path::new(c))?.display().to_string());
     }
@@ -68,7 +72,7 @@ pub async fn run(mut cfg: JobConfig, ui: &dyn JobProgress) -> anyhow::Result<Job
     }
 
     let data = plan::prepare_data(&cfg, &run_dir, ui).await?;
-    let result = run_prepared(&cfg, &job_id, &run_dir, &channel_url, &data, ui).await;
+    let result = run_prepared(&cfg, &job_id, &run_dir, &channel_url, &data, &prices, ui).await;
     if data.temporary {
         let _ = std::fs::remove_dir_all(&data.location);
     }
@@ -81,8 +85,10 @@ async fn run_prepared(
     run_dir: &Path,
     channel_url: &str,
     data: &PreparedData,
+    prices: &crate::cost::Prices,
     ui: &dyn JobProgress,
 ) -> anyhow::Result<JobOutcome> {
+    let usage_base = crate::channel::meter::snapshot();
     let labels = if cfg.model.is_clustering() {
         None
     } else if data.manifest.labels_truncated {
@@ -146,7 +152,17 @@ async fn run_prepared(
         }
     };
     cleanup?;
-    let summary = report::summarize(&spec, data.manifest.total_rows(), &results, wall);
+    // Each worker wrote its result record after reading its meter.
+    let mut driver_usage = crate::channel::meter::snapshot() - usage_base;
+    driver_usage.puts += results.len() as u64;
+    let summary = report::summarize(
+        &spec,
+        data.manifest.total_rows(),
+        &results,
+        wall,
+        driver_usage,
+        prices,
+    );
     report::write_run(run_dir, &summary, &results)
         .with_context(|| format!("writing the run folder {}", run_dir.display()))?;
     Ok(JobOutcome {

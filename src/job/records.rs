@@ -5,6 +5,7 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::channel::meter::Usage;
 use crate::channel::{Channel, ChannelError, codec};
 use crate::comm::{CommStats, Completed};
 
@@ -48,10 +49,25 @@ pub struct EpochRecord {
     pub n_train: u64,
     /// Validation rows of the worker.
     pub n_val: u64,
-    /// Seconds computing gradients and steps in this epoch.
+    /// Seconds computing gradients, steps and validation in this epoch.
     pub compute_s: f64,
-    /// Seconds in collectives in this epoch.
+    /// Seconds in collectives in this epoch, waiting included.
     pub comm_s: f64,
+    /// Of `comm_s`, seconds waiting for peers (or for the parameter server's round).
+    #[serde(default)]
+    pub wait_s: f64,
+    /// Seconds loading data (and the checkpoint) in invocations that started in this epoch.
+    #[serde(default)]
+    pub load_s: f64,
+    /// Channel requests and bytes of this worker during the epoch (records included).
+    #[serde(default)]
+    pub usage: Usage,
+    /// Collective rounds in the epoch (grad_avg: one per minibatch).
+    #[serde(default)]
+    pub rounds: u64,
+    /// The longest of those rounds, in seconds.
+    #[serde(default)]
+    pub round_max_s: f64,
     /// Wall seconds of the epoch in this worker (across invocations).
     pub epoch_s: f64,
     /// Invocation (0-based) that finished the epoch.
@@ -84,6 +100,10 @@ pub struct WorkerResult {
     pub residual_keys: Vec<String>,
     /// Channel traffic of the worker's collectives.
     pub comm: CommStats,
+    /// Every channel request of the worker's invocations, as the service counts them.
+    pub usage: Usage,
+    /// Seconds its invocations ran (what Lambda bills, rounded up to the millisecond).
+    pub billed_s: f64,
 }
 
 /// What a worker reports when it fails.
@@ -124,6 +144,10 @@ pub struct Checkpoint {
     pub invocations: u32,
     /// Traffic so far.
     pub comm: CommStats,
+    /// Channel requests of the previous invocations.
+    pub usage: Usage,
+    /// Billed seconds of the previous invocations.
+    pub billed_s: f64,
 }
 
 /// Running sums of the current epoch.
@@ -137,8 +161,18 @@ pub struct EpochAcc {
     pub compute_s: f64,
     /// Seconds in collectives.
     pub comm_s: f64,
+    /// Of which waiting.
+    pub wait_s: f64,
+    /// Seconds loading.
+    pub load_s: f64,
     /// Wall seconds.
     pub wall_s: f64,
+    /// Channel requests of the epoch in earlier invocations.
+    pub usage: Usage,
+    /// Collective rounds.
+    pub rounds: u64,
+    /// Longest round.
+    pub round_max_s: f64,
 }
 
 /// Errors reading a record.

@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 use super::event::JobSpec;
 use super::records::{EpochRecord, WorkerResult};
 use crate::channel::codec;
-use crate::comm::CommStats;
+use crate::channel::meter::Usage;
+use crate::comm::{CommStats, SyncMode};
+use crate::cost::{self, Consumption, Cost, Prices};
 
 /// The run's summary (`summary.json`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -72,6 +74,63 @@ pub struct Summary {
     pub param_digests: Vec<String>,
     /// Channel traffic of all workers' collectives.
     pub comm: CommStats,
+    /// Every channel request of the job (workers' invocations and the driver), as the
+    /// service counts them.
+    pub requests: Usage,
+    /// Where the workers' time went, summed over workers (seconds).
+    pub time: TimeSplit,
+    /// Memory of a worker function (MB).
+    pub memory_mb: u32,
+    /// Seconds billed over all invocations.
+    pub billed_seconds: f64,
+    /// What the run would cost on AWS (USD), see `cost`.
+    pub estimated_cost_usd: f64,
+    /// The estimate by item.
+    pub cost: Cost,
+    /// The prices used.
+    pub prices: Prices,
+}
+
+/// Worker time by activity, in seconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct TimeSplit {
+    /// Loading data and checkpoints.
+    pub load_s: f64,
+    /// Computing (gradients, steps, assignments, validation).
+    pub compute_s: f64,
+    /// Moving data in collectives.
+    pub comm_s: f64,
+    /// Waiting for peers inside collectives.
+    pub wait_s: f64,
+    /// The rest of the epochs (records, checkpoints, bookkeeping).
+    pub other_s: f64,
+}
+
+impl TimeSplit {
+    /// The split of one epoch record.
+    pub fn of(r: &EpochRecord) -> TimeSplit {
+        let comm = (r.comm_s - r.wait_s).max(0.0);
+        TimeSplit {
+            load_s: r.load_s,
+            compute_s: r.compute_s,
+            comm_s: comm,
+            wait_s: r.wait_s,
+            other_s: (r.epoch_s - r.compute_s - r.comm_s).max(0.0),
+        }
+    }
+}
+
+impl std::ops::Add for TimeSplit {
+    type Output = TimeSplit;
+    fn add(self, o: TimeSplit) -> TimeSplit {
+        TimeSplit {
+            load_s: self.load_s + o.load_s,
+            compute_s: self.compute_s + o.compute_s,
+            comm_s: self.comm_s + o.comm_s,
+            wait_s: self.wait_s + o.wait_s,
+            other_s: self.other_s + o.other_s,
+        }
+    }
 }
 
 /// Per-epoch metrics pooled over workers.
@@ -147,11 +206,31 @@ pub fn summarize(
     rows: usize,
     results: &[WorkerResult],
     wall_seconds: f64,
+    driver_usage: Usage,
+    prices: &Prices,
 ) -> Summary {
     let cfg = &spec.config;
     let epochs = per_epoch(results);
     let last = epochs.last().copied();
     let invocations_per_worker: Vec<u32> = results.iter().map(|r| r.invocations).collect();
+    let requests = results.iter().fold(driver_usage, |acc, r| acc + r.usage);
+    let billed_seconds: f64 = results.iter().map(|r| r.billed_s).sum();
+    let cost = cost::estimate(
+        prices,
+        &Consumption {
+            channel: &spec.channel,
+            parameter_server: cfg.sync == SyncMode::Ps,
+            memory_mb: cfg.memory_mb,
+            invocations: invocations_per_worker.iter().map(|&i| i as u64).sum(),
+            billed_s: billed_seconds,
+            usage: requests,
+            wall_s: wall_seconds,
+        },
+    );
+    let time = results
+        .iter()
+        .flat_map(|r| &r.history)
+        .fold(TimeSplit::default(), |acc, e| acc + TimeSplit::of(e));
     Summary {
         job_id: spec.job_id.clone(),
         model: cfg.model.to_string(),
@@ -185,6 +264,13 @@ pub fn summarize(
         comm: results
             .iter()
             .fold(CommStats::default(), |acc, r| acc + r.comm),
+        requests,
+        time,
+        memory_mb: cfg.memory_mb,
+        billed_seconds,
+        estimated_cost_usd: cost.total,
+        cost,
+        prices: prices.clone(),
     }
 }
 
@@ -260,7 +346,7 @@ pub fn render_table(summary: &Summary, results: &[WorkerResult]) -> String {
     let _ = writeln!(
         out,
         "\n{} {}/{}/{} on {} workers over {}: {outcome} after {} rounds, {:.1} s, {} invocations, \
-         {} channel requests",
+         {} channel requests, about ${:.6} on AWS",
         summary.job_id,
         summary.model,
         summary.optim,
@@ -270,7 +356,8 @@ pub fn render_table(summary: &Summary, results: &[WorkerResult]) -> String {
         summary.rounds,
         summary.wall_seconds,
         summary.invocations,
-        summary.comm.puts + summary.comm.gets + summary.comm.deletes
+        summary.requests.requests(),
+        summary.estimated_cost_usd
     );
     out
 }

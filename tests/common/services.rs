@@ -135,6 +135,51 @@ impl Server {
     }
 }
 
+impl Server {
+    /// Data requests the server has served so far, by its own counters: memcached `stats`
+    /// (`cmd_get` counts every key of a multi-get, plus `cmd_set`, `cmd_touch` and deletes),
+    /// Redis `INFO commandstats` (every command but connection handshakes and `INFO`).
+    pub fn requests(&self) -> u64 {
+        if self.url.starts_with("memcached") {
+            let client =
+                memcache::Client::connect(format!("memcache://127.0.0.1:{}", self.port)).unwrap();
+            let stats = &client.stats().unwrap()[0].1;
+            [
+                "cmd_get",
+                "cmd_set",
+                "cmd_touch",
+                "delete_hits",
+                "delete_misses",
+            ]
+            .iter()
+            .map(|k| stats[*k].parse::<u64>().unwrap())
+            .sum()
+        } else {
+            let client = redis::Client::open(self.url.as_str()).unwrap();
+            let mut conn = client.get_connection().unwrap();
+            let info: String = redis::cmd("INFO")
+                .arg("commandstats")
+                .query(&mut conn)
+                .unwrap();
+            const NOT_DATA: [&str; 7] = [
+                "info", "client", "hello", "select", "ping", "command", "dbsize",
+            ];
+            info.lines()
+                .filter_map(|l| l.strip_prefix("cmdstat_"))
+                .filter_map(|l| {
+                    let (cmd, rest) = l.split_once(':')?;
+                    let cmd = cmd.split('|').next().unwrap_or(cmd);
+                    if NOT_DATA.contains(&cmd) {
+                        return None;
+                    }
+                    let calls = rest.split(',').find_map(|kv| kv.strip_prefix("calls="))?;
+                    calls.parse::<u64>().ok()
+                })
+                .sum()
+        }
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();

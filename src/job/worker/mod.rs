@@ -20,6 +20,7 @@ use super::event::{Invocation, WorkerEvent};
 use super::records::{
     self, Checkpoint, EpochAcc, EpochRecord, Progress, WorkerFailure, WorkerResult,
 };
+use crate::channel::meter::{self, Usage};
 use crate::channel::{self, Channel};
 use crate::comm::{Comm, CommError, CommStats, SyncMode};
 use crate::data::Dataset;
@@ -37,12 +38,15 @@ pub enum Outcome {
 
 /// Runs one invocation. On error, a failure record is left for the driver (best effort).
 pub async fn run(event: WorkerEvent, deadline: Option<SystemTime>) -> anyhow::Result<Outcome> {
+    let started = Instant::now();
+    let usage_base = meter::snapshot();
     let spec = &event.job;
     let channel =
         channel::open_with(&spec.channel, super::driver::retry_policy(&spec.config)).await?;
     let mut session = None;
     let result = async {
-        let s = session.insert(Session::start(&event, channel.clone(), deadline).await?);
+        let s = session
+            .insert(Session::start(&event, channel.clone(), deadline, started, usage_base).await?);
         if spec.config.model.is_clustering() {
             kmeans::train(s).await
         } else {
@@ -76,6 +80,13 @@ struct Session<'a> {
     deadline: Option<Instant>,
     margin: Duration,
     longest_round: Duration,
+    /// When this invocation started (what Lambda bills from).
+    started: Instant,
+    /// The meter when this invocation started, and when the last epoch record was taken.
+    usage_base: Usage,
+    usage_mark: Usage,
+    /// Collective waiting already attributed to an epoch.
+    wait_mark: f64,
 }
 
 impl<'a> Session<'a> {
@@ -83,6 +94,8 @@ impl<'a> Session<'a> {
         event: &'a WorkerEvent,
         channel: Arc<dyn Channel>,
         deadline: Option<SystemTime>,
+        started: Instant,
+        usage_base: Usage,
     ) -> anyhow::Result<Self> {
         let spec = &event.job;
         let cfg = &spec.config;
@@ -134,6 +147,8 @@ impl<'a> Session<'a> {
                 .with_context(|| format!("checkpoint '{ckpt_key}' is missing"))?;
             comm.restore_pending(std::mem::take(&mut ckpt.pending));
             ckpt.invocations = event.invocation + 1;
+            // The previous invocation wrote this checkpoint after reading its meter.
+            ckpt.usage.puts += 1;
             ckpt
         } else {
             Checkpoint {
@@ -149,8 +164,12 @@ impl<'a> Session<'a> {
                 pending: Vec::new(),
                 invocations: 1,
                 comm: Default::default(),
+                usage: Usage::default(),
+                billed_s: 0.0,
             }
         };
+        let mut state = state;
+        state.acc.load_s += started.elapsed().as_secs_f64();
         tracing::info!(
             worker = w,
             invocation = event.invocation,
@@ -169,6 +188,10 @@ impl<'a> Session<'a> {
             deadline,
             margin,
             longest_round: Duration::ZERO,
+            started,
+            usage_base,
+            usage_mark: usage_base,
+            wait_mark: 0.0,
         })
     }
 
@@ -236,6 +259,11 @@ impl<'a> Session<'a> {
             Ok(v) => {
                 let took = started.elapsed();
                 self.state.acc.comm_s += took.as_secs_f64();
+                self.state.acc.rounds += 1;
+                self.state.acc.round_max_s = self.state.acc.round_max_s.max(took.as_secs_f64());
+                let waited = self.comm_stats().wait_seconds;
+                self.state.acc.wait_s += waited - self.wait_mark;
+                self.wait_mark = waited;
                 self.longest_round = self.longest_round.max(took);
                 self.state.round += 1;
                 Ok(Some(v))
@@ -247,6 +275,9 @@ impl<'a> Session<'a> {
     /// The record of the epoch just finished, with timings and counters filled in.
     fn epoch_record(&mut self, train_loss: f64, n_train: usize, n_val: usize) -> EpochRecord {
         let acc = std::mem::take(&mut self.state.acc);
+        let now = meter::snapshot();
+        let usage = acc.usage + (now - self.usage_mark);
+        self.usage_mark = now;
         EpochRecord {
             worker: self.event.worker,
             epoch: self.state.epoch + 1,
@@ -260,6 +291,11 @@ impl<'a> Session<'a> {
             n_val: n_val as u64,
             compute_s: acc.compute_s,
             comm_s: acc.comm_s,
+            wait_s: acc.wait_s,
+            load_s: acc.load_s,
+            usage,
+            rounds: acc.rounds,
+            round_max_s: acc.round_max_s,
             epoch_s: acc.wall_s,
             invocation: self.event.invocation,
         }
@@ -292,9 +328,14 @@ impl<'a> Session<'a> {
         let spec = &self.event.job;
         let w = self.event.worker;
         let key = records::key(&spec.job_id, records::CHECKPOINT, w);
+        let now = meter::snapshot();
+        self.state.acc.usage = self.state.acc.usage + (now - self.usage_mark);
+        self.usage_mark = now;
         let snapshot = Checkpoint {
             pending: self.comm.pending().to_vec(),
             comm: self.state.comm + self.comm_stats(),
+            usage: self.state.usage + (now - self.usage_base),
+            billed_s: self.state.billed_s + billed(self.started),
             ..self.state.clone()
         };
         records::put(self.channel.as_ref(), &key, &snapshot)
@@ -331,12 +372,19 @@ impl<'a> Session<'a> {
             invocations: self.state.invocations,
             residual_keys: self.comm.residual_keys(),
             comm: self.state.comm + self.comm_stats(),
+            usage: self.state.usage + (meter::snapshot() - self.usage_base),
+            billed_s: self.state.billed_s + billed(self.started),
         };
         let key = records::key(&spec.job_id, records::RESULT, w);
         records::put(self.channel.as_ref(), &key, &result).await?;
         tracing::info!("worker finished");
         Ok(Outcome::Finished)
     }
+}
+
+/// Seconds since `started`, rounded up to the millisecond as Lambda bills.
+fn billed(started: Instant) -> f64 {
+    (started.elapsed().as_secs_f64() * 1000.0).ceil() / 1000.0
 }
 
 /// Maps a deadline interruption to `Ok(None)`; other errors pass through.
