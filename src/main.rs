@@ -4,15 +4,17 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use lambdaml::cli::{Cli, Command};
+use lambdaml::cli::{Cli, Command, PsCommand};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Workers log progress (their stderr is the invocation's log); the driver stays quiet
-    // unless asked, so its table and progress bar are readable.
+    // Workers and the parameter server log what they do (their stderr is their log); the
+    // driver stays quiet unless asked, so its table and progress bar are readable.
+    let serving = matches!(&cli.command, Command::Ps(PsCommand::Serve { .. }));
     let default = match (&cli.command, cli.verbose) {
         (Command::Worker(_), 0) => "info",
+        (_, 0) if serving => "info",
         (_, 0) => "warn",
         (_, 1) => "info",
         _ => "debug",

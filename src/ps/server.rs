@@ -66,6 +66,48 @@ fn check_name(what: &str, s: &str) -> Result<(), Status> {
     }
 }
 
+/// A streamed message: a header on the first, a slice of f32 values on each.
+trait Chunk {
+    type Header;
+    fn into_parts(self) -> (Option<Self::Header>, bytes::Bytes);
+}
+
+impl Chunk for proto::RegisterChunk {
+    type Header = proto::RegisterHeader;
+    fn into_parts(self) -> (Option<Self::Header>, bytes::Bytes) {
+        (self.header, self.data)
+    }
+}
+
+impl Chunk for proto::PushChunk {
+    type Header = proto::PushHeader;
+    fn into_parts(self) -> (Option<Self::Header>, bytes::Bytes) {
+        (self.header, self.data)
+    }
+}
+
+/// Reads a client stream: the first header and all the values (`capacity` says how many to
+/// expect from the header).
+async fn receive<C: Chunk>(
+    mut stream: Streaming<C>,
+    capacity: impl Fn(&C::Header) -> usize,
+) -> Result<(Option<C::Header>, Vec<f32>), Status> {
+    let mut header = None;
+    let mut values = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let (h, data) = chunk?.into_parts();
+        if header.is_none() {
+            if let Some(h) = &h {
+                // Capped: the header is the client's word, the data is what counts.
+                values.reserve(capacity(h).min(1 << 26));
+            }
+            header = h;
+        }
+        extend_from_bytes(&mut values, &data).map_err(Status::invalid_argument)?;
+    }
+    Ok((header, values))
+}
+
 type ValuesStream = Pin<Box<dyn Stream<Item = Result<proto::ValuesChunk, Status>> + Send>>;
 
 fn values_stream(round: Option<u64>, values: Arc<Vec<f32>>) -> ValuesStream {
@@ -98,16 +140,7 @@ impl ParameterServer for Service {
         &self,
         req: Request<Streaming<proto::RegisterChunk>>,
     ) -> Result<Response<proto::RegisterReply>, Status> {
-        let mut stream = req.into_inner();
-        let mut header = None;
-        let mut values = Vec::new();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk?;
-            if header.is_none() {
-                header = chunk.header;
-            }
-            extend_from_bytes(&mut values, &chunk.data).map_err(Status::invalid_argument)?;
-        }
+        let (header, mut values) = receive(req.into_inner(), |_| 0).await?;
         let h = header.ok_or_else(|| Status::invalid_argument("register without a header"))?;
         check_name("job id", &h.job)?;
         check_name("model name", &h.name)?;
@@ -142,19 +175,7 @@ impl ParameterServer for Service {
         &self,
         req: Request<Streaming<proto::PushChunk>>,
     ) -> Result<Response<proto::PushReply>, Status> {
-        let mut stream = req.into_inner();
-        let mut header = None;
-        let mut values = Vec::new();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk?;
-            if header.is_none() {
-                header = chunk.header;
-                if let Some(h) = &header {
-                    values.reserve(h.len as usize);
-                }
-            }
-            extend_from_bytes(&mut values, &chunk.data).map_err(Status::invalid_argument)?;
-        }
+        let (header, values) = receive(req.into_inner(), |h| h.len as usize).await?;
         let h = header.ok_or_else(|| Status::invalid_argument("push without a header"))?;
         let mode = match PushMode::try_from(h.mode) {
             Ok(PushMode::Grad) => Mode::Grad { scale: h.scale },
@@ -242,6 +263,14 @@ impl ParameterServer for Service {
             dropped: gone.len() as u32,
         }))
     }
+}
+
+/// Models held, values held, pushes and pulls served (for the periodic log line).
+fn holdings(store: &Store) -> (usize, usize, u64) {
+    store.all().iter().fold((0, 0, 0), |(m, v, c), model| {
+        let s = model.state.lock().expect("lock");
+        (m + 1, v + s.values.len(), c + s.pushes + s.pulls)
+    })
 }
 
 /// Compares in time independent of where the strings differ.
@@ -346,8 +375,20 @@ pub async fn serve(
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(opts.interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last = (0, 0, 0);
             loop {
                 tick.tick().await;
+                let held = holdings(&store);
+                if held != last {
+                    let (models, values, calls) = held;
+                    tracing::info!(
+                        models,
+                        megabytes = values as f64 * 4.0 / 1e6,
+                        pushes_and_pulls = calls,
+                        "holding"
+                    );
+                    last = held;
+                }
                 let gone = store.expire(opts.expired);
                 for (job, name) in &gone {
                     tracing::info!(%job, %name, "model expired");
