@@ -264,6 +264,7 @@ fn a_restarted_server_serves_its_snapshots() {
                 w,
                 Mode::Grad { scale: 0.5 },
                 &[2.0, 2.0, 2.0],
+                None,
             )
             .await
             .unwrap();
@@ -298,6 +299,7 @@ fn a_restarted_server_serves_its_snapshots() {
                 w,
                 Mode::Grad { scale: 1.0 },
                 &[1.0, 1.0, 1.0],
+                Some(0),
             )
             .await
             .unwrap();
@@ -364,7 +366,7 @@ fn a_100_mb_model_streams_through() {
     runtime().block_on(async {
         let mut c = PsClient::connect(&server.addr, None).await.unwrap();
         c.register("big", "model", 1, len, None).await.unwrap();
-        c.push("big", "model", 0, 0, Mode::Average, &values)
+        c.push("big", "model", 0, 0, Mode::Average, &values, None)
             .await
             .unwrap();
         let pulled = c

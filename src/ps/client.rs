@@ -161,7 +161,8 @@ impl PsClient {
             .map_err(self.err("register"))
     }
 
-    /// Pushes this worker's contribution to `round`.
+    /// Pushes this worker's contribution to `round`; `after_round` is the round it pushed to
+    /// this model before, if known (the server then detects rounds it lost).
     #[allow(clippy::too_many_arguments)]
     pub async fn push(
         &mut self,
@@ -171,6 +172,7 @@ impl PsClient {
         worker: u32,
         mode: Mode,
         values: &[f32],
+        after_round: Option<u64>,
     ) -> Result<proto::PushReply, PsError> {
         let (mode, scale) = match mode {
             Mode::Grad { scale } => (PushMode::Grad, scale),
@@ -185,6 +187,7 @@ impl PsClient {
             mode: mode as i32,
             scale,
             len: values.len() as u64,
+            after_round,
         };
         let msgs = to_chunks(values)
             .into_iter()

@@ -11,7 +11,7 @@
 //! changes nothing on the server. Waits are cut into one-second pulls so the invocation's
 //! deadline and the job's abort flag are seen while waiting.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,6 +35,8 @@ pub struct PsCollective {
     wait_timeout: Duration,
     deadline: Option<Instant>,
     registered: HashSet<String>,
+    /// The round this invocation last pushed to each model.
+    last_pushed: HashMap<String, u64>,
     stats: CommStats,
 }
 
@@ -62,6 +64,7 @@ impl PsCollective {
             wait_timeout,
             deadline: None,
             registered: HashSet::new(),
+            last_pushed: HashMap::new(),
             stats: CommStats::default(),
         })
     }
@@ -150,11 +153,13 @@ impl PsCollective {
         values: &[f32],
     ) -> Result<Vec<f32>, CommError> {
         let (job, w) = (self.job.clone(), self.worker as u32);
+        let after = self.last_pushed.get(name).copied();
         self.retrying(|mut c| {
             let (job, name) = (job.clone(), name.to_string());
-            async move { c.push(&job, &name, round, w, mode, values).await }
+            async move { c.push(&job, &name, round, w, mode, values, after).await }
         })
         .await?;
+        self.last_pushed.insert(name.to_string(), round);
         self.stats.puts += 1;
         self.stats.bytes_out += values.len() as u64 * 4;
         let since = Instant::now();

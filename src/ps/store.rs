@@ -109,6 +109,7 @@ impl ModelState {
         worker: u32,
         mode: Mode,
         values: &[f32],
+        after_round: Option<u64>,
     ) -> Result<bool, StoreError> {
         if worker >= self.workers {
             return Err(StoreError::Invalid(format!(
@@ -158,6 +159,16 @@ impl ModelState {
                 )));
             }
             None => {
+                if let Some(prev) = after_round
+                    && self.completed_round() != Some(prev)
+                {
+                    return Err(StoreError::OutOfOrder(format!(
+                        "'{}' last completed round {:?}, but worker {worker} pushed round {prev} \
+                         before: the server lost rounds (restarted from an older snapshot?)",
+                        self.name,
+                        self.completed_round()
+                    )));
+                }
                 self.open_round = Some(round);
                 self.open_mode = Some(mode);
                 if mode == Mode::Average {
@@ -260,11 +271,12 @@ impl Model {
         worker: u32,
         mode: Mode,
         values: &[f32],
+        after_round: Option<u64>,
     ) -> Result<(bool, u32), StoreError> {
         self.touch();
         let mut s = self.state.lock().expect("lock");
         let before = s.completed_round();
-        let applied = s.push(round, worker, mode, values)?;
+        let applied = s.push(round, worker, mode, values, after_round)?;
         let pushed = if s.completed_round() != before {
             s.workers
         } else {
@@ -428,12 +440,12 @@ mod tests {
     fn grad_pushes_accumulate_and_complete_the_round() {
         let mut m = model(2, vec![1.0, 1.0]);
         assert!(
-            m.push(0, 0, Mode::Grad { scale: -0.5 }, &[2.0, 4.0])
+            m.push(0, 0, Mode::Grad { scale: -0.5 }, &[2.0, 4.0], None)
                 .unwrap()
         );
         assert_eq!(m.snapshot(0).unwrap(), None);
         assert!(
-            m.push(0, 1, Mode::Grad { scale: -0.5 }, &[0.0, 2.0])
+            m.push(0, 1, Mode::Grad { scale: -0.5 }, &[0.0, 2.0], None)
                 .unwrap()
         );
         assert_eq!(*m.snapshot(0).unwrap().unwrap(), vec![0.0, -2.0]);
@@ -442,39 +454,52 @@ mod tests {
     #[test]
     fn repeated_pushes_are_ignored() {
         let mut m = model(2, vec![0.0]);
-        assert!(m.push(3, 0, Mode::Grad { scale: 1.0 }, &[1.0]).unwrap());
-        assert!(!m.push(3, 0, Mode::Grad { scale: 1.0 }, &[1.0]).unwrap());
-        m.push(3, 1, Mode::Grad { scale: 1.0 }, &[1.0]).unwrap();
+        assert!(
+            m.push(3, 0, Mode::Grad { scale: 1.0 }, &[1.0], None)
+                .unwrap()
+        );
+        assert!(
+            !m.push(3, 0, Mode::Grad { scale: 1.0 }, &[1.0], None)
+                .unwrap()
+        );
+        m.push(3, 1, Mode::Grad { scale: 1.0 }, &[1.0], None)
+            .unwrap();
         // A re-invoked worker re-running the completed round changes nothing.
-        assert!(!m.push(3, 0, Mode::Grad { scale: 1.0 }, &[1.0]).unwrap());
+        assert!(
+            !m.push(3, 0, Mode::Grad { scale: 1.0 }, &[1.0], None)
+                .unwrap()
+        );
         assert_eq!(m.values, vec![2.0]);
     }
 
     #[test]
     fn average_sets_the_mean_when_the_round_completes() {
         let mut m = model(3, vec![9.0, 9.0]);
-        m.push(0, 0, Mode::Average, &[1.0, 2.0]).unwrap();
-        m.push(0, 2, Mode::Average, &[2.0, 4.0]).unwrap();
+        m.push(0, 0, Mode::Average, &[1.0, 2.0], None).unwrap();
+        m.push(0, 2, Mode::Average, &[2.0, 4.0], None).unwrap();
         assert_eq!(m.values, vec![9.0, 9.0], "unchanged until complete");
-        m.push(0, 1, Mode::Average, &[3.0, 6.0]).unwrap();
+        m.push(0, 1, Mode::Average, &[3.0, 6.0], None).unwrap();
         assert_eq!(*m.snapshot(0).unwrap().unwrap(), vec![2.0, 4.0]);
     }
 
     #[test]
     fn replace_with_empty_pushes_broadcasts_one_worker_s_values() {
         let mut m = model(3, vec![0.0; 2]);
-        m.push(5, 1, Mode::Replace, &[]).unwrap();
-        m.push(5, 0, Mode::Replace, &[7.0, 8.0]).unwrap();
-        m.push(5, 2, Mode::Replace, &[]).unwrap();
+        m.push(5, 1, Mode::Replace, &[], None).unwrap();
+        m.push(5, 0, Mode::Replace, &[7.0, 8.0], None).unwrap();
+        m.push(5, 2, Mode::Replace, &[], None).unwrap();
         assert_eq!(*m.snapshot(5).unwrap().unwrap(), vec![7.0, 8.0]);
     }
 
     #[test]
     fn snapshots_are_frozen_while_the_next_round_runs() {
         let mut m = model(2, vec![0.0]);
-        m.push(0, 0, Mode::Grad { scale: 1.0 }, &[1.0]).unwrap();
-        m.push(0, 1, Mode::Grad { scale: 1.0 }, &[1.0]).unwrap();
-        m.push(1, 0, Mode::Grad { scale: 1.0 }, &[5.0]).unwrap();
+        m.push(0, 0, Mode::Grad { scale: 1.0 }, &[1.0], None)
+            .unwrap();
+        m.push(0, 1, Mode::Grad { scale: 1.0 }, &[1.0], None)
+            .unwrap();
+        m.push(1, 0, Mode::Grad { scale: 1.0 }, &[5.0], None)
+            .unwrap();
         assert_eq!(*m.snapshot(0).unwrap().unwrap(), vec![2.0]);
         assert_eq!(m.values, vec![7.0]);
     }
@@ -482,21 +507,39 @@ mod tests {
     #[test]
     fn out_of_order_and_malformed_pushes_are_errors() {
         let mut m = model(2, vec![0.0; 3]);
-        let e = m.push(0, 2, Mode::Average, &[0.0; 3]).unwrap_err();
+        let e = m.push(0, 2, Mode::Average, &[0.0; 3], None).unwrap_err();
         assert!(e.to_string().contains("has 2 workers"), "{e}");
-        let e = m.push(0, 0, Mode::Average, &[0.0; 2]).unwrap_err();
+        let e = m.push(0, 0, Mode::Average, &[0.0; 2], None).unwrap_err();
         assert!(e.to_string().contains("holds 3"), "{e}");
-        m.push(0, 0, Mode::Average, &[0.0; 3]).unwrap();
-        let e = m.push(1, 1, Mode::Average, &[0.0; 3]).unwrap_err();
+        m.push(0, 0, Mode::Average, &[0.0; 3], None).unwrap();
+        let e = m.push(1, 1, Mode::Average, &[0.0; 3], None).unwrap_err();
         assert!(e.to_string().contains("while round 0 has 1 of 2"), "{e}");
         for r in 0..4 {
             if r > 0 {
-                m.push(r, 0, Mode::Average, &[0.0; 3]).unwrap();
+                m.push(r, 0, Mode::Average, &[0.0; 3], None).unwrap();
             }
-            m.push(r, 1, Mode::Average, &[0.0; 3]).unwrap();
+            m.push(r, 1, Mode::Average, &[0.0; 3], None).unwrap();
         }
         assert!(m.snapshot(0).is_err(), "only the last rounds are kept");
         assert!(m.snapshot(3).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_gap_in_rounds_is_refused() {
+        let mut m = model(1, vec![0.0]);
+        m.push(4, 0, Mode::Grad { scale: 1.0 }, &[1.0], None)
+            .unwrap();
+        m.push(9, 0, Mode::Grad { scale: 1.0 }, &[1.0], Some(4))
+            .unwrap();
+        // As if the server had restarted from a snapshot taken after round 4.
+        let mut older = model(1, vec![0.0]);
+        older
+            .push(4, 0, Mode::Grad { scale: 1.0 }, &[1.0], None)
+            .unwrap();
+        let e = older
+            .push(12, 0, Mode::Grad { scale: 1.0 }, &[1.0], Some(9))
+            .unwrap_err();
+        assert!(e.to_string().contains("lost rounds"), "{e}");
     }
 
     #[tokio::test]
@@ -507,9 +550,11 @@ mod tests {
             let m = m.clone();
             tokio::spawn(async move { m.pull(0, Duration::from_secs(10)).await })
         };
-        m.push(0, 0, Mode::Grad { scale: 1.0 }, &[1.0]).unwrap();
+        m.push(0, 0, Mode::Grad { scale: 1.0 }, &[1.0], None)
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
-        m.push(0, 1, Mode::Grad { scale: 1.0 }, &[2.0]).unwrap();
+        m.push(0, 1, Mode::Grad { scale: 1.0 }, &[2.0], None)
+            .unwrap();
         assert_eq!(*waiter.await.unwrap().unwrap().unwrap(), vec![3.0]);
     }
 
