@@ -110,14 +110,13 @@ async fn receive<C: Chunk>(
 
 type ValuesStream = Pin<Box<dyn Stream<Item = Result<proto::ValuesChunk, Status>> + Send>>;
 
-fn values_stream(round: Option<u64>, values: Arc<Vec<f32>>) -> ValuesStream {
-    let len = values.len() as u64;
-    let chunks = to_chunks(&values);
-    let msgs = chunks.into_iter().enumerate().map(move |(i, data)| {
+fn values_stream(round: Option<u64>, len: usize, chunks: Arc<Vec<bytes::Bytes>>) -> ValuesStream {
+    let msgs = (0..chunks.len()).map(move |i| {
         Ok(proto::ValuesChunk {
-            len: if i == 0 { len } else { 0 },
+            len: if i == 0 { len as u64 } else { 0 },
             round: if i == 0 { round } else { None },
-            data,
+            // A cheap clone: `Bytes` shares the encoded snapshot.
+            data: chunks[i].clone(),
         })
     });
     Box::pin(tokio_stream::iter(msgs))
@@ -201,11 +200,19 @@ impl ParameterServer for Service {
         let model = self.store.get(&r.job, &r.name).map_err(status)?;
         let Some(round) = r.round else {
             let (round, values) = model.current();
-            return Ok(Response::new(values_stream(round, values)));
+            let chunks = Arc::new(to_chunks(&values));
+            return Ok(Response::new(values_stream(round, values.len(), chunks)));
         };
         let wait = Duration::from_millis(r.timeout_ms).min(MAX_PULL_WAIT);
         match model.pull(round, wait).await.map_err(status)? {
-            Some(values) => Ok(Response::new(values_stream(Some(round), values))),
+            Some(values) => {
+                let chunks = model.encoded(round, &values);
+                Ok(Response::new(values_stream(
+                    Some(round),
+                    values.len(),
+                    chunks,
+                )))
+            }
             None => {
                 let s = model.state.lock().expect("lock");
                 Err(Status::deadline_exceeded(format!(

@@ -241,6 +241,9 @@ pub struct Model {
     pub last_access: Mutex<Instant>,
     /// Changed since the last snapshot to disk.
     pub dirty: std::sync::atomic::AtomicBool,
+    /// The last pulled snapshot, already cut into wire chunks: all n workers pull the same
+    /// round, so it is encoded once instead of n times.
+    encoded: Mutex<Option<(u64, Arc<Vec<bytes::Bytes>>)>>,
 }
 
 impl Model {
@@ -251,6 +254,7 @@ impl Model {
             completed: watch::channel(0).0,
             last_access: Mutex::new(Instant::now()),
             dirty: std::sync::atomic::AtomicBool::new(true),
+            encoded: Mutex::new(None),
         }
     }
 
@@ -317,6 +321,19 @@ impl Model {
             match tokio::time::timeout_at(give_up, rx.changed()).await {
                 Ok(Ok(())) => continue,
                 Ok(Err(_)) | Err(_) => return Ok(None),
+            }
+        }
+    }
+
+    /// The snapshot of `round` in wire chunks (see [`super::to_chunks`]), encoded once.
+    pub fn encoded(&self, round: u64, values: &[f32]) -> Arc<Vec<bytes::Bytes>> {
+        let mut cache = self.encoded.lock().expect("lock");
+        match &*cache {
+            Some((r, chunks)) if *r == round => chunks.clone(),
+            _ => {
+                let chunks = Arc::new(super::to_chunks(values));
+                *cache = Some((round, chunks.clone()));
+                chunks
             }
         }
     }
