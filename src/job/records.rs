@@ -148,6 +148,9 @@ pub struct Checkpoint {
     pub usage: Usage,
     /// Billed seconds of the previous invocations.
     pub billed_s: f64,
+    /// `--sync ps`: the round this worker last pushed to each server model, so the next
+    /// invocation's first push still lets the server detect rounds it lost.
+    pub ps_rounds: Vec<(String, u64)>,
 }
 
 /// Running sums of the current epoch.

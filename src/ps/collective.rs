@@ -74,6 +74,22 @@ impl PsCollective {
         self.deadline = deadline;
     }
 
+    /// The round last pushed to each model (for the checkpoint).
+    pub fn last_pushed(&self) -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> = self
+            .last_pushed
+            .iter()
+            .map(|(k, r)| (k.clone(), *r))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Restores what [`Self::last_pushed`] returned in the previous invocation.
+    pub fn restore_last_pushed(&mut self, rounds: &[(String, u64)]) {
+        self.last_pushed.extend(rounds.iter().cloned());
+    }
+
     /// Traffic so far (pushes count as puts, pulls as gets).
     pub fn stats(&self) -> CommStats {
         self.stats

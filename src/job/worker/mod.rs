@@ -123,7 +123,7 @@ impl<'a> Session<'a> {
         );
         let wait_deadline = deadline.map(|d| d.checked_sub(margin / 2).unwrap_or(d));
         comm.set_deadline(wait_deadline);
-        let ps = match (&cfg.sync, &cfg.ps_addr) {
+        let mut ps = match (&cfg.sync, &cfg.ps_addr) {
             (SyncMode::Ps, Some(addr)) => {
                 let mut ps = PsCollective::connect(
                     addr,
@@ -166,10 +166,14 @@ impl<'a> Session<'a> {
                 comm: Default::default(),
                 usage: Usage::default(),
                 billed_s: 0.0,
+                ps_rounds: Vec::new(),
             }
         };
         let mut state = state;
         state.acc.load_s += started.elapsed().as_secs_f64();
+        if let Some(ps) = &mut ps {
+            ps.restore_last_pushed(&state.ps_rounds);
+        }
         tracing::info!(
             worker = w,
             invocation = event.invocation,
@@ -336,6 +340,11 @@ impl<'a> Session<'a> {
             comm: self.state.comm + self.comm_stats(),
             usage: self.state.usage + (now - self.usage_base),
             billed_s: self.state.billed_s + billed(self.started),
+            ps_rounds: self
+                .ps
+                .as_ref()
+                .map(|p| p.last_pushed())
+                .unwrap_or_default(),
             ..self.state.clone()
         };
         records::put(self.channel.as_ref(), &key, &snapshot)
