@@ -376,6 +376,12 @@ pub async fn serve(
     let local = listener.local_addr()?;
     on_listening(local);
     tracing::info!(addr = %local, auth = opts.token.is_some(), "parameter server listening");
+    if opts.token.is_none() && !local.ip().is_loopback() {
+        tracing::warn!(
+            addr = %local,
+            "no --token: anyone who reaches this address can read and change the models"
+        );
+    }
 
     let maintenance = {
         let (store, opts) = (store.clone(), opts.clone());
