@@ -281,12 +281,12 @@ impl Model {
         let mut s = self.state.lock().expect("lock");
         let before = s.completed_round();
         let applied = s.push(round, worker, mode, values, after_round)?;
-        let pushed = if s.completed_round() != before {
+        let completed = s.completed_round() != before;
+        let pushed = if completed {
             s.workers
         } else {
             s.pushed.len() as u32
         };
-        let completed = s.completed_round() != before;
         drop(s);
         if applied {
             self.dirty.store(true, std::sync::atomic::Ordering::Relaxed);

@@ -141,7 +141,7 @@ impl<'a> Session<'a> {
             _ => None,
         };
         let ckpt_key = records::key(&spec.job_id, records::CHECKPOINT, w);
-        let state = if event.resume {
+        let mut state = if event.resume {
             let mut ckpt: Checkpoint = records::get(channel.as_ref(), &ckpt_key)
                 .await?
                 .with_context(|| format!("checkpoint '{ckpt_key}' is missing"))?;
@@ -169,7 +169,6 @@ impl<'a> Session<'a> {
                 ps_rounds: Vec::new(),
             }
         };
-        let mut state = state;
         state.acc.load_s += started.elapsed().as_secs_f64();
         if let Some(ps) = &mut ps {
             ps.restore_last_pushed(&state.ps_rounds);
@@ -224,14 +223,16 @@ impl<'a> Session<'a> {
     async fn ps_grad_step(&mut self, grad: &[f32], lr: f32) -> anyhow::Result<Option<Vec<f32>>> {
         let round = self.state.round;
         let n = self.event.job.config.workers;
-        let initial = self.state.params.clone();
+        // Disjoint fields: the server handle mutably, the parameters (initial values, used
+        // once per invocation) by reference, without a copy per step.
         let ps = self.ps.as_mut().expect("--sync ps has a server");
+        let initial = &self.state.params;
         let started = Instant::now();
         let result = async {
             ps.ensure(
                 crate::ps::collective::MODEL,
                 initial.len(),
-                Some(&initial),
+                Some(initial),
                 round,
             )
             .await?;
