@@ -1,10 +1,8 @@
 //! Per-epoch metrics, request counts and the cost estimate of real runs, and
 //! `lambdaml report` over them.
 
-mod common;
-
-use common::services::Server;
-use common::*;
+use crate::common::services::Server;
+use crate::common::*;
 
 /// Trains with 4 workers over `server` and checks the request count the run reports against
 /// the server's own counters.

@@ -1,7 +1,6 @@
 //! Servers for channel tests. Shared ones (started by `scripts/services.sh`, addresses in
 //! the environment) and dedicated ones a test starts on a free port and owns (killed when
 //! dropped), for exact "nothing left" checks and for pausing or killing a server mid-job.
-#![allow(dead_code)]
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -14,17 +13,6 @@ pub fn shared(var: &str) -> String {
             "{var} is not set: run the suite with `bash scripts/test.sh`, which starts the servers"
         )
     })
-}
-
-/// Every remote channel of the shared services, with a name.
-pub fn shared_channels() -> Vec<(&'static str, String)> {
-    vec![
-        ("memcached", shared("LAMBDAML_TEST_MEMCACHED")),
-        ("memcached-64k", shared("LAMBDAML_TEST_MEMCACHED_SMALL")),
-        ("redis", shared("LAMBDAML_TEST_REDIS")),
-        ("s3", shared("LAMBDAML_TEST_S3")),
-        ("dynamodb", shared("LAMBDAML_TEST_DYNAMODB")),
-    ]
 }
 
 /// A free loopback port (the listener is closed before the server binds it).

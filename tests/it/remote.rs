@@ -2,13 +2,11 @@
 //! items) and DynamoDB (400 KB items), a server paused in the middle of a job, a server that
 //! never comes back, and training data read from S3.
 
-mod common;
-
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::services::{Server, shared};
-use common::*;
+use crate::common::services::{Server, shared};
+use crate::common::*;
 
 /// A sparse model of `features` weights (4 bytes each), trained by 4 workers on `channel`.
 fn wide_model(dir: &std::path::Path, features: usize, channel: &str) -> Run {

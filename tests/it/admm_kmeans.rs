@@ -2,11 +2,9 @@
 //! single-process full-batch solver), and distributed KMeans gives the same centroids and
 //! rounds whatever the number of workers.
 
-mod common;
-
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 use lambdaml::algo::linear::{Linear, Loss};
 use lambdaml::channel::codec;
 use lambdaml::data::libsvm::Layout;

@@ -1,11 +1,9 @@
 //! Bad input ends with one clear message naming the file and line (or key), a non-zero exit
 //! and no panic; a failed job leaves no key on the channel.
 
-mod common;
-
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 
 /// Runs `lambdaml train` expecting failure; returns stderr.
 fn train_fails(dir: &Path, args: &[&str]) -> String {

@@ -1,8 +1,6 @@
 //! One conformance suite, run against every channel backend. A new backend adds one line to
 //! the `backends!` list at the bottom.
 
-mod common;
-
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -130,7 +128,7 @@ pub fn concurrent_writers(open: fn(&str) -> Arc<dyn Channel>, ns: &'static str) 
 /// one shared key with values large enough to be chunked on small-item backends. Every key
 /// is complete and the shared key holds exactly one writer's whole value.
 pub fn concurrent_writer_processes(url: &str) {
-    let dir = common::scratch();
+    let dir = crate::common::scratch();
     let values: Vec<Bytes> = (0..8u8).map(|w| value(w, 400_000 + w as usize)).collect();
     for (w, v) in values.iter().enumerate() {
         std::fs::write(dir.path().join(format!("v{w}")), v).unwrap();
@@ -142,7 +140,7 @@ pub fn concurrent_writer_processes(url: &str) {
             } else {
                 "job-p/shared/model/0".into()
             };
-            common::lambdaml()
+            crate::common::lambdaml()
                 .args(["channel", "put", url, &key])
                 .arg(dir.path().join(format!("v{}", i % 8)))
                 .spawn()
@@ -199,10 +197,10 @@ macro_rules! backends {
 /// A `dir:` root shared by every handle of one test process.
 fn dir_root() -> &'static std::path::Path {
     static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
-    DIR.get_or_init(common::scratch).path()
+    DIR.get_or_init(crate::common::scratch).path()
 }
 
-use common::services::shared;
+use crate::common::services::shared;
 
 backends! {
     dir => |ns: &str| format!("dir:{}/{ns}", dir_root().display());

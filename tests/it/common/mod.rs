@@ -1,6 +1,5 @@
 //! Helpers for integration tests: run the real `lambdaml` binary (driver and worker
 //! processes), with datasets generated once per test binary.
-#![allow(dead_code)]
 
 pub mod services;
 

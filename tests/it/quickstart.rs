@@ -2,9 +2,7 @@
 //! HIGGS-like rows with 4 workers and matches a 1-worker run of the same config.
 //! (Its speed is a benchmark, recorded in BENCHMARKS.md, not asserted here.)
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 #[test]
 fn the_default_job_matches_a_single_worker() {

@@ -3,10 +3,8 @@
 //! synchronous modes end with bit-identical workers and the same parameters on every channel,
 //! and afterwards the service itself holds no key of the job.
 
-mod common;
-
-use common::services::{Server, shared};
-use common::*;
+use crate::common::services::{Server, shared};
+use crate::common::*;
 
 /// Runs the workload on `channel` (after `args`) and returns the run.
 fn run_on(dir: &std::path::Path, args: &[&str], channel: &str) -> Run {

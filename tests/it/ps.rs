@@ -2,14 +2,12 @@
 //! processes training through it (`--sync ps`), compared with `reduce` over `dir:`; token
 //! auth, snapshots that survive a killed server, expiry, and a 100 MB model.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use lambdaml::ps::client::PsClient;
 use lambdaml::ps::store::Mode;
 

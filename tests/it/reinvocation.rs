@@ -1,9 +1,7 @@
 //! Invocations with a short deadline checkpoint and re-invoke themselves; the job ends with
 //! the same parameters, bit for bit, as an uninterrupted run with the same seed.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 fn interrupted_equals_uninterrupted(model: &str, sync: &str) {
     let dir = scratch();

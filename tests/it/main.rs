@@ -1,0 +1,18 @@
+//! The integration tests, as one test binary: they start real `lambdaml` driver and worker
+//! processes and real servers. One binary links the crate and its dependencies once instead
+//! of once per file, which is most of a cold build's link time and disk.
+//!
+//! Run one group with `cargo test --test it ps::` (or any test-name filter).
+
+mod common;
+
+mod admm_kmeans;
+mod bad_input;
+mod channel_conformance;
+mod examples;
+mod metrics;
+mod ps;
+mod quickstart;
+mod reinvocation;
+mod remote;
+mod train_matrix;
