@@ -86,6 +86,8 @@ pub struct Consumption<'a> {
     pub billed_s: f64,
     /// Channel requests.
     pub usage: Usage,
+    /// Requests reading the dataset from S3 (priced as S3 whatever the channel is).
+    pub data_usage: Usage,
     /// Wall seconds (servers are paid for while the job runs).
     pub wall_s: f64,
 }
@@ -97,7 +99,8 @@ pub struct Cost {
     pub lambda_compute: f64,
     /// Lambda invocation requests.
     pub lambda_requests: f64,
-    /// S3 requests (also for `dir:`, which stands in for S3).
+    /// S3 requests: the channel's (also for `dir:`, which stands in for S3) and reads of a
+    /// dataset on S3.
     pub s3_requests: f64,
     /// DynamoDB request units.
     pub dynamodb: f64,
@@ -132,12 +135,14 @@ pub fn estimate(p: &Prices, c: &Consumption) -> Cost {
         prices_date: p.date.clone(),
         ..Cost::default()
     };
+    let s3 = |u: &Usage| {
+        (u.puts + u.lists) as f64 * p.s3_put_per_thousand / 1e3
+            + u.gets as f64 * p.s3_get_per_thousand / 1e3
+    };
+    cost.s3_requests = s3(&c.data_usage);
     let scheme = c.channel.split(':').next().unwrap_or("");
     match scheme {
-        "s3" | "dir" => {
-            cost.s3_requests = (u.puts + u.lists) as f64 * p.s3_put_per_thousand / 1e3
-                + u.gets as f64 * p.s3_get_per_thousand / 1e3;
-        }
+        "s3" | "dir" => cost.s3_requests += s3(u),
         "dynamodb" => {
             cost.dynamodb = u.write_units as f64 * p.dynamodb_per_million_write_units / 1e6
                 + u.read_units as f64 * p.dynamodb_per_million_read_units / 1e6;
@@ -179,6 +184,7 @@ mod tests {
                 write_units: 4_000,
                 ..Usage::default()
             },
+            data_usage: Usage::default(),
             wall_s: 3600.0,
         }
     }
@@ -206,6 +212,34 @@ mod tests {
         assert!(
             (ps.total - (ps.lambda_compute + ps.lambda_requests + 0.068 + 0.0416)).abs() < 1e-12
         );
+    }
+
+    #[test]
+    fn data_read_from_s3_is_priced_as_s3_whatever_the_channel() {
+        let p = Prices::default();
+        let reads = Usage {
+            gets: 2_000,
+            ..Usage::default()
+        };
+        for channel in ["memcached://a:1", "redis://h:1", "dynamodb://t", "s3://b"] {
+            let without = estimate(&p, &consumption(channel));
+            let with = estimate(
+                &p,
+                &Consumption {
+                    data_usage: reads,
+                    ..consumption(channel)
+                },
+            );
+            // 2,000 GETs x $0.0004 / 1,000
+            assert!(
+                (with.s3_requests - without.s3_requests - 0.0008).abs() < 1e-12,
+                "{channel}"
+            );
+            assert!(
+                (with.total - without.total - 0.0008).abs() < 1e-12,
+                "{channel}"
+            );
+        }
     }
 
     #[test]

@@ -104,6 +104,10 @@ pub struct WorkerResult {
     pub usage: Usage,
     /// Seconds its invocations ran (what Lambda bills, rounded up to the millisecond).
     pub billed_s: f64,
+    /// Requests reading the dataset from S3 in all its invocations (none for local data);
+    /// kept apart from `usage` because they go to S3 whatever the channel is.
+    #[serde(default)]
+    pub data_usage: Usage,
 }
 
 /// What a worker reports when it fails.
@@ -148,6 +152,10 @@ pub struct Checkpoint {
     pub usage: Usage,
     /// Billed seconds of the previous invocations.
     pub billed_s: f64,
+    /// Requests reading the dataset (S3 `GetObject`s of the manifest and the partition), of
+    /// every invocation so far, this one's included.
+    #[serde(default)]
+    pub data_usage: Usage,
     /// `--sync ps`: the round this worker last pushed to each server model, so the next
     /// invocation's first push still lets the server detect rounds it lost.
     pub ps_rounds: Vec<(String, u64)>,

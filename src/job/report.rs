@@ -77,6 +77,10 @@ pub struct Summary {
     /// Every channel request of the job (workers' invocations and the driver), as the
     /// service counts them.
     pub requests: Usage,
+    /// Requests of the workers reading the dataset from S3 (zero for local data); priced as
+    /// S3 requests whatever the channel is, and not part of `requests`.
+    #[serde(default)]
+    pub data_requests: Usage,
     /// Where the workers' time went, summed over workers (seconds).
     pub time: TimeSplit,
     /// Memory of a worker function (MB).
@@ -214,6 +218,9 @@ pub fn summarize(
     let last = epochs.last().copied();
     let invocations_per_worker: Vec<u32> = results.iter().map(|r| r.invocations).collect();
     let requests = results.iter().fold(driver_usage, |acc, r| acc + r.usage);
+    let data_requests = results
+        .iter()
+        .fold(Usage::default(), |acc, r| acc + r.data_usage);
     let billed_seconds: f64 = results.iter().map(|r| r.billed_s).sum();
     let cost = cost::estimate(
         prices,
@@ -224,6 +231,7 @@ pub fn summarize(
             invocations: invocations_per_worker.iter().map(|&i| i as u64).sum(),
             billed_s: billed_seconds,
             usage: requests,
+            data_usage: data_requests,
             wall_s: wall_seconds,
         },
     );
@@ -265,6 +273,7 @@ pub fn summarize(
             .iter()
             .fold(CommStats::default(), |acc, r| acc + r.comm),
         requests,
+        data_requests,
         time,
         memory_mb: cfg.memory_mb,
         billed_seconds,

@@ -77,7 +77,7 @@ impl Run {
 
     /// The run's curve, one point per epoch. Cost is estimated per epoch from the epoch's
     /// worker seconds and requests, then scaled so the last point is the run's total
-    /// (which also holds what no epoch does: the driver's requests, invocations).
+    /// (which also holds what no epoch does: the driver's requests, invocations, data reads).
     pub fn curve(&self) -> Vec<Point> {
         let s = &self.summary;
         let epochs = self.records.iter().map(|r| r.epoch).max().unwrap_or(0);
@@ -106,6 +106,7 @@ impl Run {
                     invocations: 0,
                     billed_s: billed,
                     usage,
+                    data_usage: Default::default(),
                     wall_s: slowest,
                 },
             )

@@ -1,19 +1,19 @@
 //! Per-epoch metrics, request counts and the cost estimate of real runs, and
 //! `lambdaml report` over them.
 
-use crate::common::services::Server;
+use crate::common::services::{Server, shared};
 use crate::common::*;
 
-/// Trains with 4 workers over `server` and checks the request count the run reports against
-/// the server's own counters.
-fn reported_requests_match_the_server(server: &Server) {
+/// Trains with 4 workers on `data` over `server` and checks the request count the run reports
+/// against the server's own counters.
+fn reported_requests_match_the_server(server: &Server, data: &str) -> Run {
     let dir = scratch();
     let before = server.requests();
     let run = train(
         dir.path(),
         &[
             "--data",
-            dense_data().to_str().unwrap(),
+            data,
             "--workers",
             "4",
             "--epochs",
@@ -58,19 +58,44 @@ fn reported_requests_match_the_server(server: &Server) {
     let cost = &run.summary["cost"];
     assert!(cost["elasticache"].as_f64().unwrap() > 0.0);
     assert!(cost["lambda_compute"].as_f64().unwrap() > 0.0);
-    assert_eq!(cost["s3_requests"].as_f64().unwrap(), 0.0);
     let total = run.summary["estimated_cost_usd"].as_f64().unwrap();
     assert!((total - cost["total"].as_f64().unwrap()).abs() < 1e-15);
+    run
 }
 
 #[test]
 fn memcached_request_counts_match_the_server_s_stats() {
-    reported_requests_match_the_server(&Server::memcached(None));
+    let data = dense_data().to_str().unwrap();
+    let run = reported_requests_match_the_server(&Server::memcached(None), data);
+    assert_eq!(run.summary["data_requests"]["gets"], 0, "local data");
+    assert_eq!(run.summary["cost"]["s3_requests"].as_f64().unwrap(), 0.0);
 }
 
 #[test]
 fn redis_request_counts_match_the_server_s_commandstats() {
-    reported_requests_match_the_server(&Server::redis());
+    let data = dense_data().to_str().unwrap();
+    let run = reported_requests_match_the_server(&Server::redis(), data);
+    assert_eq!(run.summary["cost"]["s3_requests"].as_f64().unwrap(), 0.0);
+}
+
+#[test]
+fn data_read_from_s3_is_priced_as_s3_and_kept_out_of_the_channel_s_counts() {
+    let url = format!(
+        "{}/metrics-data-{}",
+        shared("LAMBDAML_TEST_S3"),
+        std::process::id()
+    );
+    split(dense_data(), 4, &url);
+    let run = reported_requests_match_the_server(&Server::memcached(None), &url);
+    // Each of the 4 workers' single invocation reads the manifest and its partition.
+    let data = &run.summary["data_requests"];
+    assert_eq!(data["gets"], 8, "{data}");
+    assert!(data["bytes_in"].as_u64().unwrap() > 100_000, "{data}");
+    let get_price = run.summary["prices"]["s3_get_per_thousand"]
+        .as_f64()
+        .unwrap();
+    let s3 = run.summary["cost"]["s3_requests"].as_f64().unwrap();
+    assert!((s3 - 8.0 * get_price / 1e3).abs() < 1e-15, "{s3}");
 }
 
 #[test]

@@ -105,10 +105,14 @@ impl<'a> Session<'a> {
         } else {
             Layout::Dense
         };
+        let before_data = meter::snapshot();
         let manifest = data_source::read_manifest(&spec.data_location).await?;
         let data =
             data_source::load_partition(&spec.data_location, &manifest, w, spec.n_features, layout)
                 .await?;
+        // Data reads go to S3 whatever the channel is: counted apart, and out of the channel's.
+        let data_usage = meter::snapshot() - before_data;
+        let usage_base = usage_base + data_usage;
         let margin = Duration::from_secs_f64(cfg.margin());
         // SystemTime -> Instant: the deadline is wall-clock (set by the platform), waits use
         // the monotonic clock.
@@ -166,9 +170,11 @@ impl<'a> Session<'a> {
                 comm: Default::default(),
                 usage: Usage::default(),
                 billed_s: 0.0,
+                data_usage: Usage::default(),
                 ps_rounds: Vec::new(),
             }
         };
+        state.data_usage = state.data_usage + data_usage;
         state.acc.load_s += started.elapsed().as_secs_f64();
         if let Some(ps) = &mut ps {
             ps.restore_last_pushed(&state.ps_rounds);
@@ -384,6 +390,7 @@ impl<'a> Session<'a> {
             comm: self.state.comm + self.comm_stats(),
             usage: self.state.usage + (meter::snapshot() - self.usage_base),
             billed_s: self.state.billed_s + billed(self.started),
+            data_usage: self.state.data_usage,
         };
         let key = records::key(&spec.job_id, records::RESULT, w);
         records::put(self.channel.as_ref(), &key, &result).await?;
