@@ -184,7 +184,7 @@ impl ParameterServer for Service {
         };
         let model = self.store.get(&h.job, &h.name).map_err(status)?;
         let (applied, pushed) = model
-            .push(h.round, h.worker, mode, &values, h.after_round)
+            .push(h.round, h.worker, mode, values, h.after_round)
             .map_err(status)?;
         tracing::debug!(job = %h.job, name = %h.name, round = h.round, worker = h.worker, applied, pushed, "push");
         Ok(Response::new(proto::PushReply { applied, pushed }))
@@ -508,7 +508,7 @@ mod tests {
         let (_, m) = store
             .register(ModelState::new("job", "m", 2, vec![1.0, 2.0]))
             .unwrap();
-        m.push(0, 1, Mode::Average, &[3.0, 4.0], None).unwrap();
+        m.push(0, 1, Mode::Average, vec![3.0, 4.0], None).unwrap();
         assert_eq!(write_snapshots(&store, dir.path(), &[]).unwrap(), 1);
         assert_eq!(
             write_snapshots(&store, dir.path(), &[]).unwrap(),

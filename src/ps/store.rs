@@ -7,8 +7,12 @@
 //! worker that already pushed for round `r + 1` cannot change what a slow one pulls for
 //! `r`. Pushes for a round are only accepted once the previous round is complete (a worker
 //! pulls before it pushes again), so rounds never interleave.
+//!
+//! A round's pushes are applied in worker order, whatever order they arrive in (one that
+//! comes early waits in `waiting` until the workers before it are in), so the floating-point
+//! sums, and so the trained model, are the same from run to run.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -67,6 +71,12 @@ pub struct ModelState {
     pub open_round: Option<u64>,
     /// Workers that pushed for `open_round`.
     pub pushed: BTreeSet<u32>,
+    /// Workers `0..applied` of the open round have been applied.
+    #[serde(default)]
+    pub applied: u32,
+    /// Pushes of the open round that arrived before an earlier worker's, by worker.
+    #[serde(default)]
+    pub waiting: BTreeMap<u32, (Mode, Vec<f32>)>,
     /// Sum of the round's pushes (`Average` mode only).
     pub acc: Vec<f32>,
     /// The mode of the open round (all pushes of a round must agree).
@@ -89,6 +99,8 @@ impl ModelState {
             values,
             open_round: None,
             pushed: BTreeSet::new(),
+            applied: 0,
+            waiting: BTreeMap::new(),
             acc: Vec::new(),
             open_mode: None,
             snapshots: VecDeque::new(),
@@ -102,13 +114,13 @@ impl ModelState {
         self.snapshots.back().map(|(r, _)| *r)
     }
 
-    /// Applies one push; `Ok(true)` when it counted, `Ok(false)` for a repeat.
+    /// Takes one push; `Ok(true)` when it counted, `Ok(false)` for a repeat.
     pub fn push(
         &mut self,
         round: u64,
         worker: u32,
         mode: Mode,
-        values: &[f32],
+        values: Vec<f32>,
         after_round: Option<u64>,
     ) -> Result<bool, StoreError> {
         if worker >= self.workers {
@@ -176,6 +188,25 @@ impl ModelState {
                 }
             }
         }
+        self.pushed.insert(worker);
+        if true {
+            self.apply(mode, &values);
+            self.applied += 1;
+            while let Some((mode, values)) = self.waiting.remove(&self.applied) {
+                self.apply(mode, &values);
+                self.applied += 1;
+            }
+        } else {
+            self.waiting.insert(worker, (mode, values));
+        }
+        if self.pushed.len() == self.workers as usize {
+            
+            self.complete(round);
+        }
+        Ok(true)
+    }
+
+    fn apply(&mut self, mode: Mode, values: &[f32]) {
         match mode {
             Mode::Grad { scale } => {
                 for (m, v) in self.values.iter_mut().zip(values) {
@@ -190,11 +221,6 @@ impl ModelState {
             Mode::Replace if !values.is_empty() => self.values.copy_from_slice(values),
             Mode::Replace => {}
         }
-        self.pushed.insert(worker);
-        if self.pushed.len() == self.workers as usize {
-            self.complete(round);
-        }
-        Ok(true)
     }
 
     fn complete(&mut self, round: u64) {
@@ -213,6 +239,7 @@ impl ModelState {
         self.open_round = None;
         self.open_mode = None;
         self.pushed.clear();
+        self.applied = 0;
     }
 
     /// The values at the end of `round`: `Ok(None)` while the round is still open.
@@ -274,7 +301,7 @@ impl Model {
         round: u64,
         worker: u32,
         mode: Mode,
-        values: &[f32],
+        values: Vec<f32>,
         after_round: Option<u64>,
     ) -> Result<(bool, u32), StoreError> {
         self.touch();
@@ -457,33 +484,75 @@ mod tests {
     fn grad_pushes_accumulate_and_complete_the_round() {
         let mut m = model(2, vec![1.0, 1.0]);
         assert!(
-            m.push(0, 0, Mode::Grad { scale: -0.5 }, &[2.0, 4.0], None)
+            m.push(0, 0, Mode::Grad { scale: -0.5 }, vec![2.0, 4.0], None)
                 .unwrap()
         );
         assert_eq!(m.snapshot(0).unwrap(), None);
         assert!(
-            m.push(0, 1, Mode::Grad { scale: -0.5 }, &[0.0, 2.0], None)
+            m.push(0, 1, Mode::Grad { scale: -0.5 }, vec![0.0, 2.0], None)
                 .unwrap()
         );
         assert_eq!(*m.snapshot(0).unwrap().unwrap(), vec![0.0, -2.0]);
+    }
+
+    /// Every order of arrival of `pushes` (one per worker) with `mode`: the round's result.
+    fn results_of_every_arrival_order(mode: Mode, pushes: &[f32]) -> BTreeSet<u32> {
+        fn orders(n: u32) -> Vec<Vec<u32>> {
+            if n == 0 {
+                return vec![vec![]];
+            }
+            let mut out = Vec::new();
+            for o in orders(n - 1) {
+                for at in 0..=o.len() {
+                    let mut o = o.clone();
+                    o.insert(at, n - 1);
+                    out.push(o);
+                }
+            }
+            out
+        }
+        let n = pushes.len() as u32;
+        let all = orders(n);
+        assert_eq!(all.len(), 24);
+        all.iter()
+            .map(|order| {
+                let mut m = model(n, vec![0.0]);
+                for &w in order {
+                    m.push(0, w, mode, vec![pushes[w as usize]], None).unwrap();
+                }
+                assert!(m.waiting.is_empty());
+                m.snapshot(0).unwrap().unwrap()[0].to_bits()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pushes_are_summed_in_worker_order_whatever_order_they_arrive_in() {
+        // In f32, 1e8 + 1 == 1e8: every order of these sums gives 0, 1 or 2, but worker
+        // order always gives ((1e8 + 1) - 1e8) + 1 = 1.
+        let pushes = [1e8, 1.0, -1e8, 1.0];
+        let grad = results_of_every_arrival_order(Mode::Grad { scale: 1.0 }, &pushes);
+        assert_eq!(grad, BTreeSet::from([1.0f32.to_bits()]));
+        let average = results_of_every_arrival_order(Mode::Average, &pushes);
+        assert_eq!(average, BTreeSet::from([0.25f32.to_bits()]));
     }
 
     #[test]
     fn repeated_pushes_are_ignored() {
         let mut m = model(2, vec![0.0]);
         assert!(
-            m.push(3, 0, Mode::Grad { scale: 1.0 }, &[1.0], None)
+            m.push(3, 0, Mode::Grad { scale: 1.0 }, vec![1.0], None)
                 .unwrap()
         );
         assert!(
-            !m.push(3, 0, Mode::Grad { scale: 1.0 }, &[1.0], None)
+            !m.push(3, 0, Mode::Grad { scale: 1.0 }, vec![1.0], None)
                 .unwrap()
         );
-        m.push(3, 1, Mode::Grad { scale: 1.0 }, &[1.0], None)
+        m.push(3, 1, Mode::Grad { scale: 1.0 }, vec![1.0], None)
             .unwrap();
         // A re-invoked worker re-running the completed round changes nothing.
         assert!(
-            !m.push(3, 0, Mode::Grad { scale: 1.0 }, &[1.0], None)
+            !m.push(3, 0, Mode::Grad { scale: 1.0 }, vec![1.0], None)
                 .unwrap()
         );
         assert_eq!(m.values, vec![2.0]);
@@ -492,30 +561,30 @@ mod tests {
     #[test]
     fn average_sets_the_mean_when_the_round_completes() {
         let mut m = model(3, vec![9.0, 9.0]);
-        m.push(0, 0, Mode::Average, &[1.0, 2.0], None).unwrap();
-        m.push(0, 2, Mode::Average, &[2.0, 4.0], None).unwrap();
+        m.push(0, 0, Mode::Average, vec![1.0, 2.0], None).unwrap();
+        m.push(0, 2, Mode::Average, vec![2.0, 4.0], None).unwrap();
         assert_eq!(m.values, vec![9.0, 9.0], "unchanged until complete");
-        m.push(0, 1, Mode::Average, &[3.0, 6.0], None).unwrap();
+        m.push(0, 1, Mode::Average, vec![3.0, 6.0], None).unwrap();
         assert_eq!(*m.snapshot(0).unwrap().unwrap(), vec![2.0, 4.0]);
     }
 
     #[test]
     fn replace_with_empty_pushes_broadcasts_one_worker_s_values() {
         let mut m = model(3, vec![0.0; 2]);
-        m.push(5, 1, Mode::Replace, &[], None).unwrap();
-        m.push(5, 0, Mode::Replace, &[7.0, 8.0], None).unwrap();
-        m.push(5, 2, Mode::Replace, &[], None).unwrap();
+        m.push(5, 1, Mode::Replace, vec![], None).unwrap();
+        m.push(5, 0, Mode::Replace, vec![7.0, 8.0], None).unwrap();
+        m.push(5, 2, Mode::Replace, vec![], None).unwrap();
         assert_eq!(*m.snapshot(5).unwrap().unwrap(), vec![7.0, 8.0]);
     }
 
     #[test]
     fn snapshots_are_frozen_while_the_next_round_runs() {
         let mut m = model(2, vec![0.0]);
-        m.push(0, 0, Mode::Grad { scale: 1.0 }, &[1.0], None)
+        m.push(0, 0, Mode::Grad { scale: 1.0 }, vec![1.0], None)
             .unwrap();
-        m.push(0, 1, Mode::Grad { scale: 1.0 }, &[1.0], None)
+        m.push(0, 1, Mode::Grad { scale: 1.0 }, vec![1.0], None)
             .unwrap();
-        m.push(1, 0, Mode::Grad { scale: 1.0 }, &[5.0], None)
+        m.push(1, 0, Mode::Grad { scale: 1.0 }, vec![5.0], None)
             .unwrap();
         assert_eq!(*m.snapshot(0).unwrap().unwrap(), vec![2.0]);
         assert_eq!(m.values, vec![7.0]);
@@ -524,18 +593,18 @@ mod tests {
     #[test]
     fn out_of_order_and_malformed_pushes_are_errors() {
         let mut m = model(2, vec![0.0; 3]);
-        let e = m.push(0, 2, Mode::Average, &[0.0; 3], None).unwrap_err();
+        let e = m.push(0, 2, Mode::Average, vec![0.0; 3], None).unwrap_err();
         assert!(e.to_string().contains("has 2 workers"), "{e}");
-        let e = m.push(0, 0, Mode::Average, &[0.0; 2], None).unwrap_err();
+        let e = m.push(0, 0, Mode::Average, vec![0.0; 2], None).unwrap_err();
         assert!(e.to_string().contains("holds 3"), "{e}");
-        m.push(0, 0, Mode::Average, &[0.0; 3], None).unwrap();
-        let e = m.push(1, 1, Mode::Average, &[0.0; 3], None).unwrap_err();
+        m.push(0, 0, Mode::Average, vec![0.0; 3], None).unwrap();
+        let e = m.push(1, 1, Mode::Average, vec![0.0; 3], None).unwrap_err();
         assert!(e.to_string().contains("while round 0 has 1 of 2"), "{e}");
         for r in 0..4 {
             if r > 0 {
-                m.push(r, 0, Mode::Average, &[0.0; 3], None).unwrap();
+                m.push(r, 0, Mode::Average, vec![0.0; 3], None).unwrap();
             }
-            m.push(r, 1, Mode::Average, &[0.0; 3], None).unwrap();
+            m.push(r, 1, Mode::Average, vec![0.0; 3], None).unwrap();
         }
         assert!(m.snapshot(0).is_err(), "only the last rounds are kept");
         assert!(m.snapshot(3).unwrap().is_some());
@@ -544,17 +613,17 @@ mod tests {
     #[test]
     fn a_gap_in_rounds_is_refused() {
         let mut m = model(1, vec![0.0]);
-        m.push(4, 0, Mode::Grad { scale: 1.0 }, &[1.0], None)
+        m.push(4, 0, Mode::Grad { scale: 1.0 }, vec![1.0], None)
             .unwrap();
-        m.push(9, 0, Mode::Grad { scale: 1.0 }, &[1.0], Some(4))
+        m.push(9, 0, Mode::Grad { scale: 1.0 }, vec![1.0], Some(4))
             .unwrap();
         // As if the server had restarted from a snapshot taken after round 4.
         let mut older = model(1, vec![0.0]);
         older
-            .push(4, 0, Mode::Grad { scale: 1.0 }, &[1.0], None)
+            .push(4, 0, Mode::Grad { scale: 1.0 }, vec![1.0], None)
             .unwrap();
         let e = older
-            .push(12, 0, Mode::Grad { scale: 1.0 }, &[1.0], Some(9))
+            .push(12, 0, Mode::Grad { scale: 1.0 }, vec![1.0], Some(9))
             .unwrap_err();
         assert!(e.to_string().contains("lost rounds"), "{e}");
     }
@@ -567,10 +636,10 @@ mod tests {
             let m = m.clone();
             tokio::spawn(async move { m.pull(0, Duration::from_secs(10)).await })
         };
-        m.push(0, 0, Mode::Grad { scale: 1.0 }, &[1.0], None)
+        m.push(0, 0, Mode::Grad { scale: 1.0 }, vec![1.0], None)
             .unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
-        m.push(0, 1, Mode::Grad { scale: 1.0 }, &[2.0], None)
+        m.push(0, 1, Mode::Grad { scale: 1.0 }, vec![2.0], None)
             .unwrap();
         assert_eq!(*waiter.await.unwrap().unwrap().unwrap(), vec![3.0]);
     }

@@ -141,6 +141,35 @@ fn grad_avg_and_model_avg_match_reduce_over_dir() {
 }
 
 #[test]
+fn two_runs_through_the_server_train_bit_identical_models() {
+    // Pushes arrive in a different order every run; the server applies them in worker
+    // order, so the sums and the model do not depend on it.
+    let server = PsServer::start(&[]);
+    let dir = scratch();
+    let chan = format!("dir:{}", dir.path().join("chan").display());
+    let args = [
+        "--data",
+        dense_data().to_str().unwrap(),
+        "--workers",
+        "4",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "50",
+        "--sync",
+        "ps",
+        "--ps-addr",
+        &server.addr,
+        "--channel",
+        &chan,
+    ];
+    let first = train(dir.path(), &args);
+    let second = train(dir.path(), &args);
+    assert_eq!(first.digests(), second.digests());
+    assert_eq!(first.train_losses(), second.train_losses());
+}
+
+#[test]
 fn admm_and_kmeans_match_reduce_over_dir() {
     let server = PsServer::start(&[]);
     let admm = [
