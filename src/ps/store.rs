@@ -189,7 +189,7 @@ impl ModelState {
             }
         }
         self.pushed.insert(worker);
-        if true {
+        if worker == self.applied {
             self.apply(mode, &values);
             self.applied += 1;
             while let Some((mode, values)) = self.waiting.remove(&self.applied) {
@@ -200,7 +200,7 @@ impl ModelState {
             self.waiting.insert(worker, (mode, values));
         }
         if self.pushed.len() == self.workers as usize {
-            
+            debug_assert!(self.applied == self.workers && self.waiting.is_empty());
             self.complete(round);
         }
         Ok(true)
