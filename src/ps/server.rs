@@ -218,7 +218,7 @@ impl ParameterServer for Service {
                 Err(Status::deadline_exceeded(format!(
                     "round {round} of '{}' is incomplete after {wait:?}: {} of {} workers pushed",
                     r.name,
-                    s.pushed.len(),
+                    s.pushed(),
                     s.workers
                 )))
             }
@@ -243,7 +243,7 @@ impl ParameterServer for Service {
                     workers: s.workers,
                     completed_round: s.completed_round(),
                     open_round: s.open_round,
-                    pushed: s.pushed.len() as u32,
+                    pushed: s.pushed(),
                     idle_s,
                     pushes: s.pushes,
                     pulls: s.pulls,

@@ -12,7 +12,7 @@
 //! comes early waits in `waiting` until the workers before it are in), so the floating-point
 //! sums, and so the trained model, are the same from run to run.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -69,12 +69,11 @@ pub struct ModelState {
     pub values: Vec<f32>,
     /// The round being collected, once a push for it arrived.
     pub open_round: Option<u64>,
-    /// Workers that pushed for `open_round`.
-    pub pushed: BTreeSet<u32>,
-    /// Workers `0..applied` of the open round have been applied.
+    /// Workers `0..applied` pushed for `open_round`, and their pushes are applied.
     #[serde(default)]
     pub applied: u32,
-    /// Pushes of the open round that arrived before an earlier worker's, by worker.
+    /// Pushes for `open_round` that arrived before an earlier worker's, by worker: each waits
+    /// until the workers before it are applied.
     #[serde(default)]
     pub waiting: BTreeMap<u32, (Mode, Vec<f32>)>,
     /// Sum of the round's pushes (`Average` mode only).
@@ -98,7 +97,6 @@ impl ModelState {
             workers,
             values,
             open_round: None,
-            pushed: BTreeSet::new(),
             applied: 0,
             waiting: BTreeMap::new(),
             acc: Vec::new(),
@@ -107,6 +105,15 @@ impl ModelState {
             pushes: 0,
             pulls: 0,
         }
+    }
+
+    /// How many workers pushed for the open round.
+    pub fn pushed(&self) -> u32 {
+        self.applied + self.waiting.len() as u32
+    }
+
+    fn has_pushed(&self, worker: u32) -> bool {
+        worker < self.applied || self.waiting.contains_key(&worker)
     }
 
     /// The last completed round.
@@ -152,7 +159,7 @@ impl ModelState {
         }
         match self.open_round {
             Some(open) if open == round => {
-                if self.pushed.contains(&worker) {
+                if self.has_pushed(worker) {
                     return Ok(false);
                 }
                 if self.open_mode != Some(mode) && !matches!(mode, Mode::Grad { .. }) {
@@ -166,7 +173,7 @@ impl ModelState {
                 return Err(StoreError::OutOfOrder(format!(
                     "push for round {round} of '{}' while round {open} has {} of {} pushes",
                     self.name,
-                    self.pushed.len(),
+                    self.pushed(),
                     self.workers
                 )));
             }
@@ -188,7 +195,6 @@ impl ModelState {
                 }
             }
         }
-        self.pushed.insert(worker);
         if worker == self.applied {
             self.apply(mode, &values);
             self.applied += 1;
@@ -199,8 +205,8 @@ impl ModelState {
         } else {
             self.waiting.insert(worker, (mode, values));
         }
-        if self.pushed.len() == self.workers as usize {
-            debug_assert!(self.applied == self.workers && self.waiting.is_empty());
+        // Waiting pushes are always of workers after `applied`, so none is left here.
+        if self.applied == self.workers {
             self.complete(round);
         }
         Ok(true)
@@ -238,7 +244,6 @@ impl ModelState {
         }
         self.open_round = None;
         self.open_mode = None;
-        self.pushed.clear();
         self.applied = 0;
     }
 
@@ -309,11 +314,7 @@ impl Model {
         let before = s.completed_round();
         let applied = s.push(round, worker, mode, values, after_round)?;
         let completed = s.completed_round() != before;
-        let pushed = if completed {
-            s.workers
-        } else {
-            s.pushed.len() as u32
-        };
+        let pushed = if completed { s.workers } else { s.pushed() };
         drop(s);
         if applied {
             self.dirty.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -474,6 +475,8 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     fn model(workers: u32, values: Vec<f32>) -> ModelState {
