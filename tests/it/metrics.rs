@@ -4,6 +4,14 @@
 use crate::common::services::{Server, shared};
 use crate::common::*;
 
+/// Requests of every kind in a `usage` (or `requests`) object.
+fn request_count(usage: &serde_json::Value) -> u64 {
+    ["puts", "gets", "deletes", "lists"]
+        .iter()
+        .map(|k| usage[k].as_u64().unwrap())
+        .sum()
+}
+
 /// Trains with 4 workers on `data` over `server` and checks the request count the run reports
 /// against the server's own counters.
 fn reported_requests_match_the_server(server: &Server, data: &str) -> Run {
@@ -26,10 +34,7 @@ fn reported_requests_match_the_server(server: &Server, data: &str) -> Run {
     );
     let served = server.requests() - before;
     let r = &run.summary["requests"];
-    let reported: u64 = ["puts", "gets", "deletes", "lists"]
-        .iter()
-        .map(|k| r[k].as_u64().unwrap())
-        .sum();
+    let reported = request_count(r);
     let gap = (reported as f64 - served as f64).abs() / served as f64;
     eprintln!("{}: reported {reported}, served {served}", server.url);
     assert!(
@@ -46,11 +51,7 @@ fn reported_requests_match_the_server(server: &Server, data: &str) -> Run {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
             assert!(v["wait_s"].as_f64().unwrap() <= v["comm_s"].as_f64().unwrap() + 1e-9);
             assert!(v["compute_s"].as_f64().unwrap() > 0.0);
-            let u = &v["usage"];
-            ["puts", "gets", "deletes", "lists"]
-                .iter()
-                .map(|k| u[k].as_u64().unwrap())
-                .sum::<u64>()
+            request_count(&v["usage"])
         })
         .sum();
     assert!(per_epoch > 0 && per_epoch <= reported);
