@@ -7,6 +7,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::channel::ChannelUrl;
 use crate::channel::meter::Usage;
 
 /// The default price table, public us-east-1 list prices.
@@ -74,8 +75,8 @@ impl Prices {
 /// What the cost model needs to know about a run (or a part of one).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Consumption<'a> {
-    /// Channel URL (decides which service's prices apply).
-    pub channel: &'a str,
+    /// The channel (decides which service's prices apply).
+    pub channel: &'a ChannelUrl,
     /// True in hybrid mode (a parameter-server VM runs for the job).
     pub parameter_server: bool,
     /// Lambda memory size.
@@ -114,16 +115,6 @@ pub struct Cost {
     pub prices_date: String,
 }
 
-/// Memcached servers listed in a URL (ElastiCache nodes).
-fn memcached_nodes(url: &str) -> u64 {
-    let hosts = url
-        .trim_start_matches("memcached://")
-        .split('?')
-        .next()
-        .unwrap_or("");
-    hosts.split(',').filter(|h| !h.is_empty()).count().max(1) as u64
-}
-
 /// Prices `c`.
 pub fn estimate(p: &Prices, c: &Consumption) -> Cost {
     let gb = c.memory_mb as f64 / 1024.0;
@@ -140,18 +131,19 @@ pub fn estimate(p: &Prices, c: &Consumption) -> Cost {
             + u.gets as f64 * p.s3_get_per_thousand / 1e3
     };
     cost.s3_requests = s3(&c.data_usage);
-    let scheme = c.channel.split(':').next().unwrap_or("");
-    match scheme {
-        "s3" | "dir" => cost.s3_requests += s3(u),
-        "dynamodb" => {
+    match c.channel {
+        // A directory stands in for S3.
+        ChannelUrl::S3 { .. } | ChannelUrl::Dir(_) => cost.s3_requests += s3(u),
+        ChannelUrl::DynamoDb { .. } => {
             cost.dynamodb = u.write_units as f64 * p.dynamodb_per_million_write_units / 1e6
                 + u.read_units as f64 * p.dynamodb_per_million_read_units / 1e6;
         }
-        "memcached" => {
-            cost.elasticache = memcached_nodes(c.channel) as f64 * hours * p.elasticache_node_hour
+        // One ElastiCache node per listed server.
+        ChannelUrl::Memcached { hosts, .. } => {
+            cost.elasticache = hosts.len().max(1) as f64 * hours * p.elasticache_node_hour
         }
-        "redis" => cost.elasticache = hours * p.elasticache_node_hour,
-        _ => {}
+        ChannelUrl::Redis(_) => cost.elasticache = hours * p.elasticache_node_hour,
+        ChannelUrl::Mem(_) => {}
     }
     if c.parameter_server {
         cost.parameter_server = hours * p.ps_vm_hour;
@@ -169,9 +161,10 @@ pub fn estimate(p: &Prices, c: &Consumption) -> Cost {
 mod tests {
     use super::*;
 
-    fn consumption(channel: &str) -> Consumption<'_> {
+    /// A test run's consumption on `channel` (parsed and leaked: tests only).
+    fn consumption(channel: &str) -> Consumption<'static> {
         Consumption {
-            channel,
+            channel: Box::leak(Box::new(channel.parse().unwrap())),
             parameter_server: false,
             memory_mb: 2048,
             invocations: 10,

@@ -8,7 +8,13 @@
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::data::{CsrMatrix, DenseMatrix, Features};
+use std::path::Path;
+
+use super::learner::{
+    EpochSync, Init, Learner, LearnerState, Metrics, ModelError, Segment, Step, StepSync, TrainSpec,
+};
+use crate::data::libsvm::{self, Layout};
+use crate::data::{CsrMatrix, Dataset, DenseMatrix, Features};
 
 /// Rows per block of the dense distance kernel.
 const BLOCK: usize = 256;
@@ -249,6 +255,154 @@ pub fn kmeans_pp(x: &Features, k: usize, seed: u64) -> Vec<f32> {
         nearest = merged;
     }
     centroids
+}
+
+/// Distributed Lloyd on one worker's partition: the [`Learner`] of `kmeans` and
+/// `sparse_kmeans`. An epoch is one round: assign, average the statistics, move the
+/// centroids.
+pub struct Lloyd {
+    features: Features,
+    sq_norms: Vec<f32>,
+    k: usize,
+    d: usize,
+    seed: u64,
+    tol: f64,
+    worker: usize,
+    workers: usize,
+    total_rows: usize,
+    init_centroids: Option<String>,
+}
+
+/// The learner of KMeans with the `k`, seed and initial centroids of `spec`, on `data`.
+pub fn learner(spec: &TrainSpec, data: Dataset) -> Result<Box<dyn Learner>, ModelError> {
+    let sq_norms = row_sq_norms(&data.features);
+    Ok(Box::new(Lloyd {
+        features: data.features,
+        sq_norms,
+        k: spec.k,
+        d: spec.n_features,
+        seed: spec.seed,
+        tol: spec.tol,
+        worker: spec.worker,
+        workers: spec.workers,
+        total_rows: spec.total_rows,
+        init_centroids: spec.init_centroids.clone(),
+    }))
+}
+
+impl Learner for Lloyd {
+    fn segments(&self) -> Vec<Segment> {
+        vec![Segment::new("centroids", self.k * self.d)]
+    }
+
+    /// Read from `init_centroids` by every worker, or k-means++ on worker 0's partition
+    /// broadcast to the others.
+    fn init(&self) -> Result<Init, ModelError> {
+        let (k, d) = (self.k, self.d);
+        if let Some(path) = &self.init_centroids {
+            let params = read_centroids(Path::new(path), k, d)?;
+            return Ok(Init::Ready(LearnerState {
+                params,
+                aux: Vec::new(),
+            }));
+        }
+        let n_rows = self.features.n_rows();
+        if self.worker == 0 && n_rows < k {
+            return Err(ModelError::Invalid(format!(
+                "worker 0's partition has {n_rows} rows, fewer than k = {k}"
+            )));
+        }
+        Ok(Init::Broadcast {
+            own: (self.worker == 0).then(|| kmeans_pp(&self.features, k, self.seed)),
+            len: k * d,
+        })
+    }
+
+    fn steps_per_epoch(&self) -> usize {
+        0
+    }
+
+    /// Never called: an epoch of Lloyd is only its synchronisation.
+    fn step(&mut self, _: &mut LearnerState, _: u32, _: usize, _: &mut Vec<f32>) -> Step {
+        Step {
+            loss: 0.0,
+            sync: StepSync::Local,
+        }
+    }
+
+    fn syncs_each_epoch(&self) -> bool {
+        true
+    }
+
+    fn epoch_vector(&self, state: &LearnerState) -> Vec<f32> {
+        let mut stats = vec![0f32; stats_len(self.k, self.d)];
+        assign(
+            &self.features,
+            &self.sq_norms,
+            &state.params,
+            self.k,
+            &mut stats,
+        );
+        stats
+    }
+
+    fn apply_epoch_mean(&self, state: &mut LearnerState, mean: &[f32]) -> EpochSync {
+        let (k, d) = (self.k, self.d);
+        update(&mut state.params, mean, k, d);
+        // Means times n are the global totals (the stopping rule only needs ratios).
+        let objective = mean[k * d + k] as f64 * self.workers as f64;
+        EpochSync {
+            current: Metrics {
+                train_loss: Some(objective / self.total_rows.max(1) as f64),
+                objective: Some(objective),
+                ..Metrics::default()
+            },
+            previous: Metrics::default(),
+        }
+    }
+
+    fn evaluate(&self, _: &LearnerState) -> Metrics {
+        Metrics::default()
+    }
+
+    /// When the objective changed by less than `tol`, relatively, since the last round.
+    fn converged(&self, previous: Option<&Metrics>, current: &Metrics) -> bool {
+        match (previous.and_then(|m| m.objective), current.objective) {
+            (Some(prev), Some(now)) => prev > 0.0 && ((prev - now).abs() / prev) < self.tol,
+            _ => false,
+        }
+    }
+
+    fn result(&self, state: &LearnerState) -> Vec<f32> {
+        state.params.clone()
+    }
+
+    fn rows(&self) -> (usize, usize) {
+        (self.features.n_rows(), 0)
+    }
+}
+
+/// The rows of the LibSVM file `path` as `k` centroids of `d` features.
+fn read_centroids(path: &Path, k: usize, d: usize) -> Result<Vec<f32>, ModelError> {
+    let ds = libsvm::read_file(path, d, Layout::Dense).map_err(|source| ModelError::Input {
+        what: format!("the initial centroids {}", path.display()),
+        source,
+    })?;
+    if ds.n_rows() != k {
+        return Err(ModelError::Invalid(format!(
+            "{} holds {} centroids but k = {k}: pass --k {}",
+            path.display(),
+            ds.n_rows(),
+            ds.n_rows()
+        )));
+    }
+    match ds.features {
+        Features::Dense(m) => Ok(m.values),
+        Features::Sparse(_) => Err(ModelError::Invalid(format!(
+            "{} was read as sparse rows, expected dense",
+            path.display()
+        ))),
+    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,10 @@
 //! Parameters are one flat vector `[w_0 .. w_{d-1}, b]`: weights then bias. The objective is
 //! `mean(loss(w.x + b, y)) + lam/2 * ||w||^2` (the bias is not regularised).
 
-use crate::data::{BinaryLabels, CsrMatrix, DenseMatrix, Features};
+use super::OptimKind;
+use super::learner::{Learner, Metrics, ModelError, Segment, TrainSpec};
+use super::optim::{Differentiable, Optimized};
+use crate::data::{BinaryLabels, CsrMatrix, Dataset, DenseMatrix, Features};
 
 /// The per-example loss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -244,6 +247,75 @@ impl Linear {
         let reg: f64 = params[..d].iter().map(|w| (*w as f64).powi(2)).sum::<f64>();
         self.evaluate(params, x, y, rows).loss() + 0.5 * self.lam as f64 * reg
     }
+}
+
+/// A linear classifier on one worker's partition: the [`Differentiable`] model that
+/// `lr`, `svm`, `sparse_lr` and `sparse_svm` train with any optimizer.
+pub struct LinearClassifier {
+    model: Linear,
+    features: Features,
+    targets: Vec<f32>,
+}
+
+impl Differentiable for LinearClassifier {
+    fn segments(&self) -> Vec<Segment> {
+        vec![
+            Segment::new("weights", self.model.n_features),
+            Segment::new("bias", 1),
+        ]
+    }
+
+    fn initial_params(&self) -> Vec<f32> {
+        vec![0.0; self.model.n_params()]
+    }
+
+    fn n_rows(&self) -> usize {
+        self.targets.len()
+    }
+
+    fn gradient(&self, params: &[f32], rows: &[u32], grad: &mut [f32]) -> f32 {
+        self.model
+            .gradient(params, &self.features, &self.targets, rows, grad)
+    }
+
+    fn evaluate(&self, params: &[f32], rows: &[u32]) -> Metrics {
+        let eval = self
+            .model
+            .evaluate(params, &self.features, &self.targets, rows);
+        Metrics {
+            val_loss: Some(eval.loss()),
+            val_accuracy: Some(eval.accuracy()),
+            ..Metrics::default()
+        }
+    }
+}
+
+/// The learner of a linear model (`spec.model` with a loss) on `data`.
+pub fn learner(spec: &TrainSpec, data: Dataset) -> Result<Box<dyn Learner>, ModelError> {
+    let loss = spec
+        .model
+        .loss()
+        .ok_or_else(|| ModelError::Invalid(format!("{} is not a linear model", spec.model)))?;
+    let labels = spec
+        .labels
+        .ok_or_else(|| ModelError::Invalid("a classifier needs two label values".into()))?;
+    let model = Linear {
+        loss,
+        n_features: spec.n_features,
+        // With ADMM the regulariser belongs to the z-update, not to the local problems.
+        lam: if spec.optim == OptimKind::Admm {
+            0.0
+        } else {
+            spec.lam
+        },
+    };
+    let targets = model.targets(&data.labels, labels);
+    let classifier = LinearClassifier {
+        model,
+        features: data.features,
+        targets,
+    };
+    Ok(Box::new(Optimized::new(classifier, spec)))
 }
 
 #[cfg(test)]

@@ -1,12 +1,32 @@
 //! Models and optimizers as pure compute over flat `f32` parameter vectors. Nothing here
 //! knows about channels, platforms or jobs.
+//!
+//! The worker loop drives every model through one trait, [`learner::Learner`]. A model
+//! trained by gradients implements [`optim::Differentiable`] and gets every optimizer from
+//! [`optim::Optimized`]; a model with its own round (KMeans) implements `Learner` directly.
+//! [`build`] is the registry from a model's name to its learner.
 
 pub mod admm;
 pub mod kmeans;
+pub mod learner;
 pub mod linear;
+pub mod optim;
 pub mod sgd;
 
 use serde::{Deserialize, Serialize};
+
+use crate::data::Dataset;
+use learner::{Learner, ModelError, TrainSpec};
+
+/// The learner of `spec.model` on this worker's partition `data`: the registry of models.
+pub fn build(spec: &TrainSpec, data: Dataset) -> Result<Box<dyn Learner>, ModelError> {
+    match spec.model {
+        ModelKind::Lr | ModelKind::Svm | ModelKind::SparseLr | ModelKind::SparseSvm => {
+            linear::learner(spec, data)
+        }
+        ModelKind::Kmeans | ModelKind::SparseKmeans => kmeans::learner(spec, data),
+    }
+}
 
 /// The model to train.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]

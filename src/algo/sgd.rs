@@ -27,7 +27,7 @@ pub fn epoch_order(rows: &[u32], seed: u64, worker: usize, epoch: u32) -> Vec<u3
 /// so every row is used once per epoch and all workers run the same number of steps even when
 /// their partitions differ in size.
 pub fn batch_bounds(len: usize, steps: usize, step: usize) -> std::ops::Range<usize> {
-    crate::comm::chunk_bounds(len, steps, step)
+    crate::data::chunk_bounds(len, steps, step)
 }
 
 /// Splits `n` rows into (validation, training) row indices: a seeded shuffle, the first

@@ -16,7 +16,7 @@
 use async_trait::async_trait;
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::{Channel, ChannelError, PollPolicy, validate_key};
+use super::{Channel, ChannelError, PollPolicy};
 
 const INLINE: u8 = 0;
 const MANIFEST: u8 = 1;
@@ -106,7 +106,6 @@ impl<S: ItemStore> Channel for Chunked<S> {
     }
 
     async fn put(&self, key: &str, value: Bytes) -> Result<(), ChannelError> {
-        validate_key(key)?;
         let limit = self.store.item_limit();
         if value.len() < limit {
             let mut item = BytesMut::with_capacity(value.len() + 1);
@@ -134,7 +133,6 @@ impl<S: ItemStore> Channel for Chunked<S> {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>, ChannelError> {
-        validate_key(key)?;
         // A concurrent rewrite may delete the chunks we are about to read: read the manifest
         // again and retry a few times.
         for _ in 0..5 {
@@ -177,9 +175,6 @@ impl<S: ItemStore> Channel for Chunked<S> {
     }
 
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, ChannelError> {
-        for key in keys {
-            validate_key(key)?;
-        }
         let items = self.store.get_items(keys).await?;
         let mut values = Vec::with_capacity(keys.len());
         for (key, item) in keys.iter().zip(items) {
@@ -193,9 +188,6 @@ impl<S: ItemStore> Channel for Chunked<S> {
     }
 
     async fn delete(&self, keys: &[String]) -> Result<(), ChannelError> {
-        for key in keys {
-            validate_key(key)?;
-        }
         if keys.is_empty() {
             return Ok(());
         }

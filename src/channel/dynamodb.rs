@@ -60,17 +60,12 @@ fn key_of(key: &str) -> HashMap<String, AttributeValue> {
     HashMap::from([("k".to_string(), AttributeValue::S(key.to_string()))])
 }
 
-/// Opens `dynamodb://table`, creating the table when it is missing.
-pub async fn open(url: &str, retry: RetryPolicy) -> Result<Chunked<DynamoStore>, ChannelError> {
-    let table = url
-        .strip_prefix("dynamodb://")
-        .expect("scheme checked by the caller");
-    if table.is_empty() || table.contains('/') {
-        return Err(ChannelError::InvalidUrl {
-            url: url.to_string(),
-            message: "expected dynamodb://table".into(),
-        });
-    }
+/// Opens table `table`, creating it when it is missing; `url` names it in messages.
+pub async fn open(
+    url: &str,
+    table: &str,
+    retry: RetryPolicy,
+) -> Result<Chunked<DynamoStore>, ChannelError> {
     let store = DynamoStore {
         url: url.to_string(),
         client: Client::new(&sdk_config().await),

@@ -20,7 +20,7 @@ use super::{ChannelError, PollPolicy};
 /// Default item size of memcached and ElastiCache (`-I 1m`).
 pub const DEFAULT_ITEM_SIZE: usize = 1 << 20;
 /// Room for the key and memcached's per-item header within the item size.
-const ITEM_OVERHEAD: usize = 1024;
+use super::url::ITEM_OVERHEAD;
 /// One request may not take longer (a paused server shows up as a timeout, then a retry).
 const OP_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -43,36 +43,17 @@ impl std::fmt::Debug for MemcachedStore {
     }
 }
 
-/// Opens a Memcached channel from `memcached://...`.
-pub async fn open(url: &str, retry: RetryPolicy) -> Result<Chunked<MemcachedStore>, ChannelError> {
-    let invalid = |message: String| ChannelError::InvalidUrl {
-        url: url.to_string(),
-        message,
-    };
-    let rest = url
-        .strip_prefix("memcached://")
-        .expect("scheme checked by the caller");
-    let (hosts, query) = rest.split_once('?').unwrap_or((rest, ""));
-    let mut item_size = DEFAULT_ITEM_SIZE;
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        match pair.split_once('=') {
-            Some(("item_size", v)) => {
-                item_size = v
-                    .parse()
-                    .ok()
-                    .filter(|&n: &usize| n > 2 * ITEM_OVERHEAD)
-                    .ok_or_else(|| invalid(format!("item_size '{v}' is not a size above 2048")))?;
-            }
-            _ => {
-                return Err(invalid(format!(
-                    "unknown option '{pair}' (known: item_size)"
-                )));
-            }
-        }
-    }
+/// Opens a Memcached channel on `hosts` whose servers store items of up to `item_size`
+/// bytes (default [`DEFAULT_ITEM_SIZE`]); `url` names it in messages.
+pub async fn open(
+    url: &str,
+    hosts: &[String],
+    item_size: Option<usize>,
+    retry: RetryPolicy,
+) -> Result<Chunked<MemcachedStore>, ChannelError> {
+    let item_size = item_size.unwrap_or(DEFAULT_ITEM_SIZE);
     let servers: Vec<String> = hosts
-        .split(',')
-        .filter(|h| !h.is_empty())
+        .iter()
         .map(|h| {
             format!(
                 "memcache://{h}?protocol=ascii&tcp_nodelay=true&timeout={}",
@@ -80,11 +61,6 @@ pub async fn open(url: &str, retry: RetryPolicy) -> Result<Chunked<MemcachedStor
             )
         })
         .collect();
-    if servers.is_empty() {
-        return Err(invalid(
-            "expected memcached://host:port[,host:port...]".into(),
-        ));
-    }
     let client = with_retries(&retry, url, "connect", "", || async {
         connect(&servers).map_err(classify)
     })

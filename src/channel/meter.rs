@@ -10,8 +10,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-/// Requests and traffic; also used for sums over workers and deltas over an epoch.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Requests and traffic; also used for sums over workers and deltas over an epoch (a
+/// later reading minus an earlier one: counters only grow).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    derive_more::Add,
+    derive_more::Sub,
+)]
 pub struct Usage {
     /// Write requests (memcached `set`, Redis `SET`, S3 `PutObject`, DynamoDB `PutItem`,
     /// `dir:` file writes).
@@ -38,38 +50,6 @@ impl Usage {
     /// Requests of every kind.
     pub fn requests(&self) -> u64 {
         self.puts + self.gets + self.deletes + self.lists
-    }
-}
-
-impl std::ops::Add for Usage {
-    type Output = Usage;
-    fn add(self, o: Usage) -> Usage {
-        Usage {
-            puts: self.puts + o.puts,
-            gets: self.gets + o.gets,
-            deletes: self.deletes + o.deletes,
-            lists: self.lists + o.lists,
-            bytes_out: self.bytes_out + o.bytes_out,
-            bytes_in: self.bytes_in + o.bytes_in,
-            read_units: self.read_units + o.read_units,
-            write_units: self.write_units + o.write_units,
-        }
-    }
-}
-
-impl std::ops::Sub for Usage {
-    type Output = Usage;
-    fn sub(self, o: Usage) -> Usage {
-        Usage {
-            puts: self.puts.saturating_sub(o.puts),
-            gets: self.gets.saturating_sub(o.gets),
-            deletes: self.deletes.saturating_sub(o.deletes),
-            lists: self.lists.saturating_sub(o.lists),
-            bytes_out: self.bytes_out.saturating_sub(o.bytes_out),
-            bytes_in: self.bytes_in.saturating_sub(o.bytes_in),
-            read_units: self.read_units.saturating_sub(o.read_units),
-            write_units: self.write_units.saturating_sub(o.write_units),
-        }
     }
 }
 

@@ -2,9 +2,10 @@
 //!
 //! A [`Channel`] is a flat key-value store with `put`, `get`, `delete` and (where the backend
 //! can) `list`. Collectives never rely on listing for correctness: every key they read is
-//! known in advance. Backends are chosen by URL with [`open`].
+//! known in advance. Backends are chosen by a parsed [`ChannelUrl`] with [`open`].
 
 mod aws;
+pub mod checked;
 pub mod chunked;
 pub mod codec;
 pub mod dir;
@@ -16,6 +17,7 @@ mod poll;
 pub mod redis;
 pub mod retry;
 pub mod s3;
+pub mod url;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,8 +25,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+pub use checked::Checked;
 pub use poll::Backoff;
 pub use retry::RetryPolicy;
+pub use url::ChannelUrl;
 
 /// How a waiter should poll this backend: first sleep and the cap of the exponential backoff.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -106,48 +110,33 @@ pub trait Channel: Send + Sync + std::fmt::Debug {
 }
 
 /// Opens a channel from its URL with the default retry policy; see [`open_with`].
-pub async fn open(url: &str) -> Result<Arc<dyn Channel>, ChannelError> {
+pub async fn open(url: &ChannelUrl) -> Result<Arc<dyn Channel>, ChannelError> {
     open_with(url, RetryPolicy::default()).await
 }
 
-/// Opens a channel from its URL:
-///
-/// - `dir:PATH` — a directory (local or shared);
-/// - `mem:[NAME]` — in this process only;
-/// - `s3://bucket[/prefix]` — S3 (the bucket must exist);
-/// - `memcached://host:port[,host:port...][?item_size=BYTES]` — Memcached / ElastiCache;
-/// - `redis://host:port[/db]` — Redis;
-/// - `dynamodb://table` — DynamoDB (the table is created when missing).
+/// Opens the channel `url` names ([`ChannelUrl`] lists the backends).
 ///
 /// AWS region, credentials and endpoint come from the standard AWS settings. Transient
 /// backend failures are retried within `retry.budget`.
-pub async fn open_with(url: &str, retry: RetryPolicy) -> Result<Arc<dyn Channel>, ChannelError> {
-    let invalid = |message: &str| ChannelError::InvalidUrl {
-        url: url.to_string(),
-        message: message.to_string(),
-    };
-    let (scheme, rest) = url.split_once(':').ok_or_else(|| {
-        invalid(
-            "expected SCHEME:LOCATION, e.g. dir:/tmp/chan, s3://bucket/prefix, redis://host:6379",
-        )
-    })?;
-    match scheme {
-        "dir" => {
-            let path = rest.strip_prefix("//").unwrap_or(rest);
-            if path.is_empty() {
-                return Err(invalid("dir: needs a path, e.g. dir:/tmp/lambdaml-channel"));
-            }
-            Ok(Arc::new(dir::DirChannel::new(path, url)))
+pub async fn open_with(
+    url: &ChannelUrl,
+    retry: RetryPolicy,
+) -> Result<Arc<dyn Channel>, ChannelError> {
+    let name = url.to_string();
+    Ok(match url {
+        ChannelUrl::Dir(path) => Arc::new(Checked::new(dir::DirChannel::new(path, &name))),
+        ChannelUrl::Mem(n) => Arc::new(Checked::new(mem::MemChannel::named(n))),
+        ChannelUrl::S3 { bucket, prefix } => Arc::new(Checked::new(
+            s3::S3Channel::open(&name, bucket, prefix, retry).await?,
+        )),
+        ChannelUrl::Memcached { hosts, item_size } => Arc::new(Checked::new(
+            memcached::open(&name, hosts, *item_size, retry).await?,
+        )),
+        ChannelUrl::Redis(u) => Arc::new(Checked::new(redis::RedisChannel::open(u, retry).await?)),
+        ChannelUrl::DynamoDb { table } => {
+            Arc::new(Checked::new(dynamodb::open(&name, table, retry).await?))
         }
-        "mem" => Ok(Arc::new(mem::MemChannel::named(rest))),
-        "s3" => Ok(Arc::new(s3::S3Channel::open(url, retry).await?)),
-        "memcached" => Ok(Arc::new(memcached::open(url, retry).await?)),
-        "redis" => Ok(Arc::new(redis::RedisChannel::open(url, retry).await?)),
-        "dynamodb" => Ok(Arc::new(dynamodb::open(url, retry).await?)),
-        other => Err(invalid(&format!(
-            "unknown scheme '{other}' (known: dir:, mem:, s3://, memcached://, redis://, dynamodb://)"
-        ))),
-    }
+    })
 }
 
 /// Checks that a key is a relative path of `[A-Za-z0-9._-]` segments, so that it maps safely
@@ -190,17 +179,15 @@ mod tests {
 
     #[tokio::test]
     async fn urls_are_checked() {
-        assert!(open("dir:/tmp/x").await.is_ok());
-        assert!(open("mem:").await.is_ok());
-        let err = open("ftp://x").await.unwrap_err().to_string();
+        let url = |u: &str| u.parse::<ChannelUrl>();
+        assert!(open(&url("dir:/tmp/x").unwrap()).await.is_ok());
+        assert!(open(&url("mem:").unwrap()).await.is_ok());
+        let err = url("ftp://x").unwrap_err().to_string();
         assert!(err.contains("unknown scheme 'ftp'"), "{err}");
-        assert!(open("nothing").await.is_err());
-        assert!(open("dir:").await.is_err());
-        let err = open("memcached://h:1?size=3")
-            .await
-            .unwrap_err()
-            .to_string();
+        assert!(url("nothing").is_err());
+        assert!(url("dir:").is_err());
+        let err = url("memcached://h:1?size=3").unwrap_err().to_string();
         assert!(err.contains("unknown option 'size=3'"), "{err}");
-        assert!(open("dynamodb://").await.is_err());
+        assert!(url("dynamodb://").is_err());
     }
 }

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use super::aws::{classify, endpoint_overridden, sdk_config};
 use super::meter::{self, Op};
 use super::retry::{BackendError, RetryPolicy, with_retries};
-use super::{Channel, ChannelError, PollPolicy, validate_key};
+use super::{Channel, ChannelError, PollPolicy};
 
 /// An S3 channel.
 #[derive(Debug)]
@@ -25,19 +25,14 @@ pub struct S3Channel {
 }
 
 impl S3Channel {
-    /// Opens `s3://bucket[/prefix]`, checking that the bucket exists.
-    pub async fn open(url: &str, retry: RetryPolicy) -> Result<Self, ChannelError> {
-        let rest = url
-            .strip_prefix("s3://")
-            .expect("scheme checked by the caller");
-        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        if bucket.is_empty() {
-            return Err(ChannelError::InvalidUrl {
-                url: url.to_string(),
-                message: "expected s3://bucket[/prefix]".into(),
-            });
-        }
-        let prefix = prefix.trim_matches('/');
+    /// Opens the objects under `prefix` (no leading or trailing '/') in `bucket`, checking
+    /// that the bucket exists; `url` names the channel in messages.
+    pub async fn open(
+        url: &str,
+        bucket: &str,
+        prefix: &str,
+        retry: RetryPolicy,
+    ) -> Result<Self, ChannelError> {
         let conf = sdk_config().await;
         let s3 = aws_sdk_s3::config::Builder::from(&conf)
             .force_path_style(endpoint_overridden("AWS_ENDPOINT_URL_S3"))
@@ -87,7 +82,6 @@ impl Channel for S3Channel {
     }
 
     async fn put(&self, key: &str, value: Bytes) -> Result<(), ChannelError> {
-        validate_key(key)?;
         with_retries(&self.retry, &self.url, "put", key, || async {
             meter::record(Op::Put, 1, value.len() as u64);
             self.client
@@ -104,7 +98,6 @@ impl Channel for S3Channel {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>, ChannelError> {
-        validate_key(key)?;
         with_retries(&self.retry, &self.url, "get", key, || async {
             meter::record(Op::Get, 1, 0);
             match self
@@ -136,7 +129,6 @@ impl Channel for S3Channel {
         for chunk in keys.chunks(1000) {
             let mut objects = Vec::with_capacity(chunk.len());
             for key in chunk {
-                validate_key(key)?;
                 objects.push(
                     ObjectIdentifier::builder()
                         .key(self.object(key))

@@ -9,12 +9,14 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use crate::algo::{ModelKind, OptimKind};
+use crate::channel::ChannelUrl;
 use crate::comm::SyncMode;
-use crate::data::partition;
 use crate::data::synth::{self, SynthKind};
+use crate::data::{DataLocation, partition};
 use crate::job::event::Invocation;
-use crate::job::{JobConfig, bench, driver, report, worker};
+use crate::job::{JobConfig, bench, driver, summary, worker};
 use crate::platform;
+use crate::platform::PlatformChoice;
 use progress::BarUi;
 
 /// Train ML models on serverless workers that synchronise through external storage.
@@ -106,7 +108,7 @@ pub enum BenchCommand {
     Channel {
         /// Channel URL.
         #[arg(long)]
-        channel: String,
+        channel: ChannelUrl,
         /// Worker processes.
         #[arg(long, default_value_t = 4)]
         workers: usize,
@@ -122,6 +124,9 @@ pub enum BenchCommand {
         /// The parameter server's token.
         #[arg(long, env = "LAMBDAML_PS_TOKEN", hide_env_values = true)]
         ps_token: Option<String>,
+        /// Where the bench workers run.
+        #[arg(long, default_value = "local")]
+        platform: PlatformChoice,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -134,7 +139,7 @@ pub enum ChannelCommand {
     /// List the keys under a prefix (backends that can list).
     Ls {
         /// Channel URL.
-        url: String,
+        url: ChannelUrl,
         /// Key prefix, e.g. a job id followed by '/'.
         #[arg(default_value = "")]
         prefix: String,
@@ -142,14 +147,14 @@ pub enum ChannelCommand {
     /// Write the raw bytes of a key to stdout.
     Get {
         /// Channel URL.
-        url: String,
+        url: ChannelUrl,
         /// The key.
         key: String,
     },
     /// Store a file's bytes (or stdin's, with '-') under a key.
     Put {
         /// Channel URL.
-        url: String,
+        url: ChannelUrl,
         /// The key.
         key: String,
         /// File to store, '-' for stdin.
@@ -158,7 +163,7 @@ pub enum ChannelCommand {
     /// Delete keys, or every key under --prefix (backends that can list).
     Rm {
         /// Channel URL.
-        url: String,
+        url: ChannelUrl,
         /// Keys to delete.
         keys: Vec<String>,
         /// Delete every key starting with this prefix.
@@ -179,9 +184,10 @@ pub struct TrainArgs {
     /// No progress bar and no table.
     #[arg(long, short)]
     pub quiet: bool,
-    /// LibSVM file or partition location; none: synthesise data.
+    /// LibSVM file or partition location (a directory or s3://bucket/prefix); none:
+    /// synthesise data.
     #[arg(long)]
-    pub data: Option<String>,
+    pub data: Option<DataLocation>,
     /// Number of features (inferred when absent).
     #[arg(long)]
     pub features: Option<usize>,
@@ -205,7 +211,10 @@ pub struct TrainArgs {
     pub sync: Option<SyncMode>,
     /// Channel URL, e.g. dir:/tmp/chan (default dir:<runs-dir>/_channel).
     #[arg(long)]
-    pub channel: Option<String>,
+    pub channel: Option<ChannelUrl>,
+    /// Where workers run: `local` (processes on this machine).
+    #[arg(long)]
+    pub platform: Option<PlatformChoice>,
     /// Epochs.
     #[arg(long, short)]
     pub epochs: Option<u32>,
@@ -294,7 +303,8 @@ impl TrainArgs {
             local_epochs,
             tol,
             k,
-            memory_mb
+            memory_mb,
+            platform
         );
         set_opt!(
             data,
@@ -348,7 +358,7 @@ pub enum DataCommand {
         parts: usize,
         /// Output location: a directory, or s3://bucket/prefix.
         #[arg(long)]
-        out: String,
+        out: DataLocation,
         /// Number of features (inferred when absent).
         #[arg(long)]
         features: Option<usize>,
@@ -389,12 +399,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             rounds,
             ps_addr,
             ps_token,
+            platform,
             json,
         }) => {
             let exe = std::env::current_exe().context("locating the lambdaml binary")?;
             let ps = ps_addr.map(|a| (a, ps_token));
-            let report =
-                runtime()?.block_on(bench::run(&channel, workers, size, rounds, ps, exe))?;
+            let report = runtime()?.block_on(bench::run(
+                &channel, workers, size, rounds, ps, platform, exe,
+            ))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -480,7 +492,7 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
     } else if !args.quiet {
         print!(
             "{}",
-            report::render_table(&outcome.summary, &outcome.results)
+            summary::render_table(&outcome.summary, &outcome.results)
         );
         println!("run folder: {}", outcome.run_dir.display());
     }
@@ -504,18 +516,7 @@ fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
         Invocation::Train(e) => *e,
         Invocation::BenchChannel(e) => return runtime()?.block_on(bench::worker(e)),
     };
-    let deadline = platform::deadline_from_env();
-    if let Some(d) = deadline {
-        // The platform ends an invocation at its deadline, whatever it is doing (as Lambda
-        // does); the worker is expected to have checkpointed before.
-        std::thread::spawn(move || {
-            if let Ok(left) = d.duration_since(std::time::SystemTime::now()) {
-                std::thread::sleep(left);
-            }
-            eprintln!("invocation deadline passed: terminated by the platform");
-            std::process::exit(137);
-        });
-    }
+    let deadline = platform::local::enter_invocation();
     let outcome = runtime()?.block_on(worker::run(event, deadline))?;
     tracing::info!(?outcome, "invocation ends");
     Ok(())
@@ -523,7 +524,7 @@ fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
 
 async fn channel_command(cmd: ChannelCommand) -> anyhow::Result<()> {
     use std::io::Write as _;
-    let listed = |url: &str, keys: Option<Vec<String>>| {
+    let listed = |url: &ChannelUrl, keys: Option<Vec<String>>| {
         keys.with_context(|| format!("{url} cannot list keys (memcached cannot)"))
     };
     match cmd {
@@ -602,21 +603,24 @@ fn data(cmd: DataCommand) -> anyhow::Result<()> {
             features,
         } => {
             let len = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
-            let remote = out.starts_with("s3://");
-            let local = if remote {
-                std::env::temp_dir().join(format!("lambdaml-split-{}", std::process::id()))
-            } else {
-                PathBuf::from(&out)
+            let local = match &out {
+                DataLocation::Local(dir) => dir.clone(),
+                DataLocation::S3 { .. } => {
+                    std::env::temp_dir().join(format!("lambdaml-split-{}", std::process::id()))
+                }
             };
             ui.phase("split", len, true);
             let m = partition::split_file(&file, parts, &local, features, |b| ui.advance(b))?;
             ui.done();
-            if remote {
+            if let DataLocation::S3 { bucket, prefix } = &out {
                 ui.phase("upload", len, true);
-                let uploaded =
-                    runtime()?.block_on(crate::job::data_source::upload(&local, &out, &m, |b| {
-                        ui.advance(b)
-                    }));
+                let uploaded = runtime()?.block_on(crate::job::data_source::upload(
+                    &local,
+                    bucket,
+                    prefix,
+                    &m,
+                    |b| ui.advance(b),
+                ));
                 ui.done();
                 let _ = std::fs::remove_dir_all(&local);
                 uploaded?;

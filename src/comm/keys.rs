@@ -66,31 +66,3 @@ impl Keys {
         format!("{}/", self.job)
     }
 }
-
-/// Bounds of chunk `i` when a vector of `len` elements is split among `n` workers: the first
-/// `len % n` chunks get one extra element.
-pub fn chunk_bounds(len: usize, n: usize, i: usize) -> std::ops::Range<usize> {
-    let (q, r) = (len / n, len % n);
-    let start = q * i + i.min(r);
-    start..start + q + usize::from(i < r)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    proptest! {
-        #[test]
-        fn chunks_tile_the_vector(len in 0usize..500, n in 1usize..40) {
-            let mut next = 0;
-            for i in 0..n {
-                let b = chunk_bounds(len, n, i);
-                prop_assert_eq!(b.start, next);
-                prop_assert!(b.len() == len / n || b.len() == len / n + 1);
-                next = b.end;
-            }
-            prop_assert_eq!(next, len);
-        }
-    }
-}

@@ -1,4 +1,11 @@
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::exchange::{Async, Exchange, OverChannel, Reduce, ReduceScatter};
 use super::*;
+use crate::channel::codec;
 use crate::channel::mem::MemChannel;
 
 /// Runs `f(comm)` for `n` workers, each on its own thread and runtime (as separate processes
@@ -35,16 +42,18 @@ fn vector(w: usize, round: u64, len: usize) -> Vec<f32> {
 
 /// Every worker runs five all-reduces and a barrier; then, as the driver does once every
 /// worker has reported, the residual keys of all workers are deleted.
-fn all_reduce_rounds(name: &str, mode: SyncMode, n: usize, len: usize) -> Vec<Vec<Vec<f32>>> {
-    let results = run_workers(name, n, Duration::from_secs(20), move |mut comm| {
+fn all_reduce_rounds<E: Exchange>(name: &str, n: usize, len: usize) -> Vec<Vec<Vec<f32>>> {
+    let results = run_workers(name, n, Duration::from_secs(20), move |comm| {
         Box::pin(async move {
+            let w = comm.worker;
+            let mut c = OverChannel::<E>::on(comm);
             let mut out = Vec::new();
             for round in 0..5 {
-                let v = vector(comm.worker, round, len);
-                out.push(comm.all_reduce_mean(mode, round, &v).await.unwrap());
+                let v = vector(w, round, len);
+                out.push(c.mean(round, &v).await.unwrap());
             }
-            comm.barrier(0).await.unwrap();
-            (out, comm.residual_keys())
+            c.comm().barrier(0).await.unwrap();
+            (out, c.residual_keys())
         })
     });
     let residual: Vec<String> = results.iter().flat_map(|(_, r)| r.clone()).collect();
@@ -76,8 +85,8 @@ fn remaining(name: &str) -> Vec<String> {
 #[test]
 fn reduce_and_reduce_scatter_give_the_same_bits_and_leave_no_key() {
     for (n, len) in [(4, 103), (3, 2), (5, 1000)] {
-        let a = all_reduce_rounds(&format!("red-{n}-{len}"), SyncMode::Reduce, n, len);
-        let b = all_reduce_rounds(&format!("rs-{n}-{len}"), SyncMode::ReduceScatter, n, len);
+        let a = all_reduce_rounds::<Reduce>(&format!("red-{n}-{len}"), n, len);
+        let b = all_reduce_rounds::<ReduceScatter>(&format!("rs-{n}-{len}"), n, len);
         for round in 0..5 {
             let want = expected_mean(n, round as u64, len);
             for w in 0..n {
@@ -95,7 +104,7 @@ fn reduce_and_reduce_scatter_give_the_same_bits_and_leave_no_key() {
 
 #[test]
 fn async_exchange_averages_what_is_there_and_cleans_up() {
-    let out = all_reduce_rounds("async", SyncMode::Async, 3, 10);
+    let out = all_reduce_rounds::<Async>("async", 3, 10);
     for rounds in &out {
         assert!(
             rounds
@@ -113,11 +122,7 @@ fn a_missing_peer_times_out_naming_key_and_worker() {
             if comm.worker == 1 {
                 return None;
             }
-            Some(
-                comm.all_reduce_mean(SyncMode::Reduce, 7, &[1.0])
-                    .await
-                    .unwrap_err(),
-            )
+            Some(comm.reduce(7, &[1.0]).await.unwrap_err())
         })
     });
     let msg = errs[0].as_ref().unwrap().to_string();
@@ -136,7 +141,7 @@ fn deadline_interrupts_and_re_execution_is_idempotent() {
                 // First attempt: the deadline has already passed while waiting for worker 0,
                 // which holds back until this attempt is over.
                 comm.set_deadline(Some(Instant::now()));
-                let err = comm.all_reduce_mean(SyncMode::ReduceScatter, 0, &v).await;
+                let err = comm.reduce_scatter(0, &v).await;
                 assert!(matches!(err, Err(CommError::Interrupted { .. })), "{err:?}");
                 comm.set_deadline(None);
                 comm.put("job/test/go/1", Bytes::new()).await.unwrap();
@@ -145,9 +150,7 @@ fn deadline_interrupts_and_re_execution_is_idempotent() {
                     .await
                     .unwrap();
             }
-            comm.all_reduce_mean(SyncMode::ReduceScatter, 0, &v)
-                .await
-                .unwrap()
+            comm.reduce_scatter(0, &v).await.unwrap()
         })
     });
     assert_eq!(out[0], out[1]);
@@ -163,11 +166,7 @@ fn the_abort_flag_stops_waiters() {
                 comm.put(&key, Bytes::new()).await.unwrap();
                 return None;
             }
-            Some(
-                comm.all_reduce_mean(SyncMode::Reduce, 0, &[1.0])
-                    .await
-                    .unwrap_err(),
-            )
+            Some(comm.reduce(0, &[1.0]).await.unwrap_err())
         })
     });
     assert!(matches!(errs[0], Some(CommError::Aborted)), "{:?}", errs[0]);
@@ -183,18 +182,12 @@ async fn corrupt_and_mismatched_values_are_named() {
     )
     .await
     .unwrap();
-    let err = comm
-        .all_reduce_mean(SyncMode::Reduce, 0, &[1.0])
-        .await
-        .unwrap_err();
+    let err = comm.reduce(0, &[1.0]).await.unwrap_err();
     assert!(matches!(err, CommError::Corrupt { .. }), "{err}");
     ch.put("job/1/reduce/1", codec::encode_f32(&[1.0, 2.0]))
         .await
         .unwrap();
-    let err = comm
-        .all_reduce_mean(SyncMode::Reduce, 1, &[1.0])
-        .await
-        .unwrap_err();
+    let err = comm.reduce(1, &[1.0]).await.unwrap_err();
     assert!(
         err.to_string().contains("holds 2 values, expected 1"),
         "{err}"
@@ -208,9 +201,7 @@ fn broadcast_reaches_everyone_and_its_key_goes_at_the_next_gather() {
             let root_values = [1.0f32, 2.0, 3.0];
             let mine = (comm.worker == 0).then_some(&root_values[..]);
             let got = comm.broadcast(0, mine, 3).await.unwrap();
-            comm.all_reduce_mean(SyncMode::Reduce, 0, &got)
-                .await
-                .unwrap();
+            comm.reduce(0, &got).await.unwrap();
             (got, comm.residual_keys())
         })
     });

@@ -9,9 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use super::event::Invocation;
 use super::records;
-use crate::channel::{self, RetryPolicy, codec};
-use crate::comm::{Comm, Keys, SyncMode};
-use crate::platform::PlatformSpec;
+use crate::channel::{self, ChannelUrl, RetryPolicy, codec};
+use crate::comm::{self, Comm, Keys, Member, PsTarget, SyncMode};
+use crate::platform::{PlatformChoice, PlatformSpec};
 
 /// Rounds run before measuring (connections, caches, allocations).
 const WARMUP: usize = 3;
@@ -22,7 +22,7 @@ pub struct BenchEvent {
     /// Namespace of the bench's keys.
     pub job_id: String,
     /// Channel URL.
-    pub channel: String,
+    pub channel: ChannelUrl,
     /// Number of workers.
     pub workers: usize,
     /// This worker.
@@ -44,10 +44,8 @@ pub struct BenchEvent {
 pub struct BenchSamples {
     put_ms: Vec<f64>,
     get_ms: Vec<f64>,
-    reduce_ms: Vec<f64>,
-    reduce_scatter_ms: Vec<f64>,
-    #[serde(default)]
-    ps_ms: Vec<f64>,
+    /// Round times per sync mode (`reduce`, `reduce_scatter`, `ps`).
+    round_ms: std::collections::BTreeMap<String, Vec<f64>>,
     residual_keys: Vec<String>,
 }
 
@@ -64,7 +62,7 @@ pub struct Stat {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct BenchReport {
     /// Channel URL.
-    pub channel: String,
+    pub channel: ChannelUrl,
     /// Worker processes.
     pub workers: usize,
     /// Bytes per vector.
@@ -101,11 +99,12 @@ fn result_key(job: &str, w: usize) -> String {
 /// Runs the bench: starts `workers` processes of `exe`, collects their samples, deletes its
 /// keys and reports.
 pub async fn run(
-    url: &str,
+    url: &ChannelUrl,
     workers: usize,
     size: usize,
     rounds: usize,
     ps: Option<(String, Option<String>)>,
+    platform: PlatformChoice,
     exe: PathBuf,
 ) -> anyhow::Result<BenchReport> {
     anyhow::ensure!(
@@ -119,16 +118,11 @@ pub async fn run(
         rand::random::<u16>()
     );
     let log_dir = std::env::temp_dir().join(&job_id);
-    let platform = PlatformSpec::Local {
-        exe,
-        log_dir: log_dir.clone(),
-        timeout_s: 900.0,
-    }
-    .build();
+    let platform = PlatformSpec::new(platform, exe, log_dir.clone(), 900.0).build();
     for w in 0..workers {
         let event = Invocation::BenchChannel(BenchEvent {
             job_id: job_id.clone(),
-            channel: url.to_string(),
+            channel: url.clone(),
             workers,
             worker: w,
             size,
@@ -163,24 +157,24 @@ pub async fn run(
         let mut c = crate::ps::client::PsClient::connect(addr, token.as_deref()).await?;
         c.drop_job(&job_id).await?;
     }
-    let slowest = |pick: fn(&BenchSamples) -> &Vec<f64>| -> Vec<f64> {
-        (0..rounds)
-            .map(|r| samples.iter().map(|s| pick(s)[r]).fold(0.0, f64::max))
-            .collect()
-    };
-    let mut round_ms: std::collections::BTreeMap<String, Stat> = [
-        ("reduce".to_string(), stat(slowest(|s| &s.reduce_ms))),
-        (
-            "reduce_scatter".to_string(),
-            stat(slowest(|s| &s.reduce_scatter_ms)),
-        ),
-    ]
-    .into();
-    if ps.is_some() {
-        round_ms.insert("ps".to_string(), stat(slowest(|s| &s.ps_ms)));
-    }
+    // Each round counts as long as its slowest worker took.
+    let round_ms: std::collections::BTreeMap<String, Stat> = samples[0]
+        .round_ms
+        .keys()
+        .map(|mode| {
+            let slowest = (0..rounds)
+                .map(|r| {
+                    samples
+                        .iter()
+                        .map(|s| s.round_ms.get(mode).and_then(|v| v.get(r)).copied())
+                        .fold(0.0, |a, b| b.map_or(f64::NAN, |b| a.max(b)))
+                })
+                .collect();
+            (mode.clone(), stat(slowest))
+        })
+        .collect();
     Ok(BenchReport {
-        channel: url.to_string(),
+        channel: url.clone(),
         workers,
         size_bytes: size,
         rounds,
@@ -224,46 +218,36 @@ pub async fn worker(e: BenchEvent) -> anyhow::Result<()> {
     }
     ch.delete(std::slice::from_ref(&mine)).await?;
     let mut round = 0u64;
-    for mode in [SyncMode::Reduce, SyncMode::ReduceScatter] {
+    let member = Member {
+        channel: ch.clone(),
+        job: e.job_id.clone(),
+        worker: e.worker,
+        workers: e.workers,
+        wait_timeout: Duration::from_secs(120),
+    };
+    let ps = e.ps_addr.as_ref().map(|addr| PsTarget {
+        addr: addr.clone(),
+        token: e.ps_token.clone(),
+    });
+    let mut modes = vec![SyncMode::Reduce, SyncMode::ReduceScatter];
+    modes.extend(ps.is_some().then_some(SyncMode::Ps));
+    for mode in modes {
+        let mut collective = comm::open(mode, ps.as_ref(), member.clone()).await?;
+        let mut times = Vec::with_capacity(e.rounds);
         for i in 0..WARMUP + e.rounds {
             comm.barrier(round).await?;
             let t = Instant::now();
-            comm.all_reduce_mean(mode, round, &values).await?;
-            let took = ms(t);
+            collective.mean(round, &values).await?;
             if i >= WARMUP {
-                match mode {
-                    SyncMode::Reduce => s.reduce_ms.push(took),
-                    _ => s.reduce_scatter_ms.push(took),
-                }
+                times.push(ms(t));
             }
             round += 1;
         }
-    }
-    if let Some(addr) = &e.ps_addr {
-        use crate::ps::collective::{MODEL, PsCollective};
-        let mut ps = PsCollective::connect(
-            addr,
-            e.ps_token.as_deref(),
-            ch.clone(),
-            &e.job_id,
-            e.worker,
-            e.workers,
-            Duration::from_secs(120),
-        )
-        .await?;
-        ps.ensure(MODEL, values.len(), None, 0).await?;
-        for i in 0..WARMUP + e.rounds {
-            comm.barrier(round).await?;
-            let t = Instant::now();
-            ps.grad_step(i as u64, &values, -0.01).await?;
-            if i >= WARMUP {
-                s.ps_ms.push(ms(t));
-            }
-            round += 1;
-        }
+        s.residual_keys.extend(collective.residual_keys());
+        s.round_ms.insert(mode.to_string(), times);
     }
     comm.barrier(round).await?;
-    s.residual_keys = comm.residual_keys();
+    s.residual_keys.extend(comm.residual_keys());
     records::put(ch.as_ref(), &result_key(&e.job_id, e.worker), &s).await?;
     Ok(())
 }

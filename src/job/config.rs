@@ -6,8 +6,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::algo::admm::Reg;
 use crate::algo::{ModelKind, OptimKind};
+use crate::channel::ChannelUrl;
 use crate::comm::SyncMode;
+use crate::data::DataLocation;
 use crate::data::synth::SynthKind;
+use crate::platform::PlatformChoice;
 
 /// Everything that defines a training job. Every field has a default and a `--flag`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -15,7 +18,7 @@ use crate::data::synth::SynthKind;
 pub struct JobConfig {
     /// LibSVM file (split on the fly, one partition per worker) or a partition location made
     /// by `lambdaml data split`. None: synthesise `synth_rows` rows of `synth`.
-    pub data: Option<String>,
+    pub data: Option<DataLocation>,
     /// Number of features; inferred from the data when absent.
     pub features: Option<usize>,
     /// Synthetic dataset used when `data` is absent.
@@ -30,8 +33,11 @@ pub struct JobConfig {
     pub optim: OptimKind,
     /// Synchronisation pattern.
     pub sync: SyncMode,
-    /// Channel URL (`dir:PATH`); default `dir:{runs_dir}/_channel`.
-    pub channel: Option<String>,
+    /// Where workers run: `local` (processes on this machine).
+    pub platform: PlatformChoice,
+    /// Channel URL (`dir:PATH`, `s3://...`, `memcached://...`, `redis://...`,
+    /// `dynamodb://...`); default `dir:{runs_dir}/_channel`.
+    pub channel: Option<ChannelUrl>,
     /// Passes over the data.
     pub epochs: u32,
     /// Rows per minibatch on each worker.
@@ -92,6 +98,7 @@ impl Default for JobConfig {
             model: ModelKind::Lr,
             optim: OptimKind::GradAvg,
             sync: SyncMode::Reduce,
+            platform: PlatformChoice::Local,
             channel: None,
             epochs: 5,
             batch_size: 1000,
@@ -271,10 +278,10 @@ impl JobConfig {
     }
 
     /// The channel URL, defaulting to a directory inside the runs folder.
-    pub fn channel_url(&self) -> String {
+    pub fn channel_url(&self) -> ChannelUrl {
         self.channel
             .clone()
-            .unwrap_or_else(|| format!("dir:{}", self.runs_dir.join("_channel").display()))
+            .unwrap_or_else(|| ChannelUrl::dir(self.runs_dir.join("_channel")))
     }
 }
 

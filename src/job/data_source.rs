@@ -2,24 +2,30 @@
 //! by `lambdaml data split ... --out s3://...`. Both hold `part-*` files and `_manifest.json`.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::Context;
 
-use crate::channel;
-use crate::data::Dataset;
+use crate::channel::{self, Channel, ChannelUrl};
 use crate::data::libsvm::{self, Layout};
 use crate::data::partition::{self, MANIFEST, Manifest};
+use crate::data::{DataLocation, Dataset};
 
-fn is_remote(location: &str) -> bool {
-    location.starts_with("s3://")
+/// The objects of an S3 location, as a channel.
+async fn s3(bucket: &str, prefix: &str) -> anyhow::Result<Arc<dyn Channel>> {
+    let url = ChannelUrl::S3 {
+        bucket: bucket.to_string(),
+        prefix: prefix.to_string(),
+    };
+    Ok(channel::open(&url).await?)
 }
 
 /// Reads the manifest of a partition location.
-pub async fn read_manifest(location: &str) -> anyhow::Result<Manifest> {
-    if !is_remote(location) {
-        return Ok(partition::read_manifest(Path::new(location))?);
-    }
-    let store = channel::open(location).await?;
+pub async fn read_manifest(location: &DataLocation) -> anyhow::Result<Manifest> {
+    let store = match location {
+        DataLocation::Local(dir) => return Ok(partition::read_manifest(dir)?),
+        DataLocation::S3 { bucket, prefix } => s3(bucket, prefix).await?,
+    };
     let bytes = store
         .get(MANIFEST)
         .await?
@@ -31,23 +37,21 @@ pub async fn read_manifest(location: &str) -> anyhow::Result<Manifest> {
 
 /// Loads partition `index` of `location`.
 pub async fn load_partition(
-    location: &str,
+    location: &DataLocation,
     manifest: &Manifest,
     index: usize,
     n_features: usize,
     layout: Layout,
 ) -> anyhow::Result<Dataset> {
-    if !is_remote(location) {
-        return Ok(partition::load_partition(
-            Path::new(location),
-            manifest,
-            index,
-            n_features,
-            layout,
-        )?);
-    }
+    let store = match location {
+        DataLocation::Local(dir) => {
+            return Ok(partition::load_partition(
+                dir, manifest, index, n_features, layout,
+            )?);
+        }
+        DataLocation::S3 { bucket, prefix } => s3(bucket, prefix).await?,
+    };
     let name = partition::part_name(index, manifest.parts);
-    let store = channel::open(location).await?;
     let bytes = store
         .get(&name)
         .await?
@@ -62,15 +66,16 @@ pub async fn load_partition(
     )?)
 }
 
-/// Uploads the partitions and manifest of local directory `dir` to `url` (manifest last,
-/// so a reader never finds a manifest whose parts are missing).
+/// Uploads the partitions and manifest of local directory `dir` to S3 under `prefix` of
+/// `bucket` (manifest last, so a reader never finds a manifest whose parts are missing).
 pub async fn upload(
     dir: &Path,
-    url: &str,
+    bucket: &str,
+    prefix: &str,
     manifest: &Manifest,
     progress: impl Fn(u64),
 ) -> anyhow::Result<()> {
-    let store = channel::open(url).await?;
+    let store = s3(bucket, prefix).await?;
     let mut sent = 0u64;
     for i in 0..manifest.parts {
         let name = partition::part_name(i, manifest.parts);

@@ -14,8 +14,8 @@ use super::config::JobConfig;
 use super::event::{Invocation, JobSpec, WorkerEvent};
 use super::plan::{self, DataProgress, PreparedData};
 use super::records::{self, Progress, WorkerFailure, WorkerResult};
-use super::report::{self, Summary};
-use crate::channel::{self, Channel};
+use super::summary::{self, Summary};
+use crate::channel::{self, Channel, ChannelUrl};
 use crate::comm::Keys;
 use crate::data::BinaryLabels;
 use crate::platform::PlatformSpec;
@@ -50,10 +50,8 @@ pub struct JobOutcome {
 pub async fn run(mut cfg: JobConfig, ui: &dyn JobProgress) -> anyhow::Result<JobOutcome> {
     cfg.validate()?;
     cfg.runs_dir = absolute(&cfg.runs_dir)?;
-    if let Some(d) = &cfg.data
-        && !d.contains("://")
-    {
-        cfg.data = Some(absolute(Path::new(d))?.display().to_string());
+    if let Some(d) = cfg.data.take() {
+        cfg.data = Some(d.absolute().context("resolving --data")?);
     }
     if let Some(p) = &cfg.prices {
         cfg.prices = Some(absolute(p)?);
@@ -62,7 +60,10 @@ pub async fn run(mut cfg: JobConfig, ui: &dyn JobProgress) -> anyhow::Result<Job
     if let Some(c) = &cfg.init_centroids {
         cfg.init_centroids = Some(absolute(Path::new(c))?.display().to_string());
     }
-    let channel_url = absolute_channel(&cfg.channel_url())?;
+    let channel_url = cfg
+        .channel_url()
+        .absolute()
+        .context("resolving the channel's directory")?;
     let job_id = new_job_id(&cfg);
     let run_dir = cfg.runs_dir.join(&job_id);
     std::fs::create_dir_all(&run_dir)
@@ -73,8 +74,8 @@ pub async fn run(mut cfg: JobConfig, ui: &dyn JobProgress) -> anyhow::Result<Job
 
     let data = plan::prepare_data(&cfg, &run_dir, ui).await?;
     let result = run_prepared(&cfg, &job_id, &run_dir, &channel_url, &data, &prices, ui).await;
-    if data.temporary {
-        let _ = std::fs::remove_dir_all(&data.location);
+    if let Some(dir) = data.location.local().filter(|_| data.temporary) {
+        let _ = std::fs::remove_dir_all(dir);
     }
     result
 }
@@ -83,7 +84,7 @@ async fn run_prepared(
     cfg: &JobConfig,
     job_id: &str,
     run_dir: &Path,
-    channel_url: &str,
+    channel_url: &ChannelUrl,
     data: &PreparedData,
     prices: &crate::cost::Prices,
     ui: &dyn JobProgress,
@@ -116,17 +117,18 @@ async fn run_prepared(
     let spec = JobSpec {
         job_id: job_id.to_string(),
         config: cfg.clone(),
-        channel: channel_url.to_string(),
+        channel: channel_url.clone(),
         data_location: data.location.clone(),
         n_features: data.n_features,
         labels,
         total_rows: data.manifest.total_rows(),
         steps_per_epoch,
-        platform: PlatformSpec::Local {
+        platform: PlatformSpec::new(
+            cfg.platform,
             exe,
-            log_dir: run_dir.join("logs"),
-            timeout_s: cfg.invocation_timeout,
-        },
+            run_dir.join("logs"),
+            cfg.invocation_timeout,
+        ),
         ps_token: cfg.ps_token.clone(),
     };
     let started = Instant::now();
@@ -155,7 +157,7 @@ async fn run_prepared(
     // Each worker wrote its result record after reading its meter.
     let mut driver_usage = crate::channel::meter::snapshot() - usage_base;
     driver_usage.puts += results.len() as u64;
-    let summary = report::summarize(
+    let summary = summary::summarize(
         &spec,
         data.manifest.total_rows(),
         &results,
@@ -163,7 +165,7 @@ async fn run_prepared(
         driver_usage,
         prices,
     );
-    report::write_run(run_dir, &summary, &results)
+    summary::write_run(run_dir, &summary, &results)
         .with_context(|| format!("writing the run folder {}", run_dir.display()))?;
     Ok(JobOutcome {
         summary,
@@ -383,14 +385,4 @@ fn new_job_id(cfg: &JobConfig) -> String {
 
 fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
     std::path::absolute(p).with_context(|| format!("resolving {}", p.display()))
-}
-
-/// Makes a `dir:` channel path absolute, since workers may run elsewhere.
-fn absolute_channel(url: &str) -> anyhow::Result<String> {
-    match url.strip_prefix("dir:") {
-        Some(path) if !path.is_empty() => {
-            Ok(format!("dir:{}", absolute(Path::new(path))?.display()))
-        }
-        _ => Ok(url.to_string()),
-    }
 }

@@ -3,7 +3,10 @@
 use serde::{Deserialize, Serialize};
 
 use super::config::JobConfig;
-use crate::data::BinaryLabels;
+use crate::algo::learner::TrainSpec;
+use crate::channel::ChannelUrl;
+use crate::comm::PsTarget;
+use crate::data::{BinaryLabels, DataLocation};
 use crate::platform::PlatformSpec;
 
 /// The resolved job, as planned by the driver.
@@ -14,9 +17,9 @@ pub struct JobSpec {
     /// The configuration, with defaults filled in.
     pub config: JobConfig,
     /// Channel URL.
-    pub channel: String,
+    pub channel: ChannelUrl,
     /// Partition location (one partition per worker): a directory or `s3://bucket/prefix`.
-    pub data_location: String,
+    pub data_location: DataLocation,
     /// Number of features.
     pub n_features: usize,
     /// Raw label values of the two classes (classifiers only).
@@ -31,6 +34,41 @@ pub struct JobSpec {
     /// written to the run folder.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ps_token: Option<String>,
+}
+
+impl JobSpec {
+    /// What worker `worker`'s learner is built from.
+    pub fn train_spec(&self, worker: usize) -> TrainSpec {
+        let c = &self.config;
+        TrainSpec {
+            model: c.model,
+            optim: c.optim,
+            n_features: self.n_features,
+            labels: self.labels,
+            lr: c.lr,
+            lam: c.lam,
+            reg: c.reg,
+            rho: c.rho,
+            local_epochs: c.local_epochs,
+            tol: c.tol,
+            k: c.k,
+            init_centroids: c.init_centroids.clone(),
+            seed: c.seed,
+            val_ratio: c.val_ratio,
+            worker,
+            workers: c.workers,
+            steps_per_epoch: self.steps_per_epoch,
+            total_rows: self.total_rows,
+        }
+    }
+
+    /// The parameter server of `--sync ps`, with its token.
+    pub fn ps_target(&self) -> Option<PsTarget> {
+        self.config.ps_addr.as_ref().map(|addr| PsTarget {
+            addr: addr.clone(),
+            token: self.ps_token.clone(),
+        })
+    }
 }
 
 /// The event of one invocation.

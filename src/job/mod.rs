@@ -8,7 +8,7 @@ pub mod driver;
 pub mod event;
 pub mod plan;
 pub mod records;
-pub mod report;
+pub mod summary;
 pub mod worker;
 
 pub use config::JobConfig;

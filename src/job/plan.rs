@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 
 use super::config::JobConfig;
 use super::data_source;
+use crate::data::DataLocation;
 use crate::data::partition::{self, Manifest};
 use crate::data::synth;
 
@@ -16,7 +17,7 @@ use crate::data::synth;
 #[derive(Debug, Clone)]
 pub struct PreparedData {
     /// The partition location: a directory or `s3://bucket/prefix`.
-    pub location: String,
+    pub location: DataLocation,
     /// Its manifest.
     pub manifest: Manifest,
     /// Feature count the model uses.
@@ -42,22 +43,19 @@ pub async fn prepare_data(
     run_dir: &Path,
     ui: &dyn DataProgress,
 ) -> anyhow::Result<PreparedData> {
-    if let Some(url) = cfg.data.as_deref().filter(|d| d.starts_with("s3://")) {
-        let manifest = data_source::read_manifest(url).await?;
-        return partitioned(cfg, url.to_string(), manifest);
-    }
     let source = match &cfg.data {
-        None => synthesize(cfg, ui)?,
-        Some(d) if d.contains("://") => {
-            bail!("data '{d}': give a local file or directory, or s3://bucket/prefix")
+        Some(remote @ DataLocation::S3 { .. }) => {
+            let manifest = data_source::read_manifest(remote).await?;
+            return partitioned(cfg, remote.clone(), manifest);
         }
-        Some(d) => PathBuf::from(d),
+        Some(DataLocation::Local(path)) => path.clone(),
+        None => synthesize(cfg, ui)?,
     };
     let meta = std::fs::metadata(&source)
         .with_context(|| format!("data '{}' cannot be read", source.display()))?;
     if meta.is_dir() {
         let manifest = partition::read_manifest(&source)?;
-        return partitioned(cfg, source.display().to_string(), manifest);
+        return partitioned(cfg, DataLocation::Local(source), manifest);
     }
     let location = run_dir.join("partitions");
     ui.phase("split", meta.len(), true);
@@ -66,7 +64,7 @@ pub async fn prepare_data(
     })?;
     ui.done();
     Ok(PreparedData {
-        location: location.display().to_string(),
+        location: DataLocation::Local(location),
         n_features: manifest.n_features,
         manifest,
         temporary: true,
@@ -76,7 +74,7 @@ pub async fn prepare_data(
 /// Checks an existing partition location against the job.
 fn partitioned(
     cfg: &JobConfig,
-    source: String,
+    source: DataLocation,
     manifest: Manifest,
 ) -> anyhow::Result<PreparedData> {
     if manifest.parts != cfg.workers {

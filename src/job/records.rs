@@ -5,9 +5,10 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::algo::learner::{LearnerState, Metrics};
 use crate::channel::meter::Usage;
 use crate::channel::{Channel, ChannelError, codec};
-use crate::comm::{CommStats, Completed};
+use crate::comm::{CollectiveState, CommStats};
 
 /// Key of worker `w`'s record of kind `what`.
 pub fn key(job: &str, what: &str, w: usize) -> String {
@@ -74,6 +75,31 @@ pub struct EpochRecord {
     pub invocation: u32,
 }
 
+impl EpochRecord {
+    /// The model metrics this record holds.
+    pub fn metrics(&self) -> Metrics {
+        Metrics {
+            train_loss: Some(self.train_loss),
+            val_loss: self.val_loss,
+            val_accuracy: self.val_accuracy,
+            objective: self.objective,
+            primal_residual: self.primal_residual,
+            dual_residual: self.dual_residual,
+        }
+    }
+
+    /// Sets every metric that `m` has.
+    pub fn set_metrics(&mut self, m: Metrics) {
+        let all = self.metrics().or(m);
+        self.train_loss = all.train_loss.unwrap_or(self.train_loss);
+        self.val_loss = all.val_loss;
+        self.val_accuracy = all.val_accuracy;
+        self.objective = all.objective;
+        self.primal_residual = all.primal_residual;
+        self.dual_residual = all.dual_residual;
+    }
+}
+
 /// Latest progress of a worker, overwritten every epoch.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Progress {
@@ -124,12 +150,8 @@ pub struct WorkerFailure {
 /// State carried from one invocation to the next.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Checkpoint {
-    /// Model parameters (ADMM: the worker's local w_i; KMeans: the centroids).
-    pub params: Vec<f32>,
-    /// Optimizer state (ADMM: z, u and the last local primal residual).
-    pub opt_state: Vec<f32>,
-    /// KMeans: the previous round's objective (for the stopping rule).
-    pub prev_objective: Option<f64>,
+    /// The learner's parameters and optimizer state (empty before the first round).
+    pub model: LearnerState,
     /// Training is over (last round or stopping rule); only reporting is left.
     pub training_done: bool,
     /// Current epoch (0-based).
@@ -142,8 +164,8 @@ pub struct Checkpoint {
     pub acc: EpochAcc,
     /// Finished epochs.
     pub history: Vec<EpochRecord>,
-    /// Collective rounds whose keys are still to delete.
-    pub pending: Vec<Completed>,
+    /// What the collective needs to carry on (keys still to delete, server rounds).
+    pub collective: CollectiveState,
     /// Invocations used so far.
     pub invocations: u32,
     /// Traffic so far.
@@ -156,9 +178,6 @@ pub struct Checkpoint {
     /// every invocation so far, this one's included.
     #[serde(default)]
     pub data_usage: Usage,
-    /// `--sync ps`: the round this worker last pushed to each server model, so the next
-    /// invocation's first push still lets the server detect rounds it lost.
-    pub ps_rounds: Vec<(String, u64)>,
 }
 
 /// Running sums of the current epoch.

@@ -71,3 +71,20 @@ impl Platform for LocalPlatform {
         Ok(())
     }
 }
+
+/// Called by a process the local platform started (`lambdaml worker`): the invocation's
+/// deadline from the environment, with a watchdog that ends the process at that deadline
+/// whatever it is doing, as Lambda ends an invocation (the worker is expected to have
+/// checkpointed before). `None` when the process was not started with a deadline.
+pub fn enter_invocation() -> Option<SystemTime> {
+    let ms: u64 = std::env::var(DEADLINE_ENV).ok()?.parse().ok()?;
+    let deadline = UNIX_EPOCH + Duration::from_millis(ms);
+    std::thread::spawn(move || {
+        if let Ok(left) = deadline.duration_since(SystemTime::now()) {
+            std::thread::sleep(left);
+        }
+        eprintln!("invocation deadline passed: terminated by the platform");
+        std::process::exit(137);
+    });
+    Some(deadline)
+}

@@ -4,7 +4,7 @@
 
 pub mod local;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -34,6 +34,48 @@ pub trait Platform: Send + Sync {
     fn invoke(&self, name: &str, payload: &[u8]) -> Result<(), PlatformError>;
 }
 
+/// Where workers run: the `platform` field and `--platform` flag, chosen once when a job
+/// (or a bench) starts and carried to the workers as a [`PlatformSpec`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum PlatformChoice {
+    /// `local`: processes of the `lambdaml` binary on this machine.
+    #[default]
+    Local,
+}
+
+impl std::str::FromStr for PlatformChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "local" => Ok(PlatformChoice::Local),
+            other => Err(format!("unknown platform '{other}' (known: local)")),
+        }
+    }
+}
+
+impl std::fmt::Display for PlatformChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PlatformChoice::Local => f.write_str("local"),
+        }
+    }
+}
+
+impl Serialize for PlatformChoice {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for PlatformChoice {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 /// Everything a worker needs to re-create the platform and invoke itself again.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -50,6 +92,23 @@ pub enum PlatformSpec {
 }
 
 impl PlatformSpec {
+    /// The spec of `choice` for a job whose workers run `exe`, log under `log_dir` and get
+    /// `timeout_s` seconds an invocation.
+    pub fn new(
+        choice: PlatformChoice,
+        exe: std::path::PathBuf,
+        log_dir: std::path::PathBuf,
+        timeout_s: f64,
+    ) -> Self {
+        match choice {
+            PlatformChoice::Local => PlatformSpec::Local {
+                exe,
+                log_dir,
+                timeout_s,
+            },
+        }
+    }
+
     /// Builds the platform this spec describes.
     pub fn build(&self) -> Box<dyn Platform> {
         match self {
@@ -64,10 +123,4 @@ impl PlatformSpec {
             )),
         }
     }
-}
-
-/// The invocation deadline the local platform passed in the environment, if any.
-pub fn deadline_from_env() -> Option<SystemTime> {
-    let ms: u64 = std::env::var(DEADLINE_ENV).ok()?.parse().ok()?;
-    Some(UNIX_EPOCH + Duration::from_millis(ms))
 }

@@ -2,11 +2,12 @@
 //! gradients or models to and pull the model from, over gRPC (tonic).
 //!
 //! [`store`] holds the models and their round logic, [`server`] serves them (auth, expiry,
-//! snapshots to disk), [`client`] is what workers and `lambdaml ps status` use, and
-//! [`collective`] turns the server into the all-reduce of `--sync ps`.
+//! snapshots to disk), and [`client`] speaks the wire protocol for workers, the driver and
+//! `lambdaml ps status`. The collective of `--sync ps` that workers train with is
+//! `comm::ps`. This module is a leaf: it imports nothing from the rest of the crate, so the
+//! server can be read, tested and deployed on its own.
 
 pub mod client;
-pub mod collective;
 pub mod server;
 pub mod store;
 

@@ -247,6 +247,7 @@ impl ParameterServer for Service {
                     idle_s,
                     pushes: s.pushes,
                     pulls: s.pulls,
+                    missing: s.missing(),
                 }
             })
             .collect();

@@ -112,6 +112,13 @@ impl ModelState {
         self.applied + self.waiting.len() as u32
     }
 
+    /// Workers that have not pushed to the open round (all of them when none is open).
+    pub fn missing(&self) -> Vec<u32> {
+        (0..self.workers)
+            .filter(|&w| self.open_round.is_none() || !self.has_pushed(w))
+            .collect()
+    }
+
     fn has_pushed(&self, worker: u32) -> bool {
         worker < self.applied || self.waiting.contains_key(&worker)
     }

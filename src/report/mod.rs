@@ -10,7 +10,7 @@ use anyhow::Context;
 
 use crate::cost::{self, Consumption};
 use crate::job::records::EpochRecord;
-use crate::job::report::{Summary, TimeSplit};
+use crate::job::summary::{Summary, TimeSplit};
 
 /// One finished run, as read from its folder.
 #[derive(Debug, Clone)]
@@ -71,8 +71,13 @@ impl Run {
     /// A short label: sync mode, optimizer, channel scheme, workers.
     pub fn label(&self) -> String {
         let s = &self.summary;
-        let scheme = s.channel.split(':').next().unwrap_or("");
-        format!("{} {} {} x{}", s.sync, s.optim, scheme, s.workers)
+        format!(
+            "{} {} {} x{}",
+            s.sync,
+            s.optim,
+            s.channel.scheme(),
+            s.workers
+        )
     }
 
     /// The run's curve, one point per epoch. Cost is estimated per epoch from the epoch's

@@ -150,7 +150,7 @@ pub fn concurrent_writer_processes(url: &str) {
     for mut c in children {
         assert!(c.wait().unwrap().success());
     }
-    let ch = rt().block_on(channel::open(url)).unwrap();
+    let ch = rt().block_on(channel::open(&url.parse().unwrap())).unwrap();
     rt().block_on(async {
         for (w, v) in values.iter().enumerate() {
             assert_eq!(
@@ -177,7 +177,7 @@ macro_rules! backends {
             use super::*;
             /// The backend's URL in namespace `ns` (where the backend has namespaces).
             fn url(ns: &str) -> String { ($url)(ns) }
-            fn open(ns: &str) -> Arc<dyn Channel> { rt().block_on(channel::open(&url(ns))).unwrap() }
+            fn open(ns: &str) -> Arc<dyn Channel> { rt().block_on(channel::open(&url(ns).parse().unwrap())).unwrap() }
             macro_rules! ns { ($t:ident) => { concat!(stringify!($backend), "-", stringify!($t)) } }
             #[test] fn put_get_overwrite_missing() { super::put_get_overwrite_missing(open(ns!(a))) }
             #[test] fn delete_is_idempotent() { super::delete_is_idempotent(open(ns!(b))) }
@@ -216,7 +216,9 @@ backends! {
 #[test]
 fn a_missing_s3_bucket_is_named() {
     let url = format!("{}-missing/x", shared("LAMBDAML_TEST_S3"));
-    let err = rt().block_on(channel::open(&url)).unwrap_err();
+    let err = rt()
+        .block_on(channel::open(&url.parse().unwrap()))
+        .unwrap_err();
     let chain = format!("{:#}", anyhow::Error::from(err));
     assert!(
         chain.contains("bucket 'lambdaml-test-missing' does not exist"),
@@ -254,7 +256,7 @@ fn a_dynamodb_table_of_another_shape_is_refused() {
                 .billing_mode(BillingMode::PayPerRequest)
                 .send()
                 .await;
-            channel::open("dynamodb://lambdaml-wrong-shape").await
+            channel::open(&"dynamodb://lambdaml-wrong-shape".parse().unwrap()).await
         })
         .unwrap_err();
     let chain = format!("{:#}", anyhow::Error::from(err));

@@ -9,6 +9,7 @@ mod common;
 mod admm_kmeans;
 mod bad_input;
 mod channel_conformance;
+mod collective_conformance;
 mod examples;
 mod metrics;
 mod ps;

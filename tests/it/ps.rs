@@ -12,13 +12,14 @@ use lambdaml::ps::client::PsClient;
 use lambdaml::ps::store::Mode;
 
 /// A parameter server process, killed on drop.
-struct PsServer {
+pub(crate) struct PsServer {
     child: Child,
-    addr: String,
+    pub(crate) addr: String,
 }
 
 impl PsServer {
-    fn start(args: &[&str]) -> PsServer {
+    /// Starts `lambdaml ps serve` on a free loopback port with `args`.
+    pub(crate) fn start(args: &[&str]) -> PsServer {
         let mut child = lambdaml()
             .args(["ps", "serve", "--addr", "127.0.0.1:0"])
             .args(args)
@@ -434,4 +435,55 @@ fn an_unreachable_server_is_named() {
     );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("invalid ps-addr"), "{err}");
+}
+
+/// A resumed worker whose server lost the job's model (expired, restarted without --dir)
+/// fails clearly instead of training on a model re-created from its own parameters.
+#[test]
+fn a_resumed_worker_refuses_a_model_the_server_lost() {
+    use lambdaml::comm::{self, Member, PsTarget, SyncMode};
+    let server = PsServer::start(&[]);
+    let target = PsTarget {
+        addr: server.addr.clone(),
+        token: None,
+    };
+    runtime().block_on(async {
+        let ch = lambdaml::channel::open(&"mem:ps-lost".parse().unwrap())
+            .await
+            .unwrap();
+        let member = || Member {
+            channel: ch.clone(),
+            job: "job-lost".into(),
+            worker: 0,
+            workers: 1,
+            wait_timeout: Duration::from_secs(10),
+        };
+        let mut first = comm::open(SyncMode::Ps, Some(&target), member())
+            .await
+            .unwrap();
+        let mut params = vec![1.0f32; 4];
+        first
+            .grad_step(0, &mut params, &[1.0; 4], 0.5)
+            .await
+            .unwrap();
+        assert_eq!(params, vec![0.5; 4]);
+        let state = first.state();
+        let mut client = PsClient::connect(&target.addr, None).await.unwrap();
+        client.drop_job("job-lost").await.unwrap();
+        let mut resumed = comm::open(SyncMode::Ps, Some(&target), member())
+            .await
+            .unwrap();
+        resumed.restore(state);
+        let err = resumed
+            .grad_step(1, &mut params, &[1.0; 4], 0.5)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("was gone at round 1"), "{err}");
+        assert_eq!(
+            params,
+            vec![0.5; 4],
+            "a failed step leaves the parameters alone"
+        );
+    });
 }

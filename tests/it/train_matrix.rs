@@ -18,7 +18,9 @@ fn left_on(url: &str, job_id: &str) -> Vec<String> {
         .build()
         .unwrap();
     rt.block_on(async {
-        let ch = lambdaml::channel::open(url).await.unwrap();
+        let ch = lambdaml::channel::open(&url.parse().unwrap())
+            .await
+            .unwrap();
         ch.list(&format!("{job_id}/"))
             .await
             .unwrap()

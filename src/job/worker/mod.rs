@@ -1,14 +1,14 @@
 //! One worker invocation: load the partition, resume from a checkpoint if told to, train
 //! round after round, and before the invocation's deadline checkpoint and re-invoke itself.
 //!
-//! [`Session`] holds what every model shares (channel, collectives, deadline, checkpoint,
-//! records); `linear` and `kmeans` hold the training loops. A round's state is only changed
-//! after its collective returns, so an invocation cut off inside a collective checkpoints the
-//! state *before* the round, and its successor re-runs the round, rewriting the same keys
-//! with the same bytes.
+//! [`Session`] holds what every model shares (channel, the collective, deadline,
+//! checkpoint, records); [`train`] is the one training loop, driving any
+//! [`Learner`](crate::algo::learner::Learner). A round's state is only changed after its
+//! collective returns, so an invocation cut off inside a collective checkpoints the state
+//! *before* the round, and its successor re-runs the round, rewriting the same keys with
+//! the same bytes.
 
-mod kmeans;
-mod linear;
+mod train;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -20,12 +20,11 @@ use super::event::{Invocation, WorkerEvent};
 use super::records::{
     self, Checkpoint, EpochAcc, EpochRecord, Progress, WorkerFailure, WorkerResult,
 };
+use crate::algo::{self, learner::Learner};
 use crate::channel::meter::{self, Usage};
 use crate::channel::{self, Channel};
-use crate::comm::{Comm, CommError, CommStats, SyncMode};
-use crate::data::Dataset;
+use crate::comm::{self, Collective, CommError, CommStats, Member};
 use crate::data::libsvm::Layout;
-use crate::ps::collective::PsCollective;
 
 /// How an invocation ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,20 +44,18 @@ pub async fn run(event: WorkerEvent, deadline: Option<SystemTime>) -> anyhow::Re
         channel::open_with(&spec.channel, super::driver::retry_policy(&spec.config)).await?;
     let mut session = None;
     let result = async {
-        let s = session
-            .insert(Session::start(&event, channel.clone(), deadline, started, usage_base).await?);
-        if spec.config.model.is_clustering() {
-            kmeans::train(s).await
-        } else {
-            linear::train(s).await
-        }
+        let (s, mut learner) =
+            Session::start(&event, channel.clone(), deadline, started, usage_base).await?;
+        train::train(session.insert(s), learner.as_mut()).await
     }
     .await;
     if let Err(e) = &result {
         let failure = WorkerFailure {
             worker: event.worker,
             message: format!("{e:#}"),
-            residual_keys: session.map(|s| s.comm.residual_keys()).unwrap_or_default(),
+            residual_keys: session
+                .map(|s| s.collective.residual_keys())
+                .unwrap_or_default(),
         };
         let key = records::key(&spec.job_id, records::FAILURE, event.worker);
         if let Err(put_err) = records::put(channel.as_ref(), &key, &failure).await {
@@ -72,10 +69,8 @@ pub async fn run(event: WorkerEvent, deadline: Option<SystemTime>) -> anyhow::Re
 struct Session<'a> {
     event: &'a WorkerEvent,
     channel: Arc<dyn Channel>,
-    comm: Comm,
-    /// `--sync ps`: the parameter server, which then does every collective.
-    ps: Option<PsCollective>,
-    data: Dataset,
+    /// The job's collective, chosen once from the sync mode.
+    collective: Box<dyn Collective>,
     state: Checkpoint,
     deadline: Option<Instant>,
     margin: Duration,
@@ -90,13 +85,15 @@ struct Session<'a> {
 }
 
 impl<'a> Session<'a> {
+    /// Loads the partition, opens the collective, takes up the checkpoint when resuming,
+    /// and builds the model's learner.
     async fn start(
         event: &'a WorkerEvent,
         channel: Arc<dyn Channel>,
         deadline: Option<SystemTime>,
         started: Instant,
         usage_base: Usage,
-    ) -> anyhow::Result<Self> {
+    ) -> anyhow::Result<(Self, Box<dyn Learner>)> {
         let spec = &event.job;
         let cfg = &spec.config;
         let w = event.worker;
@@ -118,67 +115,44 @@ impl<'a> Session<'a> {
         // the monotonic clock.
         let deadline = deadline
             .map(|d| Instant::now() + d.duration_since(SystemTime::now()).unwrap_or_default());
-        let mut comm = Comm::new(
-            channel.clone(),
-            &spec.job_id,
-            w,
-            cfg.workers,
-            Duration::from_secs_f64(cfg.wait_timeout),
-        );
-        let wait_deadline = deadline.map(|d| d.checked_sub(margin / 2).unwrap_or(d));
-        comm.set_deadline(wait_deadline);
-        let mut ps = match (&cfg.sync, &cfg.ps_addr) {
-            (SyncMode::Ps, Some(addr)) => {
-                let mut ps = PsCollective::connect(
-                    addr,
-                    spec.ps_token.as_deref(),
-                    channel.clone(),
-                    &spec.job_id,
-                    w,
-                    cfg.workers,
-                    Duration::from_secs_f64(cfg.wait_timeout),
-                )
-                .await?;
-                ps.set_deadline(wait_deadline);
-                Some(ps)
-            }
-            _ => None,
+        let member = Member {
+            channel: channel.clone(),
+            job: spec.job_id.clone(),
+            worker: w,
+            workers: cfg.workers,
+            wait_timeout: Duration::from_secs_f64(cfg.wait_timeout),
         };
+        let mut collective = comm::open(cfg.sync, spec.ps_target().as_ref(), member).await?;
+        collective.set_deadline(deadline.map(|d| d.checked_sub(margin / 2).unwrap_or(d)));
         let ckpt_key = records::key(&spec.job_id, records::CHECKPOINT, w);
         let mut state = if event.resume {
             let mut ckpt: Checkpoint = records::get(channel.as_ref(), &ckpt_key)
                 .await?
                 .with_context(|| format!("checkpoint '{ckpt_key}' is missing"))?;
-            comm.restore_pending(std::mem::take(&mut ckpt.pending));
+            collective.restore(std::mem::take(&mut ckpt.collective));
             ckpt.invocations = event.invocation + 1;
             // The previous invocation wrote this checkpoint after reading its meter.
             ckpt.usage.puts += 1;
             ckpt
         } else {
             Checkpoint {
-                params: Vec::new(),
-                opt_state: Vec::new(),
-                prev_objective: None,
+                model: Default::default(),
                 training_done: false,
                 epoch: 0,
                 step: 0,
                 round: 0,
                 acc: EpochAcc::default(),
                 history: Vec::new(),
-                pending: Vec::new(),
+                collective: Default::default(),
                 invocations: 1,
                 comm: Default::default(),
                 usage: Usage::default(),
                 billed_s: 0.0,
                 data_usage: Usage::default(),
-                ps_rounds: Vec::new(),
             }
         };
         state.data_usage = state.data_usage + data_usage;
         state.acc.load_s += started.elapsed().as_secs_f64();
-        if let Some(ps) = &mut ps {
-            ps.restore_last_pushed(&state.ps_rounds);
-        }
         tracing::info!(
             worker = w,
             invocation = event.invocation,
@@ -187,12 +161,11 @@ impl<'a> Session<'a> {
             step = state.step,
             "worker started"
         );
-        Ok(Session {
+        let learner = algo::build(&spec.train_spec(w), data)?;
+        let session = Session {
             event,
             channel,
-            comm,
-            ps,
-            data,
+            collective,
             state,
             deadline,
             margin,
@@ -201,7 +174,8 @@ impl<'a> Session<'a> {
             usage_base,
             usage_mark: usage_base,
             wait_mark: 0.0,
-        })
+        };
+        Ok((session, learner))
     }
 
     /// True when the time left is too short for another round plus a checkpoint.
@@ -211,61 +185,48 @@ impl<'a> Session<'a> {
         })
     }
 
-    /// Runs the job's all-reduce on `values`; `None` when the invocation's deadline
-    /// interrupted it (the caller re-invokes, and the round is re-run).
-    async fn collective(&mut self, values: &[f32]) -> anyhow::Result<Option<Vec<f32>>> {
-        let sync = self.event.job.config.sync;
-        let round = self.state.round;
+    /// The mean of `values` over the workers in this round; `None` when the invocation's
+    /// deadline interrupted it (the caller re-invokes, and the round is re-run).
+    async fn mean(&mut self, values: &[f32]) -> anyhow::Result<Option<Vec<f32>>> {
         let started = Instant::now();
-        let result = match &mut self.ps {
-            Some(ps) => ps.mean(round, values).await,
-            None => self.comm.all_reduce_mean(sync, round, values).await,
-        };
+        let result = self.collective.mean(self.state.round, values).await;
         self.after_round(started, result)
     }
 
-    /// `--sync ps` gradient averaging: the server applies `-lr/n * grad` of every worker to
-    /// its model; returns the model after the round (`None`: interrupted, as above).
-    async fn ps_grad_step(&mut self, grad: &[f32], lr: f32) -> anyhow::Result<Option<Vec<f32>>> {
-        let round = self.state.round;
-        let n = self.event.job.config.workers;
-        // Disjoint fields: the server handle mutably, the parameters (initial values, used
-        // once per invocation) by reference, without a copy per step.
-        let ps = self.ps.as_mut().expect("--sync ps has a server");
-        let initial = &self.state.params;
+    /// A synchronous SGD step of the model's parameters with this worker's `grad`
+    /// (`None`: interrupted, as above, with the parameters unchanged).
+    async fn grad_step(&mut self, grad: &[f32], lr: f32) -> anyhow::Result<Option<()>> {
         let started = Instant::now();
-        let result = async {
-            ps.ensure(
-                crate::ps::collective::MODEL,
-                initial.len(),
-                Some(initial),
-                round,
-            )
-            .await?;
-            ps.grad_step(round, grad, -lr / n as f32).await
-        }
-        .await;
+        let params = &mut self.state.model.params;
+        let result = self
+            .collective
+            .grad_step(self.state.round, params, grad, lr)
+            .await;
         self.after_round(started, result)
     }
 
-    /// The root's vector on every worker (KMeans' initial centroids).
-    async fn broadcast(&mut self, own: Option<&[f32]>, len: usize) -> Result<Vec<f32>, CommError> {
-        match &mut self.ps {
-            Some(ps) => ps.broadcast(0, own, len).await,
-            None => self.comm.broadcast(0, own, len).await,
+    /// Worker 0's vector on every worker (`None`: interrupted).
+    async fn broadcast(
+        &mut self,
+        own: Option<&[f32]>,
+        len: usize,
+    ) -> anyhow::Result<Option<Vec<f32>>> {
+        match self.collective.broadcast(0, own, len).await {
+            Ok(v) => Ok(Some(v)),
+            Err(e) => interrupted(e),
         }
     }
 
     /// Traffic of this invocation's collectives.
     fn comm_stats(&self) -> CommStats {
-        self.comm.stats() + self.ps.as_ref().map(|p| p.stats()).unwrap_or_default()
+        self.collective.stats()
     }
 
-    fn after_round(
+    fn after_round<T>(
         &mut self,
         started: Instant,
-        result: Result<Vec<f32>, CommError>,
-    ) -> anyhow::Result<Option<Vec<f32>>> {
+        result: Result<T, CommError>,
+    ) -> anyhow::Result<Option<T>> {
         match result {
             Ok(v) => {
                 let took = started.elapsed();
@@ -343,15 +304,10 @@ impl<'a> Session<'a> {
         self.state.acc.usage = self.state.acc.usage + (now - self.usage_mark);
         self.usage_mark = now;
         let snapshot = Checkpoint {
-            pending: self.comm.pending().to_vec(),
+            collective: self.collective.state(),
             comm: self.state.comm + self.comm_stats(),
             usage: self.state.usage + (now - self.usage_base),
             billed_s: self.state.billed_s + billed(self.started),
-            ps_rounds: self
-                .ps
-                .as_ref()
-                .map(|p| p.last_pushed())
-                .unwrap_or_default(),
             ..self.state.clone()
         };
         records::put(self.channel.as_ref(), &key, &snapshot)
@@ -386,7 +342,7 @@ impl<'a> Session<'a> {
             params,
             history: self.state.history.clone(),
             invocations: self.state.invocations,
-            residual_keys: self.comm.residual_keys(),
+            residual_keys: self.collective.residual_keys(),
             comm: self.state.comm + self.comm_stats(),
             usage: self.state.usage + (meter::snapshot() - self.usage_base),
             billed_s: self.state.billed_s + billed(self.started),

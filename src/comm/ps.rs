@@ -15,10 +15,12 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::client::{PsClient, PsError};
-use super::store::Mode;
+use async_trait::async_trait;
+
+use super::{Collective, CollectiveState, CommError, CommStats, Keys, Member, PsTarget};
 use crate::channel::Channel;
-use crate::comm::{CommError, CommStats, Keys};
+use crate::ps::client::{PsClient, PsError};
+use crate::ps::store::Mode;
 
 /// Longest single pull while waiting.
 const PULL_SLICE: Duration = Duration::from_secs(1);
@@ -41,27 +43,20 @@ pub struct PsCollective {
 }
 
 /// The model a gradient-averaging job keeps on the server.
-pub const MODEL: &str = "model";
+const MODEL: &str = "model";
 
 impl PsCollective {
-    /// Connects worker `worker` of `n` of `job`; `channel` is watched for the abort flag.
-    pub async fn connect(
-        addr: &str,
-        token: Option<&str>,
-        channel: Arc<dyn Channel>,
-        job: &str,
-        worker: usize,
-        n: usize,
-        wait_timeout: Duration,
-    ) -> Result<Self, PsError> {
+    /// Connects `member` to the server at `target`; the member's channel is watched for the
+    /// abort flag.
+    pub async fn connect(target: &PsTarget, member: Member) -> Result<Self, PsError> {
         Ok(PsCollective {
-            client: PsClient::connect(addr, token).await?,
-            channel,
-            keys: Keys::new(job),
-            job: job.to_string(),
-            worker,
-            n,
-            wait_timeout,
+            client: PsClient::connect(&target.addr, target.token.as_deref()).await?,
+            channel: member.channel,
+            keys: Keys::new(&member.job),
+            job: member.job,
+            worker: member.worker,
+            n: member.workers,
+            wait_timeout: member.wait_timeout,
             deadline: None,
             registered: HashSet::new(),
             last_pushed: HashMap::new(),
@@ -69,36 +64,11 @@ impl PsCollective {
         })
     }
 
-    /// Waits stop with [`CommError::Interrupted`] at `deadline`.
-    pub fn set_deadline(&mut self, deadline: Option<Instant>) {
-        self.deadline = deadline;
-    }
-
-    /// The round last pushed to each model (for the checkpoint).
-    pub fn last_pushed(&self) -> Vec<(String, u64)> {
-        let mut v: Vec<(String, u64)> = self
-            .last_pushed
-            .iter()
-            .map(|(k, r)| (k.clone(), *r))
-            .collect();
-        v.sort();
-        v
-    }
-
-    /// Restores what [`Self::last_pushed`] returned in the previous invocation.
-    pub fn restore_last_pushed(&mut self, rounds: &[(String, u64)]) {
-        self.last_pushed.extend(rounds.iter().cloned());
-    }
-
-    /// Traffic so far (pushes count as puts, pulls as gets).
-    pub fn stats(&self) -> CommStats {
-        self.stats
-    }
-
     /// Registers `name` with `initial` values (zeros of `len` when none) once per
-    /// invocation. When a resumed worker (`round > 0`) finds the model newly created, the
-    /// server lost it (expired, or restarted without `--dir`): an error, not a silent reset.
-    pub async fn ensure(
+    /// invocation. When the server creates a model this worker pushed to in an earlier
+    /// invocation (its checkpointed state says so), the server lost it (expired, or
+    /// restarted without `--dir`): an error, not a silent reset.
+    async fn ensure(
         &mut self,
         name: &str,
         len: usize,
@@ -115,7 +85,7 @@ impl PsCollective {
                 async move { c.register(&job, &name, n, len, initial).await }
             })
             .await?;
-        if reply.created && round > 0 && name == MODEL {
+        if reply.created && self.last_pushed.contains_key(name) {
             return Err(CommError::Ps(PsError::Rpc {
                 addr: self.client.addr().to_string(),
                 op: "register",
@@ -127,38 +97,6 @@ impl PsCollective {
         }
         self.registered.insert(name.to_string());
         Ok(())
-    }
-
-    /// One SGD step on the server's model: `m += scale * grad` from every worker, then the
-    /// model after round `round`.
-    pub async fn grad_step(
-        &mut self,
-        round: u64,
-        grad: &[f32],
-        scale: f32,
-    ) -> Result<Vec<f32>, CommError> {
-        self.push_pull(MODEL, round, Mode::Grad { scale }, grad)
-            .await
-    }
-
-    /// The mean of `values` over all workers.
-    pub async fn mean(&mut self, round: u64, values: &[f32]) -> Result<Vec<f32>, CommError> {
-        let name = format!("mean-{}", values.len());
-        self.ensure(&name, values.len(), None, round).await?;
-        self.push_pull(&name, round, Mode::Average, values).await
-    }
-
-    /// The root's `values` on every worker (`own` is `Some` on the root only).
-    pub async fn broadcast(
-        &mut self,
-        round: u64,
-        own: Option<&[f32]>,
-        len: usize,
-    ) -> Result<Vec<f32>, CommError> {
-        let name = format!("broadcast-{len}");
-        self.ensure(&name, len, None, round).await?;
-        self.push_pull(&name, round, Mode::Replace, own.unwrap_or(&[]))
-            .await
     }
 
     async fn push_pull(
@@ -213,8 +151,7 @@ impl PsCollective {
             if since.elapsed() >= self.wait_timeout {
                 // One last pull whose error says how many workers pushed.
                 let c = self.client.clone();
-                let e = timeout_error(c, &job, name, round, since.elapsed()).await;
-                return Err(CommError::Ps(e));
+                return Err(timeout_error(c, &job, name, round, since.elapsed()).await);
             }
         }
     }
@@ -242,30 +179,111 @@ impl PsCollective {
     }
 }
 
-/// The error of a round that did not complete in time, saying how many workers pushed.
+#[async_trait]
+impl Collective for PsCollective {
+    async fn mean(&mut self, round: u64, values: &[f32]) -> Result<Vec<f32>, CommError> {
+        let name = format!("mean-{}", values.len());
+        self.ensure(&name, values.len(), None, round).await?;
+        self.push_pull(&name, round, Mode::Average, values).await
+    }
+
+    /// The server keeps the model: every worker pushes `-lr/n * grad` into it (registered
+    /// from this worker's `params` if it is new) and pulls it once all have pushed.
+    async fn grad_step(
+        &mut self,
+        round: u64,
+        params: &mut Vec<f32>,
+        grad: &[f32],
+        lr: f32,
+    ) -> Result<(), CommError> {
+        self.ensure(MODEL, params.len(), Some(params), round)
+            .await?;
+        let scale = -lr / self.n as f32;
+        *params = self
+            .push_pull(MODEL, round, Mode::Grad { scale }, grad)
+            .await?;
+        Ok(())
+    }
+
+    /// The root pushes its values as a replacement; the others only check in and pull.
+    async fn broadcast(
+        &mut self,
+        round: u64,
+        own: Option<&[f32]>,
+        len: usize,
+    ) -> Result<Vec<f32>, CommError> {
+        let name = format!("broadcast-{len}");
+        self.ensure(&name, len, None, round).await?;
+        self.push_pull(&name, round, Mode::Replace, own.unwrap_or(&[]))
+            .await
+    }
+
+    fn set_deadline(&mut self, deadline: Option<Instant>) {
+        self.deadline = deadline;
+    }
+
+    /// Pushes count as puts, pulls (and abort-flag reads) as gets.
+    fn stats(&self) -> CommStats {
+        self.stats
+    }
+
+    fn state(&self) -> CollectiveState {
+        let mut last_pushed: Vec<(String, u64)> = self
+            .last_pushed
+            .iter()
+            .map(|(k, r)| (k.clone(), *r))
+            .collect();
+        last_pushed.sort();
+        CollectiveState {
+            pending: Vec::new(),
+            last_pushed,
+        }
+    }
+
+    fn restore(&mut self, state: CollectiveState) {
+        self.last_pushed.extend(state.last_pushed);
+    }
+
+    /// The server's models are dropped by the driver (`DropJob`); no channel keys remain.
+    fn residual_keys(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// The error of a round that did not complete in time: a [`CommError::Timeout`] naming the
+/// round and the first worker that has not pushed, as the channel collectives name the key
+/// and the worker they waited for.
 async fn timeout_error(
     mut c: PsClient,
     job: &str,
     name: &str,
     round: u64,
     waited: Duration,
-) -> PsError {
-    let pushed = match c.status().await {
-        Ok(s) => s
-            .models
-            .iter()
-            .find(|m| m.job == job && m.name == name)
-            .map_or_else(
-                || "the model is gone".to_string(),
-                |m| format!("{} of {} workers pushed", m.pushed, m.workers),
-            ),
-        Err(e) => return e,
+) -> CommError {
+    let status = match c.status().await {
+        Ok(s) => s,
+        Err(e) => return CommError::Ps(e),
     };
-    PsError::Rpc {
-        addr: c.addr().to_string(),
-        op: "pull",
-        status: Box::new(tonic::Status::deadline_exceeded(format!(
-            "round {round} of '{name}' did not complete in {waited:.1?}: {pushed}"
-        ))),
+    let model = status
+        .models
+        .iter()
+        .find(|m| m.job == job && m.name == name);
+    match model.and_then(|m| m.missing.first()) {
+        Some(&worker) => CommError::Timeout {
+            key: format!("ps:{name}@{round}"),
+            worker: worker as usize,
+            waited,
+        },
+        None => CommError::Ps(PsError::Rpc {
+            addr: c.addr().to_string(),
+            op: "pull",
+            status: Box::new(tonic::Status::deadline_exceeded(format!(
+                "round {round} of '{name}' did not complete in {waited:.1?}: {}",
+                model.map_or_else(
+                    || "the model is gone".to_string(),
+                    |m| format!("{} of {} workers pushed", m.pushed, m.workers)
+                )
+            ))),
+        }),
     }
 }

@@ -8,9 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use super::event::JobSpec;
 use super::records::{EpochRecord, WorkerResult};
-use crate::channel::codec;
 use crate::channel::meter::Usage;
-use crate::comm::{CommStats, SyncMode};
+use crate::channel::{ChannelUrl, codec};
+use crate::comm::CommStats;
 use crate::cost::{self, Consumption, Cost, Prices};
 
 /// The run's summary (`summary.json`).
@@ -25,7 +25,7 @@ pub struct Summary {
     /// Synchronisation pattern.
     pub sync: String,
     /// Channel URL.
-    pub channel: String,
+    pub channel: ChannelUrl,
     /// Number of workers.
     pub workers: usize,
     /// Epochs trained.
@@ -96,7 +96,7 @@ pub struct Summary {
 }
 
 /// Worker time by activity, in seconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, derive_more::Add)]
 pub struct TimeSplit {
     /// Loading data and checkpoints.
     pub load_s: f64,
@@ -120,19 +120,6 @@ impl TimeSplit {
             comm_s: comm,
             wait_s: r.wait_s,
             other_s: (r.epoch_s - r.compute_s - r.comm_s).max(0.0),
-        }
-    }
-}
-
-impl std::ops::Add for TimeSplit {
-    type Output = TimeSplit;
-    fn add(self, o: TimeSplit) -> TimeSplit {
-        TimeSplit {
-            load_s: self.load_s + o.load_s,
-            compute_s: self.compute_s + o.compute_s,
-            comm_s: self.comm_s + o.comm_s,
-            wait_s: self.wait_s + o.wait_s,
-            other_s: self.other_s + o.other_s,
         }
     }
 }
@@ -226,7 +213,7 @@ pub fn summarize(
         prices,
         &Consumption {
             channel: &spec.channel,
-            parameter_server: cfg.sync == SyncMode::Ps,
+            parameter_server: cfg.ps_addr.is_some(),
             memory_mb: cfg.memory_mb,
             invocations: invocations_per_worker.iter().map(|&i| i as u64).sum(),
             billed_s: billed_seconds,

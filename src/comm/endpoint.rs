@@ -1,0 +1,415 @@
+//! One worker's endpoint on the channel: the key scheme, waiting for peers' keys (deadline,
+//! abort flag, timeout), deferred deletion, traffic counters, and the channel algorithms
+//! (reduce, reduce-scatter, async exchange, broadcast, barrier) that the collectives of
+//! [`super::exchange`] are made of.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::{CommError, CommStats, Completed, Keys, Member, Op, add_assign, scale, sleep};
+use crate::channel::codec;
+use crate::channel::{Backoff, Channel};
+use crate::data::chunk_bounds;
+
+/// How often a waiter looks at the abort flag.
+const ABORT_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// One worker's endpoint for collectives.
+#[derive(Debug)]
+pub struct Comm {
+    pub(super) channel: Arc<dyn Channel>,
+    pub(super) keys: Keys,
+    pub(super) worker: usize,
+    pub(super) n: usize,
+    wait_timeout: Duration,
+    deadline: Option<Instant>,
+    pending: Vec<Completed>,
+    stats: CommStats,
+}
+
+impl Comm {
+    /// Worker `worker` of `n` in job `job`. A wait fails after `wait_timeout`.
+    pub fn new(
+        channel: Arc<dyn Channel>,
+        job: &str,
+        worker: usize,
+        n: usize,
+        wait_timeout: Duration,
+    ) -> Self {
+        Comm {
+            channel,
+            keys: Keys::new(job),
+            worker,
+            n,
+            wait_timeout,
+            deadline: None,
+            pending: Vec::new(),
+            stats: CommStats::default(),
+        }
+    }
+
+    /// The endpoint of `member`.
+    pub fn of(member: Member) -> Self {
+        Comm::new(
+            member.channel,
+            &member.job,
+            member.worker,
+            member.workers,
+            member.wait_timeout,
+        )
+    }
+
+    /// Number of workers.
+    pub fn workers(&self) -> usize {
+        self.n
+    }
+
+    /// Waits stop with [`CommError::Interrupted`] at `deadline` (the invocation's end less
+    /// the time needed to checkpoint).
+    pub fn set_deadline(&mut self, deadline: Option<Instant>) {
+        self.deadline = deadline;
+    }
+
+    /// The key scheme of this job.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// Traffic so far.
+    pub fn stats(&self) -> CommStats {
+        self.stats
+    }
+
+    /// Completed rounds whose keys are still to delete (saved in checkpoints).
+    pub fn pending(&self) -> &[Completed] {
+        &self.pending
+    }
+
+    /// Restores the pending list from a checkpoint.
+    pub fn restore_pending(&mut self, pending: Vec<Completed>) {
+        self.pending = pending;
+    }
+
+    /// Keys this worker's collectives leave behind; the driver deletes them after the job.
+    pub fn residual_keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self.pending.iter().flat_map(|c| self.owned(*c)).collect();
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+
+    /// Keys of a completed round that this worker is responsible for deleting.
+    fn owned(&self, c: Completed) -> Vec<String> {
+        let (k, w, n, r) = (&self.keys, self.worker, self.n, c.round);
+        match c.op {
+            Op::Reduce if w == 0 => (1..n)
+                .map(|i| k.reduce_part(r, i))
+                .chain([k.reduce_mean(r)])
+                .collect(),
+            Op::Reduce => Vec::new(),
+            Op::ReduceScatter => (0..n)
+                .filter(|&i| i != w)
+                .map(|i| k.scatter_part(r, w, i))
+                .chain([k.gather_chunk(r, w)])
+                .collect(),
+            Op::Async => vec![k.async_model(w)],
+            Op::Barrier => vec![k.barrier(r, w)],
+            Op::Broadcast if w == 0 => vec![k.broadcast(r, 0)],
+            Op::Broadcast => Vec::new(),
+        }
+    }
+
+    fn complete(&mut self, c: Completed) {
+        if self.owned(c).is_empty() || (c.op == Op::Async && self.pending.contains(&c)) {
+            return;
+        }
+        self.pending.push(c);
+    }
+
+    /// Called once this worker has seen all `n` contributions of a round: every worker is
+    /// past the pending rounds, so their keys can go.
+    async fn after_full_gather(&mut self) -> Result<(), CommError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<String> = self.pending.iter().flat_map(|c| self.owned(*c)).collect();
+        self.channel.delete(&keys).await?;
+        self.stats.deletes += keys.len() as u64;
+        self.pending.clear();
+        Ok(())
+    }
+
+    pub(super) async fn put(&mut self, key: &str, value: Bytes) -> Result<(), CommError> {
+        self.stats.puts += 1;
+        self.stats.bytes_out += value.len() as u64;
+        self.channel.put(key, value).await?;
+        Ok(())
+    }
+
+    pub(super) async fn get(&mut self, key: &str) -> Result<Option<Bytes>, CommError> {
+        self.stats.gets += 1;
+        let v = self.channel.get(key).await?;
+        if let Some(v) = &v {
+            self.stats.bytes_in += v.len() as u64;
+        }
+        Ok(v)
+    }
+
+    /// Polls `keys` (each written by the worker beside it) with capped exponential backoff
+    /// until all exist, fetching the missing ones in one request per poll where the backend
+    /// allows. Returns the values in the order of `keys`.
+    pub(super) async fn wait_all(
+        &mut self,
+        keys: &[(String, usize)],
+        since: Instant,
+    ) -> Result<Vec<Bytes>, CommError> {
+        let started = Instant::now();
+        let limit = since + self.wait_timeout;
+        let mut backoff = Backoff::new(self.channel.poll_policy());
+        let mut next_abort_check = started + ABORT_CHECK_EVERY;
+        let mut found: Vec<Option<Bytes>> = vec![None; keys.len()];
+        loop {
+            let missing: Vec<usize> = (0..keys.len()).filter(|&i| found[i].is_none()).collect();
+            if missing.is_empty() {
+                self.stats.wait_seconds += started.elapsed().as_secs_f64();
+                return Ok(found.into_iter().flatten().collect());
+            }
+            let asked: Vec<String> = missing.iter().map(|&i| keys[i].0.clone()).collect();
+            self.stats.gets += asked.len() as u64;
+            let values = self.channel.get_many(&asked).await?;
+            for (&i, v) in missing.iter().zip(values) {
+                if let Some(v) = v {
+                    self.stats.bytes_in += v.len() as u64;
+                    found[i] = Some(v);
+                }
+            }
+            if found.iter().all(Option::is_some) {
+                continue;
+            }
+            let (key, worker) = &keys[found.iter().position(Option::is_none).expect("one missing")];
+            let now = Instant::now();
+            if self.deadline.is_some_and(|d| now >= d) {
+                return Err(CommError::Interrupted { key: key.clone() });
+            }
+            if now >= limit {
+                return Err(CommError::Timeout {
+                    key: key.clone(),
+                    worker: *worker,
+                    waited: now - since,
+                });
+            }
+            if now >= next_abort_check {
+                next_abort_check = now + ABORT_CHECK_EVERY;
+                let abort = self.keys.abort();
+                if self.get(&abort).await?.is_some() {
+                    return Err(CommError::Aborted);
+                }
+            }
+            let until = self.deadline.map_or(limit, |d| d.min(limit));
+            sleep(backoff.next_sleep(until.saturating_duration_since(now))).await;
+        }
+    }
+
+    /// Waits for the vectors under `keys` (written by the workers beside them), each of
+    /// `expected` values.
+    async fn wait_vectors(
+        &mut self,
+        keys: &[(String, usize)],
+        since: Instant,
+        expected: impl Fn(usize) -> usize,
+    ) -> Result<Vec<Vec<f32>>, CommError> {
+        let values = self.wait_all(keys, since).await?;
+        keys.iter()
+            .zip(&values)
+            .enumerate()
+            .map(|(i, ((key, _), bytes))| decode_vector(key, bytes, expected(i)))
+            .collect()
+    }
+
+    /// `reduce`: every worker writes its vector, worker 0 sums them in worker order and
+    /// writes the mean, the others read it.
+    pub async fn reduce(&mut self, round: u64, values: &[f32]) -> Result<Vec<f32>, CommError> {
+        let since = Instant::now();
+        let len = values.len();
+        if self.worker != 0 {
+            let own = self.keys.reduce_part(round, self.worker);
+            self.put(&own, codec::encode_f32(values)).await?;
+            let mean = [(self.keys.reduce_mean(round), 0)];
+            let result = self.wait_vectors(&mean, since, |_| len).await?.remove(0);
+            self.complete(Completed {
+                op: Op::Reduce,
+                round,
+            });
+            return Ok(result);
+        }
+        let parts: Vec<(String, usize)> = (1..self.n)
+            .map(|i| (self.keys.reduce_part(round, i), i))
+            .collect();
+        let mut acc = values.to_vec();
+        for v in self.wait_vectors(&parts, since, |_| len).await? {
+            add_assign(&mut acc, &v);
+        }
+        self.after_full_gather().await?;
+        scale(&mut acc, self.n);
+        let key = self.keys.reduce_mean(round);
+        self.put(&key, codec::encode_f32(&acc)).await?;
+        self.complete(Completed {
+            op: Op::Reduce,
+            round,
+        });
+        Ok(acc)
+    }
+
+    /// `reduce_scatter`: worker i sums chunk i of every vector and writes its mean; every
+    /// worker then reads all chunks.
+    pub async fn reduce_scatter(
+        &mut self,
+        round: u64,
+        values: &[f32],
+    ) -> Result<Vec<f32>, CommError> {
+        let since = Instant::now();
+        let (n, w, len) = (self.n, self.worker, values.len());
+        for j in (0..n).filter(|&j| j != w) {
+            let key = self.keys.scatter_part(round, j, w);
+            self.put(&key, codec::encode_f32(&values[chunk_bounds(len, n, j)]))
+                .await?;
+        }
+        let mine = chunk_bounds(len, n, w);
+        let parts: Vec<(String, usize)> = (0..n)
+            .filter(|&i| i != w)
+            .map(|i| (self.keys.scatter_part(round, w, i), i))
+            .collect();
+        let mut theirs = self
+            .wait_vectors(&parts, since, |_| mine.len())
+            .await?
+            .into_iter();
+        let mut acc = vec![0f32; mine.len()];
+        for i in 0..n {
+            if i == w {
+                add_assign(&mut acc, &values[mine.clone()]);
+            } else {
+                add_assign(&mut acc, &theirs.next().expect("one part per other worker"));
+            }
+        }
+        self.after_full_gather().await?;
+        scale(&mut acc, n);
+        let key = self.keys.gather_chunk(round, w);
+        self.put(&key, codec::encode_f32(&acc)).await?;
+        let mut result = vec![0f32; len];
+        result[mine].copy_from_slice(&acc);
+        let owners: Vec<usize> = (0..n).filter(|&j| j != w).collect();
+        let chunks: Vec<(String, usize)> = owners
+            .iter()
+            .map(|&j| (self.keys.gather_chunk(round, j), j))
+            .collect();
+        let gathered = self
+            .wait_vectors(&chunks, since, |i| chunk_bounds(len, n, owners[i]).len())
+            .await?;
+        for (&j, v) in owners.iter().zip(gathered) {
+            result[chunk_bounds(len, n, j)].copy_from_slice(&v);
+        }
+        self.complete(Completed {
+            op: Op::ReduceScatter,
+            round,
+        });
+        Ok(result)
+    }
+
+    /// `async`: publishes `values` as this worker's latest model and averages it with the
+    /// latest models of the others that have published one (no waiting).
+    pub async fn async_exchange(&mut self, values: &[f32]) -> Result<Vec<f32>, CommError> {
+        let own = self.keys.async_model(self.worker);
+        self.put(&own, codec::encode_f32(values)).await?;
+        let mut acc = vec![0f32; values.len()];
+        let mut count = 0;
+        for i in 0..self.n {
+            if i == self.worker {
+                add_assign(&mut acc, values);
+                count += 1;
+                continue;
+            }
+            let key = self.keys.async_model(i);
+            if let Some(bytes) = self.get(&key).await? {
+                add_assign(&mut acc, &decode_vector(&key, &bytes, values.len())?);
+                count += 1;
+            }
+        }
+        scale(&mut acc, count);
+        self.complete(Completed {
+            op: Op::Async,
+            round: 0,
+        });
+        Ok(acc)
+    }
+
+    /// Sends worker 0's `values` to every worker: worker 0 passes `Some(values)` and gets them
+    /// back, the others pass `None` and wait for a vector of `len` values.
+    pub async fn broadcast(
+        &mut self,
+        round: u64,
+        values: Option<&[f32]>,
+        len: usize,
+    ) -> Result<Vec<f32>, CommError> {
+        let key = self.keys.broadcast(round, 0);
+        let result = match values {
+            Some(v) => {
+                if self.n > 1 {
+                    self.put(&key, codec::encode_f32(v)).await?;
+                }
+                v.to_vec()
+            }
+            None => self
+                .wait_vectors(&[(key, 0)], Instant::now(), |_| len)
+                .await?
+                .remove(0),
+        };
+        self.complete(Completed {
+            op: Op::Broadcast,
+            round,
+        });
+        Ok(result)
+    }
+
+    /// Returns once every worker has reached barrier `round`.
+    pub async fn barrier(&mut self, round: u64) -> Result<(), CommError> {
+        if self.n == 1 {
+            return Ok(());
+        }
+        let since = Instant::now();
+        let own = self.keys.barrier(round, self.worker);
+        self.put(&own, codec::encode_bytes(&[])).await?;
+        let (n, w) = (self.n, self.worker);
+        let others: Vec<(String, usize)> = (0..n)
+            .filter(|&i| i != w)
+            .map(|i| (self.keys.barrier(round, i), i))
+            .collect();
+        self.wait_all(&others, since).await?;
+        self.after_full_gather().await?;
+        self.complete(Completed {
+            op: Op::Barrier,
+            round,
+        });
+        Ok(())
+    }
+}
+
+pub(super) fn decode_vector(
+    key: &str,
+    bytes: &[u8],
+    expected: usize,
+) -> Result<Vec<f32>, CommError> {
+    let v = codec::decode_f32(bytes).map_err(|source| CommError::Corrupt {
+        key: key.to_string(),
+        source,
+    })?;
+    if v.len() != expected {
+        return Err(CommError::LengthMismatch {
+            key: key.to_string(),
+            expected,
+            found: v.len(),
+        });
+    }
+    Ok(v)
+}

@@ -1,0 +1,104 @@
+//! The training loop of every model: local steps, the epoch's synchronisation, evaluation,
+//! records, and a checkpoint with re-invocation whenever the deadline comes near. What a
+//! model does is its [`Learner`]'s business; how workers combine is the collective's.
+
+use std::time::Instant;
+
+use super::{Outcome, Session};
+use crate::algo::learner::{EpochSync, Init, Learner, StepSync};
+
+pub(super) async fn train(
+    s: &mut Session<'_>,
+    learner: &mut dyn Learner,
+) -> anyhow::Result<Outcome> {
+    if s.state.model.params.is_empty() {
+        s.state.model = match learner.init()? {
+            Init::Ready(state) => state,
+            Init::Broadcast { own, len } => match s.broadcast(own.as_deref(), len).await? {
+                Some(values) => learner.state_from_broadcast(values),
+                None => return s.reinvoke().await,
+            },
+        };
+    }
+    let p: usize = learner.segments().iter().map(|seg| seg.len).sum();
+    anyhow::ensure!(
+        s.state.model.params.len() == p,
+        "checkpoint holds {} parameters, the model has {p}",
+        s.state.model.params.len()
+    );
+    let steps = learner.steps_per_epoch();
+    let epochs = s.event.job.config.epochs;
+    let mut grad = Vec::new();
+
+    while !s.state.training_done {
+        while s.state.step < steps {
+            if s.should_yield() {
+                return s.reinvoke().await;
+            }
+            let started = Instant::now();
+            let step = learner.step(&mut s.state.model, s.state.epoch, s.state.step, &mut grad);
+            let compute = started.elapsed().as_secs_f64();
+            if let StepSync::Gradient { lr } = step.sync
+                && s.grad_step(&grad, lr).await?.is_none()
+            {
+                return s.reinvoke().await;
+            }
+            let acc = &mut s.state.acc;
+            acc.compute_s += compute;
+            acc.loss_sum += step.loss as f64;
+            acc.batches += 1;
+            acc.wall_s += started.elapsed().as_secs_f64();
+            s.state.step += 1;
+        }
+
+        let mut sync = EpochSync::default();
+        if learner.syncs_each_epoch() {
+            if s.should_yield() {
+                return s.reinvoke().await;
+            }
+            let started = Instant::now();
+            let vector = learner.epoch_vector(&s.state.model);
+            s.state.acc.compute_s += started.elapsed().as_secs_f64();
+            let Some(mean) = s.mean(&vector).await? else {
+                return s.reinvoke().await;
+            };
+            sync = learner.apply_epoch_mean(&mut s.state.model, &mean);
+            s.state.acc.wall_s += started.elapsed().as_secs_f64();
+        }
+        let started = Instant::now();
+        let metrics = learner.evaluate(&s.state.model).or(sync.current);
+        let took = started.elapsed().as_secs_f64();
+        s.state.acc.compute_s += took;
+        s.state.acc.wall_s += took;
+
+        if let Some(prev) = s.state.history.last_mut() {
+            prev.set_metrics(sync.previous);
+        }
+        let previous = s.state.history.last().map(|r| r.metrics());
+        let converged = learner.converged(previous.as_ref(), &metrics);
+        let (n_train, n_val) = learner.rows();
+        let mean_batch_loss = s.state.acc.loss_sum / s.state.acc.batches.max(1) as f64;
+        let mut record = s.epoch_record(
+            metrics.train_loss.unwrap_or(mean_batch_loss),
+            n_train,
+            n_val,
+        );
+        record.set_metrics(metrics);
+        s.finish_epoch(record).await?;
+        if converged || s.state.epoch >= epochs {
+            s.state.training_done = true;
+        }
+    }
+
+    if let Some(vector) = learner.closing_vector(&s.state.model) {
+        let Some(mean) = s.mean(&vector).await? else {
+            return s.reinvoke().await;
+        };
+        let closing = learner.apply_closing_mean(&mean);
+        if let Some(last) = s.state.history.last_mut() {
+            last.set_metrics(closing);
+        }
+    }
+    let result = learner.result(&s.state.model);
+    s.finish(result).await
+}
