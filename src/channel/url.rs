@@ -5,6 +5,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use serde_with::{DeserializeFromStr, SerializeDisplay};
+
 use super::ChannelError;
 
 /// Largest memcached item the chunking may assume (memcached's own maximum `-I` is 1 GiB).
@@ -14,8 +16,8 @@ const MAX_ITEM_SIZE: usize = 1 << 30;
 /// this.
 pub const ITEM_OVERHEAD: usize = 1024;
 
-/// Where a job's workers meet: one variant per backend.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// Where a job's workers meet: one variant per backend. Serialised as its URL text.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, SerializeDisplay, DeserializeFromStr)]
 pub enum ChannelUrl {
     /// `dir:PATH`: a directory (local or shared).
     Dir(PathBuf),
@@ -190,19 +192,6 @@ impl fmt::Display for ChannelUrl {
             ChannelUrl::Redis(url) => f.write_str(url),
             ChannelUrl::DynamoDb { table } => write!(f, "dynamodb://{table}"),
         }
-    }
-}
-
-impl serde::Serialize for ChannelUrl {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for ChannelUrl {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        text.parse().map_err(serde::de::Error::custom)
     }
 }
 

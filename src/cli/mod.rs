@@ -23,7 +23,7 @@ use progress::BarUi;
 #[derive(Debug, Parser)]
 #[command(name = "lambdaml", version, about, long_about = None)]
 pub struct Cli {
-    /// More log output (-v info, -vv debug). LAMBDAML_LOG=<filter> overrides.
+    /// More log output (-v info, -vv debug). LAMBDAML_LOG=FILTER overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
     /// The command.
@@ -58,7 +58,7 @@ pub enum Command {
 /// `lambdaml report`.
 #[derive(Debug, Args)]
 pub struct ReportArgs {
-    /// Run folders (runs/<job-id>/), one or more.
+    /// Run folders (runs/JOB_ID/), one or more.
     #[arg(required = true)]
     pub runs: Vec<PathBuf>,
     /// Where the charts and report.md go.
@@ -209,7 +209,7 @@ pub struct TrainArgs {
     /// Synchronisation pattern.
     #[arg(long, value_enum)]
     pub sync: Option<SyncMode>,
-    /// Channel URL, e.g. dir:/tmp/chan (default dir:<runs-dir>/_channel).
+    /// Channel URL, e.g. dir:/tmp/chan (default dir:RUNS_DIR/_channel).
     #[arg(long)]
     pub channel: Option<ChannelUrl>,
     /// Where workers run: `local` (processes on this machine).

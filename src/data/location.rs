@@ -5,8 +5,10 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-/// A local path or `s3://bucket[/prefix]`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+use serde_with::{DeserializeFromStr, SerializeDisplay};
+
+/// A local path or `s3://bucket[/prefix]`. Serialised as that text.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, SerializeDisplay, DeserializeFromStr)]
 pub enum DataLocation {
     /// A file or directory on this machine (or a shared mount).
     Local(PathBuf),
@@ -89,19 +91,6 @@ impl fmt::Display for DataLocation {
             DataLocation::S3 { bucket, prefix } if prefix.is_empty() => write!(f, "s3://{bucket}"),
             DataLocation::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
         }
-    }
-}
-
-impl serde::Serialize for DataLocation {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for DataLocation {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        text.parse().map_err(serde::de::Error::custom)
     }
 }
 

@@ -7,6 +7,7 @@ pub mod local;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use serde_with::{DeserializeFromStr, SerializeDisplay};
 
 pub use local::LocalPlatform;
 
@@ -35,8 +36,11 @@ pub trait Platform: Send + Sync {
 }
 
 /// Where workers run: the `platform` field and `--platform` flag, chosen once when a job
-/// (or a bench) starts and carried to the workers as a [`PlatformSpec`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+/// (or a bench) starts and carried to the workers as a [`PlatformSpec`]. Serialised as its
+/// name.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, SerializeDisplay, DeserializeFromStr,
+)]
 pub enum PlatformChoice {
     /// `local`: processes of the `lambdaml` binary on this machine.
     #[default]
@@ -59,20 +63,6 @@ impl std::fmt::Display for PlatformChoice {
         match self {
             PlatformChoice::Local => f.write_str("local"),
         }
-    }
-}
-
-impl Serialize for PlatformChoice {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for PlatformChoice {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
     }
 }
 

@@ -142,3 +142,23 @@ fn a_partition_location_with_the_wrong_worker_count_is_explained() {
         "{err}"
     );
 }
+
+/// A channel or data location that cannot be understood is refused where it enters (the flag
+/// or the config file), before anything runs, saying what is expected.
+#[test]
+fn bad_locations_are_refused_where_they_enter() {
+    let dir = scratch();
+    let err = train_fails(dir.path(), &["--channel", "ftp://host/x"]);
+    assert!(err.contains("unknown scheme 'ftp'"), "{err}");
+    let err = train_fails(dir.path(), &["--data", "http://host/data.svm"]);
+    assert!(err.contains("'http://' is not supported"), "{err}");
+    let config = dir.path().join("job.toml");
+    std::fs::write(&config, "channel = \"memcached://h:1?size=3\"\n").unwrap();
+    let err = train_fails(dir.path(), &["--config", config.to_str().unwrap()]);
+    assert!(
+        err.contains("job.toml") && err.contains("unknown option 'size=3'"),
+        "{err}"
+    );
+    let err = train_fails(dir.path(), &["--platform", "lambda"]);
+    assert!(err.contains("unknown platform 'lambda'"), "{err}");
+}

@@ -1,9 +1,9 @@
 //! One worker invocation: load the partition, resume from a checkpoint if told to, train
 //! round after round, and before the invocation's deadline checkpoint and re-invoke itself.
 //!
-//! [`Session`] holds what every model shares (channel, the collective, deadline,
-//! checkpoint, records); [`train`] is the one training loop, driving any
-//! [`Learner`](crate::algo::learner::Learner). A round's state is only changed after its
+//! `Session` holds what every model shares (channel, the collective, deadline,
+//! checkpoint, records); `train` is the one training loop, driving any
+//! [`crate::algo::learner::Learner`]. A round's state is only changed after its
 //! collective returns, so an invocation cut off inside a collective checkpoints the state
 //! *before* the round, and its successor re-runs the round, rewriting the same keys with
 //! the same bytes.
