@@ -19,8 +19,10 @@ fn main() -> ExitCode {
         (_, 1) => "info",
         _ => "debug",
     };
-    let filter =
-        EnvFilter::try_from_env("LAMBDAML_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    // r2d2 (memcached's pools) logs every failed background connection at error level;
+    // the channel reports the failure once, with the key and the channel.
+    let filter = EnvFilter::try_from_env("LAMBDAML_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(format!("{default},r2d2=off")));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -183,6 +183,11 @@ pub trait Learner: Send {
 
     /// (training rows, validation rows) of this worker.
     fn rows(&self) -> (usize, usize);
+
+    /// What to try when the model's numbers stop being finite.
+    fn divergence_hint(&self) -> String {
+        "check the data for values too large for 32-bit floats".to_string()
+    }
 }
 
 /// Everything a learner is built from: hyper-parameters and this worker's place in the job.

@@ -238,4 +238,15 @@ impl<M: Differentiable> Learner for Optimized<M> {
     fn rows(&self) -> (usize, usize) {
         (self.train_rows.len(), self.val_rows.len())
     }
+
+    fn divergence_hint(&self) -> String {
+        let rho = match self.optim {
+            OptimKind::Admm => format!(" and rho (--rho {}): keep lr x rho well below 1", self.rho),
+            OptimKind::GradAvg | OptimKind::ModelAvg => String::new(),
+        };
+        format!(
+            "try a smaller learning rate (--lr {}){rho}, or scale the features",
+            self.lr
+        )
+    }
 }

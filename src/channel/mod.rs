@@ -132,7 +132,9 @@ pub async fn open_with(
         ChannelUrl::Memcached { hosts, item_size } => Arc::new(Checked::new(
             memcached::open(&name, hosts, *item_size, retry).await?,
         )),
-        ChannelUrl::Redis(u) => Arc::new(Checked::new(redis::RedisChannel::open(u, retry).await?)),
+        ChannelUrl::Redis(u) => Arc::new(Checked::new(
+            redis::RedisChannel::open(u, &name, retry).await?,
+        )),
         ChannelUrl::DynamoDb { table } => {
             Arc::new(Checked::new(dynamodb::open(&name, table, retry).await?))
         }

@@ -38,13 +38,14 @@ fn classify(e: redis::RedisError) -> BackendError {
 }
 
 impl RedisChannel {
-    /// Connects to the server of `url` (retrying while it is unreachable).
-    pub async fn open(url: &str, retry: RetryPolicy) -> Result<Self, ChannelError> {
+    /// Connects to the server of `url` (retrying while it is unreachable); `name` (the URL
+    /// without its password) names the channel in messages.
+    pub async fn open(url: &str, name: &str, retry: RetryPolicy) -> Result<Self, ChannelError> {
         let client = redis::Client::open(url).map_err(|e| ChannelError::InvalidUrl {
-            url: url.to_string(),
+            url: name.to_string(),
             message: e.to_string(),
         })?;
-        let conn = with_retries(&retry, url, "connect", "", || {
+        let conn = with_retries(&retry, name, "connect", "", || {
             let client = client.clone();
             async move {
                 tokio::time::timeout(OP_TIMEOUT, ConnectionManager::new(client))
@@ -55,7 +56,7 @@ impl RedisChannel {
         })
         .await?;
         Ok(RedisChannel {
-            url: url.to_string(),
+            url: name.to_string(),
             conn,
             retry,
         })

@@ -43,6 +43,9 @@ pub struct RetryPolicy {
     pub first_pause: Duration,
     /// Longest pause between attempts.
     pub max_pause: Duration,
+    /// Log each retry at debug level only (the final error still says everything): for
+    /// checks whose failure is reported once, such as a job's first contact with its channel.
+    pub quiet: bool,
 }
 
 impl Default for RetryPolicy {
@@ -51,6 +54,7 @@ impl Default for RetryPolicy {
             budget: Duration::from_secs(60),
             first_pause: Duration::from_millis(20),
             max_pause: Duration::from_secs(1),
+            quiet: false,
         }
     }
 }
@@ -80,7 +84,11 @@ where
                 return Ok(v);
             }
             Err(e) if e.transient && started.elapsed() + pause < policy.budget => {
-                tracing::warn!(channel, op, key, attempts, error = %e.source, "transient failure, retrying");
+                if policy.quiet {
+                    tracing::debug!(channel, op, key, attempts, error = %e.source, "transient failure, retrying");
+                } else {
+                    tracing::warn!(channel, op, key, attempts, error = %e.source, "transient failure, retrying");
+                }
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(policy.max_pause);
             }
@@ -116,6 +124,7 @@ mod tests {
             budget: Duration::from_millis(budget_ms),
             first_pause: Duration::from_millis(1),
             max_pause: Duration::from_millis(5),
+            quiet: false,
         }
     }
 

@@ -5,7 +5,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use serde_with::{DeserializeFromStr, SerializeDisplay};
+use serde_with::DeserializeFromStr;
 
 use super::ChannelError;
 
@@ -16,8 +16,12 @@ const MAX_ITEM_SIZE: usize = 1 << 30;
 /// this.
 pub const ITEM_OVERHEAD: usize = 1024;
 
-/// Where a job's workers meet: one variant per backend. Serialised as its URL text.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, SerializeDisplay, DeserializeFromStr)]
+/// Where a job's workers meet: one variant per backend.
+///
+/// A URL may carry a secret (a Redis password, `redis://:PASSWORD@host`). `Display` (every
+/// message and log) shows it as `***`; serialisation keeps it, because events must carry it
+/// to the workers; what is recorded (run folders) stores [`ChannelUrl::without_secrets`].
+#[derive(Clone, PartialEq, Eq, Hash, DeserializeFromStr)]
 pub enum ChannelUrl {
     /// `dir:PATH`: a directory (local or shared).
     Dir(PathBuf),
@@ -61,6 +65,23 @@ impl ChannelUrl {
             ChannelUrl::Memcached { .. } => "memcached",
             ChannelUrl::Redis(_) => "redis",
             ChannelUrl::DynamoDb { .. } => "dynamodb",
+        }
+    }
+
+    /// The URL with its secrets (a Redis password) replaced by `***`: what run folders
+    /// record.
+    pub fn without_secrets(&self) -> Self {
+        match self {
+            ChannelUrl::Redis(url) => ChannelUrl::Redis(redact_password(url)),
+            other => other.clone(),
+        }
+    }
+
+    /// The full text, secrets included: only for the events that carry it to workers.
+    fn text_with_secrets(&self) -> String {
+        match self {
+            ChannelUrl::Redis(url) => url.clone(),
+            other => other.to_string(),
         }
     }
 
@@ -189,9 +210,38 @@ impl fmt::Display for ChannelUrl {
                     None => Ok(()),
                 }
             }
-            ChannelUrl::Redis(url) => f.write_str(url),
+            ChannelUrl::Redis(url) => f.write_str(&redact_password(url)),
             ChannelUrl::DynamoDb { table } => write!(f, "dynamodb://{table}"),
         }
+    }
+}
+
+impl fmt::Debug for ChannelUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ChannelUrl({self})")
+    }
+}
+
+impl serde::Serialize for ChannelUrl {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text_with_secrets())
+    }
+}
+
+/// `scheme://user:PASSWORD@host...` with the password replaced by `***`.
+fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            let hidden = if userinfo.contains(':') { ":***" } else { "" };
+            format!("{scheme}://{user}{hidden}@{host}{path}")
+        }
+        None => url.to_string(),
     }
 }
 
@@ -223,6 +273,24 @@ mod tests {
                 prefix: "p".into()
             }
         );
+    }
+
+    #[test]
+    fn passwords_are_shown_nowhere_but_in_events() {
+        let url: ChannelUrl = "redis://:s3cret@h:6379/2".parse().unwrap();
+        assert_eq!(url.to_string(), "redis://:***@h:6379/2");
+        assert_eq!(format!("{url:?}"), "ChannelUrl(redis://:***@h:6379/2)");
+        assert_eq!(
+            url.without_secrets().text_with_secrets(),
+            "redis://:***@h:6379/2"
+        );
+        let json = serde_json::to_string(&url).unwrap();
+        assert_eq!(json, "\"redis://:s3cret@h:6379/2\"");
+        assert_eq!(serde_json::from_str::<ChannelUrl>(&json).unwrap(), url);
+        let user: ChannelUrl = "redis://me:pw@h:1".parse().unwrap();
+        assert_eq!(user.to_string(), "redis://me:***@h:1");
+        let plain: ChannelUrl = "redis://h:1".parse().unwrap();
+        assert_eq!(plain.to_string(), "redis://h:1");
     }
 
     #[test]

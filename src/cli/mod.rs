@@ -209,8 +209,9 @@ pub struct TrainArgs {
     /// Synchronisation pattern.
     #[arg(long, value_enum)]
     pub sync: Option<SyncMode>,
-    /// Channel URL, e.g. dir:/tmp/chan (default dir:RUNS_DIR/_channel).
-    #[arg(long)]
+    /// Channel URL, e.g. dir:/tmp/chan (default dir:RUNS_DIR/_channel). From the
+    /// environment, a URL with a password stays off the command line.
+    #[arg(long, env = "LAMBDAML_CHANNEL", hide_env_values = true)]
     pub channel: Option<ChannelUrl>,
     /// Where workers run: `local` (processes on this machine).
     #[arg(long)]
@@ -434,9 +435,14 @@ fn ps_command(cmd: PsCommand) -> anyhow::Result<()> {
             dir,
             token,
         } => {
+            // Checked before they become Durations (which panic on absurd values).
             anyhow::ensure!(
-                interval > 0.0 && expired > 0.0,
-                "--interval and --expired must be positive"
+                interval > 0.0 && interval <= 86_400.0,
+                "--interval must be between 0 and 86400 seconds, got {interval}"
+            );
+            anyhow::ensure!(
+                expired > 0.0 && expired <= 31_536_000.0,
+                "--expired must be between 0 and 31536000 seconds (a year), got {expired}"
             );
             let opts = server::ServeOptions {
                 addr,

@@ -174,7 +174,7 @@ pub async fn run(
         })
         .collect();
     Ok(BenchReport {
-        channel: url.clone(),
+        channel: url.without_secrets(),
         workers,
         size_bytes: size,
         rounds,

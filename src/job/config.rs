@@ -145,6 +145,38 @@ pub enum ConfigError {
     },
 }
 
+/// The longest time any timeout may be set to: a day (Lambda allows 15 minutes).
+pub const MAX_SECONDS: f64 = 86_400.0;
+
+/// `value` must lie in `[lo, hi]` (a NaN never does).
+fn in_range<T: PartialOrd + std::fmt::Display>(
+    name: &'static str,
+    value: T,
+    lo: T,
+    hi: T,
+) -> Result<(), ConfigError> {
+    if lo <= value && value <= hi {
+        Ok(())
+    } else {
+        Err(field(
+            name,
+            format!("must be between {lo} and {hi}, got {value}"),
+        ))
+    }
+}
+
+/// `value` must be a finite number above zero.
+fn positive(name: &'static str, value: f64) -> Result<(), ConfigError> {
+    if value.is_finite() && value > 0.0 {
+        Ok(())
+    } else {
+        Err(field(
+            name,
+            format!("must be a positive number, got {value}"),
+        ))
+    }
+}
+
 fn field(field: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError::Field {
         field,
@@ -165,25 +197,25 @@ impl JobConfig {
         })
     }
 
-    /// Checks every field; the first problem found is returned.
+    /// Checks every field; the first problem found is returned. Every number has a range,
+    /// so nothing downstream (a `Duration`, an allocation) sees an absurd value.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.workers == 0 || self.workers > 10_000 {
-            return Err(field("workers", "must be between 1 and 10000"));
+        in_range("workers", self.workers, 1, 10_000)?;
+        in_range("epochs", self.epochs, 1, 1_000_000)?;
+        in_range("batch-size", self.batch_size, 1, 100_000_000)?;
+        in_range("synth-rows", self.synth_rows, 1, 1_000_000_000)?;
+        in_range("local-epochs", self.local_epochs, 1, 10_000)?;
+        in_range("k", self.k, 1, 1_000_000)?;
+        if let Some(n) = self.features {
+            in_range("features", n, 1, 1_000_000_000)?;
         }
-        if self.epochs == 0 {
-            return Err(field("epochs", "must be at least 1"));
-        }
-        if self.batch_size == 0 {
-            return Err(field("batch-size", "must be at least 1"));
-        }
-        if !(self.lr.is_finite() && self.lr > 0.0) {
-            return Err(field(
-                "lr",
-                format!("must be a positive number, got {}", self.lr),
-            ));
-        }
+        positive("lr", self.lr as f64)?;
+        positive("rho", self.rho as f64)?;
         if !(self.lam.is_finite() && self.lam >= 0.0) {
             return Err(field("lam", format!("must be >= 0, got {}", self.lam)));
+        }
+        if !(self.tol.is_finite() && self.tol >= 0.0) {
+            return Err(field("tol", format!("must be >= 0, got {}", self.tol)));
         }
         if !(0.0..1.0).contains(&self.val_ratio) {
             return Err(field(
@@ -191,9 +223,12 @@ impl JobConfig {
                 format!("must be in [0, 1), got {}", self.val_ratio),
             ));
         }
-        if !(self.invocation_timeout.is_finite() && self.invocation_timeout >= 0.5) {
-            return Err(field("invocation-timeout", "must be at least 0.5 seconds"));
-        }
+        in_range(
+            "invocation-timeout",
+            self.invocation_timeout,
+            0.5,
+            MAX_SECONDS,
+        )?;
         if let Some(m) = self.reinvoke_margin
             && !(m.is_finite() && m > 0.0 && m < self.invocation_timeout)
         {
@@ -202,28 +237,15 @@ impl JobConfig {
                 "must be positive and below the invocation timeout",
             ));
         }
-        if !(self.wait_timeout.is_finite() && self.wait_timeout > 0.0) {
-            return Err(field("wait-timeout", "must be positive"));
-        }
+        positive("wait-timeout", self.wait_timeout)?;
+        in_range("wait-timeout", self.wait_timeout, 0.0, MAX_SECONDS)?;
         if self.data.is_none() && self.synth_rows < self.workers {
             return Err(field(
                 "synth-rows",
                 "must be at least the number of workers",
             ));
         }
-        if !(self.rho.is_finite() && self.rho > 0.0) {
-            return Err(field("rho", "must be positive"));
-        }
-        if self.local_epochs == 0 {
-            return Err(field("local-epochs", "must be at least 1"));
-        }
-        if !(self.tol.is_finite() && self.tol >= 0.0) {
-            return Err(field("tol", "must be >= 0"));
-        }
         if self.model.is_clustering() {
-            if self.k == 0 {
-                return Err(field("k", "must be at least 1"));
-            }
             if self.optim == OptimKind::Admm {
                 return Err(field(
                     "optim",
@@ -264,9 +286,6 @@ impl JobConfig {
             }
             (SyncMode::Ps, Some(_)) | (_, None) => {}
             (_, Some(_)) => return Err(field("ps-addr", "only used with --sync ps")),
-        }
-        if self.features == Some(0) {
-            return Err(field("features", "must be at least 1"));
         }
         Ok(())
     }
@@ -321,6 +340,29 @@ mod tests {
                 .starts_with("invalid lr")
         );
         assert!(JobConfig::default().validate().is_ok());
+    }
+
+    #[test]
+    fn absurd_numbers_are_refused_before_they_are_used() {
+        type Spoil = fn(&mut JobConfig);
+        let bad: [(&str, Spoil); 8] = [
+            ("wait-timeout", |c| c.wait_timeout = 1e30),
+            ("wait-timeout", |c| c.wait_timeout = f64::NAN),
+            ("invocation-timeout", |c| c.invocation_timeout = 1e30),
+            ("invocation-timeout", |c| {
+                c.invocation_timeout = f64::INFINITY
+            }),
+            ("epochs", |c| c.epochs = u32::MAX),
+            ("batch-size", |c| c.batch_size = usize::MAX),
+            ("k", |c| c.k = usize::MAX),
+            ("rho", |c| c.rho = f32::NAN),
+        ];
+        for (name, spoil) in bad {
+            let mut cfg = JobConfig::default();
+            spoil(&mut cfg);
+            let err = cfg.validate().unwrap_err().to_string();
+            assert!(err.starts_with(&format!("invalid {name}")), "{name}: {err}");
+        }
     }
 
     #[test]

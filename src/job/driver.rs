@@ -68,7 +68,12 @@ pub async fn run(mut cfg: JobConfig, ui: &dyn JobProgress) -> anyhow::Result<Job
     let run_dir = cfg.runs_dir.join(&job_id);
     std::fs::create_dir_all(&run_dir)
         .with_context(|| format!("creating the run folder {}", run_dir.display()))?;
-    if let Ok(text) = toml::to_string(&cfg) {
+    // The record of the job, without its secrets (the token is never serialised).
+    let recorded = JobConfig {
+        channel: cfg.channel.as_ref().map(ChannelUrl::without_secrets),
+        ..cfg.clone()
+    };
+    if let Ok(text) = toml::to_string(&recorded) {
         let _ = std::fs::write(run_dir.join("config.toml"), text);
     }
 
@@ -98,8 +103,14 @@ async fn run_prepared(
         Some(BinaryLabels::from_distinct(&data.manifest.labels)?)
     };
     let steps_per_epoch = plan::steps_per_epoch(&data.manifest, cfg.val_ratio, cfg.batch_size)?;
+    // A channel that never answers fails the job here, in seconds, with one message; only
+    // a channel that worked and then went away is retried for as long as a worker waits.
+    let first_contact = channel::open_with(channel_url, FIRST_CONTACT)
+        .await
+        .with_context(|| format!("the channel {channel_url} is not usable"))?;
+    probe(first_contact.as_ref(), job_id).await?;
+    drop(first_contact);
     let channel = channel::open_with(channel_url, retry_policy(cfg)).await?;
-    probe(channel.as_ref(), job_id).await?;
     let ps = match &cfg.ps_addr {
         Some(addr) => {
             let mut c = PsClient::connect(addr, cfg.ps_token.as_deref()).await?;
@@ -177,7 +188,7 @@ async fn run_prepared(
 /// Checks the channel is usable before any worker starts.
 async fn probe(ch: &dyn Channel, job_id: &str) -> anyhow::Result<()> {
     let key = format!("{job_id}/control/probe");
-    let fail = || "the channel is not usable";
+    let fail = || format!("the channel {} is not usable", ch.url());
     ch.put(&key, bytes::Bytes::from_static(b"probe"))
         .await
         .with_context(fail)?;
@@ -369,6 +380,14 @@ async fn delete_job_keys(
     Ok(())
 }
 
+/// How long the driver tries to reach the channel before any worker starts.
+const FIRST_CONTACT: channel::RetryPolicy = channel::RetryPolicy {
+    budget: Duration::from_secs(10),
+    first_pause: Duration::from_millis(20),
+    max_pause: Duration::from_secs(1),
+    quiet: true,
+};
+
 /// Channel operations are retried for as long as a worker would wait for a peer.
 pub fn retry_policy(cfg: &JobConfig) -> channel::RetryPolicy {
     channel::RetryPolicy {
@@ -377,12 +396,30 @@ pub fn retry_policy(cfg: &JobConfig) -> channel::RetryPolicy {
     }
 }
 
+/// A job id: readable (time, model, optimizer, sync mode) and unique in practice, since two
+/// jobs may share a channel and start in the same second: with 64 random bits, even a
+/// million jobs started in one second collide with a probability of about 3 in 100 million.
 fn new_job_id(cfg: &JobConfig) -> String {
     let now = chrono::Local::now().format("%Y%m%d-%H%M%S");
-    let salt: u16 = rand::random();
-    format!("{now}-{}-{}-{}-{salt:04x}", cfg.model, cfg.optim, cfg.sync)
+    let salt: u64 = rand::random();
+    format!("{now}-{}-{}-{}-{salt:016x}", cfg.model, cfg.optim, cfg.sync)
 }
 
 fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
     std::path::absolute(p).with_context(|| format!("resolving {}", p.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_ids_started_in_the_same_second_do_not_collide() {
+        let cfg = JobConfig::default();
+        let ids: std::collections::HashSet<String> =
+            (0..20_000).map(|_| new_job_id(&cfg)).collect();
+        assert_eq!(ids.len(), 20_000);
+        let id = ids.iter().next().unwrap();
+        assert!(channel::validate_key(&format!("{id}/worker/result/9999")).is_ok());
+    }
 }

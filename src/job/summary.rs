@@ -235,7 +235,7 @@ pub fn summarize(
             cfg.optim.to_string()
         },
         sync: cfg.sync.to_string(),
-        channel: spec.channel.clone(),
+        channel: spec.channel.without_secrets(),
         workers: cfg.workers,
         epochs: cfg.epochs,
         batch_size: cfg.batch_size,

@@ -162,3 +162,88 @@ fn bad_locations_are_refused_where_they_enter() {
     let err = train_fails(dir.path(), &["--platform", "lambda"]);
     assert!(err.contains("unknown platform 'lambda'"), "{err}");
 }
+
+/// Absurd numbers are refused by validation, never reach a `Duration` and never panic.
+#[test]
+fn absurd_numbers_fail_validation_instead_of_panicking() {
+    let dir = scratch();
+    for (flag, value) in [
+        ("--wait-timeout", "1e30"),
+        ("--invocation-timeout", "1e30"),
+        ("--epochs", "4294967295"),
+    ] {
+        let err = train_fails(dir.path(), &[flag, value]);
+        let name = flag.trim_start_matches("--");
+        assert!(err.contains(&format!("invalid {name}")), "{flag}: {err}");
+    }
+    let out =
+        output(lambdaml().args(["ps", "serve", "--addr", "127.0.0.1:0", "--interval", "1e30"]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--interval must be between"), "{stderr}");
+}
+
+/// A model that diverges fails the job, saying which epoch and what to try, instead of
+/// being reported as trained.
+#[test]
+fn a_diverged_model_fails_the_job() {
+    let dir = scratch();
+    let err = train_fails(
+        dir.path(),
+        &[
+            "--synth-rows",
+            "4000",
+            "--workers",
+            "2",
+            "--epochs",
+            "3",
+            "--lr",
+            "1e30",
+        ],
+    );
+    assert!(
+        err.contains("the model diverged in epoch 1")
+            && err.contains("--lr 1000000000000000000000000000000"),
+        "{err}"
+    );
+}
+
+/// A channel that was never reachable fails the job at its start with one message, instead
+/// of retrying for the whole wait timeout with a warning per attempt.
+#[test]
+fn an_unreachable_channel_fails_at_start_with_one_message() {
+    let dir = scratch();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    for url in [
+        format!("redis://127.0.0.1:{port}"),
+        format!("memcached://127.0.0.1:{port}"),
+    ] {
+        let started = std::time::Instant::now();
+        let err = train_fails(
+            dir.path(),
+            &["--channel", &url, "--synth-rows", "1000", "--workers", "1"],
+        );
+        // A bound on blocking (the default wait timeout is 300 s), not a measurement.
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(120),
+            "{url}: took {:?}",
+            started.elapsed()
+        );
+        assert!(
+            err.contains(&format!("the channel {url} is not usable")),
+            "{err}"
+        );
+        assert_eq!(
+            err.lines().count(),
+            1,
+            "{url}: one message, no retry lines:\n{err}"
+        );
+    }
+}

@@ -175,3 +175,52 @@ fn partitions_are_read_from_s3() {
     assert_eq!(from_s3.digests(), from_disk.digests());
     assert_eq!(from_s3.summary["rows"], 4000);
 }
+
+/// A password in the channel URL reaches the workers (the job trains) but no file of the run
+/// folder, no log and no message: it is shown as `***` everywhere it is recorded.
+#[test]
+fn a_channel_password_is_recorded_nowhere() {
+    let secret = "pw-0d1e-secret";
+    let server = Server::redis_with_password(Some(secret));
+    let dir = scratch();
+    let out = output(
+        lambdaml()
+            .current_dir(dir.path())
+            .args([
+                "train",
+                "--json",
+                "-v",
+                "--synth-rows",
+                "2000",
+                "--workers",
+                "2",
+            ])
+            .args(["--epochs", "1", "--channel", &server.url, "--runs-dir"])
+            .arg(dir.path().join("runs")),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(summary.contains(":***@127.0.0.1"), "{summary}");
+    assert!(!summary.contains(secret) && !stderr.contains(secret));
+    for file in files_under(&dir.path().join("runs")) {
+        let bytes = std::fs::read(&file).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(secret),
+            "{} holds the password",
+            file.display()
+        );
+    }
+    // A wrong password fails the job without showing the one given.
+    let wrong = server.url.replace(secret, "not-the-password");
+    let out = output(
+        lambdaml()
+            .current_dir(dir.path())
+            .args(["train", "--quiet", "--synth-rows", "2000", "--workers", "2"])
+            .args(["--channel", &wrong, "--runs-dir"])
+            .arg(dir.path().join("runs")),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(!stderr.contains("not-the-password"), "{stderr}");
+}

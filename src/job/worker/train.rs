@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use super::{Outcome, Session};
-use crate::algo::learner::{EpochSync, Init, Learner, StepSync};
+use crate::algo::learner::{EpochSync, Init, Learner, Metrics, StepSync};
 
 pub(super) async fn train(
     s: &mut Session<'_>,
@@ -38,6 +38,13 @@ pub(super) async fn train(
             let started = Instant::now();
             let step = learner.step(&mut s.state.model, s.state.epoch, s.state.step, &mut grad);
             let compute = started.elapsed().as_secs_f64();
+            if !step.loss.is_finite() {
+                return Err(diverged(
+                    s,
+                    learner,
+                    format!("the loss of step {} is {}", s.state.step + 1, step.loss),
+                ));
+            }
             if let StepSync::Gradient { lr } = step.sync
                 && s.grad_step(&grad, lr).await?.is_none()
             {
@@ -71,6 +78,9 @@ pub(super) async fn train(
         s.state.acc.compute_s += took;
         s.state.acc.wall_s += took;
 
+        if let Some(bad) = not_finite(&metrics, &s.state.model.params) {
+            return Err(diverged(s, learner, bad));
+        }
         if let Some(prev) = s.state.history.last_mut() {
             prev.set_metrics(sync.previous);
         }
@@ -101,4 +111,31 @@ pub(super) async fn train(
     }
     let result = learner.result(&s.state.model);
     s.finish(result).await
+}
+
+/// What is not a finite number after an epoch, if anything: a diverged model must fail the
+/// job, not be reported as trained.
+fn not_finite(metrics: &Metrics, params: &[f32]) -> Option<String> {
+    let named = [
+        ("training loss", metrics.train_loss),
+        ("validation loss", metrics.val_loss),
+        ("objective", metrics.objective),
+    ];
+    if let Some((name, Some(v))) = named
+        .iter()
+        .find(|(_, v)| v.is_some_and(|v| !v.is_finite()))
+    {
+        return Some(format!("the {name} is {v}"));
+    }
+    let bad = params.iter().filter(|p| !p.is_finite()).count();
+    (bad > 0).then(|| format!("{bad} of {} parameters are not finite", params.len()))
+}
+
+/// The error of a model that diverged in the current epoch, saying what to try.
+fn diverged(s: &Session<'_>, learner: &dyn Learner, what: String) -> anyhow::Error {
+    anyhow::anyhow!(
+        "the model diverged in epoch {}: {what}; {}",
+        s.state.epoch + 1,
+        learner.divergence_hint()
+    )
 }

@@ -83,6 +83,12 @@ impl Server {
 
     /// A redis-server of its own.
     pub fn redis() -> Server {
+        Server::redis_with_password(None)
+    }
+
+    /// A redis-server of its own that wants `password` (`requirepass`), if given; its URL
+    /// carries the password.
+    pub fn redis_with_password(password: Option<&str>) -> Server {
         let port = free_port();
         let mut cmd = Command::new("redis-server");
         cmd.args([
@@ -95,7 +101,14 @@ impl Server {
             "--appendonly",
             "no",
         ]);
-        Server::start(cmd, port, format!("redis://127.0.0.1:{port}"))
+        let auth = match password {
+            Some(pw) => {
+                cmd.args(["--requirepass", pw]);
+                format!(":{pw}@")
+            }
+            None => String::new(),
+        };
+        Server::start(cmd, port, format!("redis://{auth}127.0.0.1:{port}"))
     }
 
     /// Sends a signal (`STOP`, `CONT`, `KILL`) to the server.
