@@ -1,9 +1,10 @@
 //! LibSVM text format: `label idx:val idx:val ...`, indices 1-based.
 //!
 //! Accepted as in the wild: `#` comments (whole-line or trailing), blank lines, `qid:N`
-//! tokens (ignored), unsorted indices (sorted for CSR). Rejected with file and line: a label
-//! or value that is not a finite number, a token without `:`, index 0, and an index past the
-//! declared feature count.
+//! tokens (ignored), unsorted indices (sorted). Rejected with file and line: a byte that is
+//! not UTF-8 (anywhere, comments included), a label or value that is not a finite number, a
+//! token without `:`, index 0, an index past the declared feature count, and an index given
+//! twice in one row (dense and sparse models would otherwise read it differently).
 
 use std::path::Path;
 
@@ -102,6 +103,39 @@ pub fn parse_line(
     Ok(Some(label))
 }
 
+/// One line of a file as text, or where it stops being UTF-8.
+pub fn line_text(bytes: &[u8]) -> Result<&str, LineError> {
+    std::str::from_utf8(bytes).map_err(|e| {
+        let at = e.valid_up_to();
+        LineError::Malformed(format!(
+            "byte 0x{:02x} at column {} is not UTF-8 (LibSVM files are text)",
+            bytes[at],
+            at + 1
+        ))
+    })
+}
+
+/// Parses one line into `row` (0-based indices, sorted, each at most once) and returns its
+/// label, `None` for blank and comment-only lines.
+pub fn parse_row(
+    line: &str,
+    n_features: Option<usize>,
+    row: &mut Vec<(u32, f32)>,
+) -> Result<Option<f32>, LineError> {
+    row.clear();
+    let label = parse_line(line, n_features, |i, v| row.push((i, v)))?;
+    if !row.windows(2).all(|w| w[0].0 < w[1].0) {
+        row.sort_by_key(|&(i, _)| i);
+        if let Some(w) = row.windows(2).find(|w| w[0].0 == w[1].0) {
+            return Err(LineError::Malformed(format!(
+                "feature index {} appears more than once in the row",
+                w[0].0 + 1
+            )));
+        }
+    }
+    Ok(label)
+}
+
 fn parse_finite(s: &str) -> Option<f32> {
     s.parse::<f32>().ok().filter(|v| v.is_finite())
 }
@@ -110,6 +144,17 @@ fn parse_finite(s: &str) -> Option<f32> {
 /// `path` only names the source in errors.
 pub fn parse_text(
     text: &str,
+    path: &Path,
+    n_features: usize,
+    layout: Layout,
+) -> Result<Dataset, DataError> {
+    parse_bytes(text.as_bytes(), path, n_features, layout)
+}
+
+/// Parses the bytes of a LibSVM file (checking each line is UTF-8) into a dataset with
+/// exactly `n_features` columns. `path` only names the source in errors.
+pub fn parse_bytes(
+    bytes: &[u8],
     path: &Path,
     n_features: usize,
     layout: Layout,
@@ -123,10 +168,10 @@ pub fn parse_text(
         n_features,
         ..CsrMatrix::default()
     };
-    let mut row_buf: Vec<(u32, f32)> = Vec::new();
-    for (lineno, line) in text.lines().enumerate() {
-        row_buf.clear();
-        let parsed = parse_line(line, Some(n_features), |i, v| row_buf.push((i, v)));
+    let mut row: Vec<(u32, f32)> = Vec::new();
+    for (lineno, line) in bytes.split(|&b| b == b'\n').enumerate() {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let parsed = line_text(line).and_then(|line| parse_row(line, Some(n_features), &mut row));
         let label = match parsed {
             Ok(Some(label)) => label,
             Ok(None) => continue,
@@ -143,16 +188,13 @@ pub fn parse_text(
             Layout::Dense => {
                 let start = dense.values.len();
                 dense.values.resize(start + n_features, 0.0);
-                let row = &mut dense.values[start..];
-                for &(i, v) in &row_buf {
-                    row[i as usize] = v;
+                let dense_row = &mut dense.values[start..];
+                for &(i, v) in &row {
+                    dense_row[i as usize] = v;
                 }
             }
             Layout::Sparse => {
-                if !row_buf.is_sorted_by_key(|&(i, _)| i) {
-                    row_buf.sort_by_key(|&(i, _)| i);
-                }
-                for &(i, v) in &row_buf {
+                for &(i, v) in &row {
                     if v != 0.0 {
                         csr.indices.push(i);
                         csr.values.push(v);
@@ -171,8 +213,8 @@ pub fn parse_text(
 
 /// Reads and parses a LibSVM file.
 pub fn read_file(path: &Path, n_features: usize, layout: Layout) -> Result<Dataset, DataError> {
-    let text = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;
-    parse_text(&text, path, n_features, layout)
+    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    parse_bytes(&bytes, path, n_features, layout)
 }
 
 #[cfg(test)]
@@ -184,6 +226,39 @@ mod tests {
     fn parse(line: &str, n: Option<usize>) -> Result<Option<Row>, LineError> {
         let mut feats = Vec::new();
         parse_line(line, n, |i, v| feats.push((i, v))).map(|l| l.map(|l| (l, feats)))
+    }
+
+    #[test]
+    fn a_repeated_index_is_refused_whatever_the_layout_and_order() {
+        for text in ["1 2:1 2:3\n", "1 3:1 1:2 3:5\n"] {
+            for layout in [Layout::Dense, Layout::Sparse] {
+                let err = parse_text(text, Path::new("f.svm"), 4, layout)
+                    .unwrap_err()
+                    .to_string();
+                assert!(
+                    err.starts_with("f.svm:1:") && err.contains("appears more than once"),
+                    "{err}"
+                );
+            }
+        }
+        // Unsorted but distinct indices are fine, and read the same in both layouts.
+        let dense = parse_text("1 3:1 1:2\n", Path::new("f"), 3, Layout::Dense).unwrap();
+        let Features::Dense(m) = dense.features else {
+            panic!()
+        };
+        assert_eq!(m.values, vec![2.0, 0.0, 1.0]);
+    }
+
+    #[test]
+    fn a_byte_that_is_not_utf8_is_named_by_line_and_column() {
+        let bytes = b"1 1:1\n0 1:2 # caf\xe9\n1 2:1\n";
+        let err = parse_bytes(bytes, Path::new("f.svm"), 2, Layout::Dense)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("f.svm:2:") && err.contains("byte 0xe9 at column 12"),
+            "{err}"
+        );
     }
 
     #[test]

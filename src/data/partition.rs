@@ -106,12 +106,13 @@ pub fn split_file(
     let mut rows = vec![0usize; parts];
     let mut scan = Scan::default();
     let mut reader = BufReader::with_capacity(1 << 20, file);
-    let mut line = String::new();
+    let mut line: Vec<u8> = Vec::new();
+    let mut row: Vec<(u32, f32)> = Vec::new();
     let (mut lineno, mut next, mut consumed) = (0usize, 0usize, 0u64);
     loop {
         line.clear();
         let n = reader
-            .read_line(&mut line)
+            .read_until(b'\n', &mut line)
             .map_err(|e| DataError::io(src, e))?;
         if n == 0 {
             break;
@@ -121,22 +122,22 @@ pub fn split_file(
         if lineno % 8192 == 0 {
             progress(consumed);
         }
-        let mut nnz = 0u64;
-        let mut max_index = scan.max_index;
-        let parsed = libsvm::parse_line(&line, n_features, |i, _| {
-            nnz += 1;
-            max_index = max_index.max(i as usize + 1);
-        });
+        let parsed =
+            libsvm::line_text(&line).and_then(|text| libsvm::parse_row(text, n_features, &mut row));
         let label = match parsed {
             Ok(Some(label)) => label,
             Ok(None) => continue,
             Err(e) => return Err(parse_error(src, lineno, e)),
         };
-        scan.max_index = max_index;
+        let nnz = row.len() as u64;
+        if let Some(&(last, _)) = row.last() {
+            scan.max_index = scan.max_index.max(last as usize + 1);
+        }
         scan.nnz += nnz;
         scan.saw_label(label);
         let w = &mut writers[next];
-        w.write_all(line.trim_end_matches(['\n', '\r']).as_bytes())
+        let text = line.strip_suffix(b"\n").unwrap_or(&line);
+        w.write_all(text.strip_suffix(b"\r").unwrap_or(text))
             .and_then(|_| w.write_all(b"\n"))
             .map_err(|e| DataError::io(part_path(out, next, parts), e))?;
         rows[next] += 1;

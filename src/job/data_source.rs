@@ -56,10 +56,8 @@ pub async fn load_partition(
         .get(&name)
         .await?
         .with_context(|| format!("{location}/{name} not found"))?;
-    let text = std::str::from_utf8(&bytes)
-        .with_context(|| format!("{location}/{name} is not UTF-8 text"))?;
-    Ok(libsvm::parse_text(
-        text,
+    Ok(libsvm::parse_bytes(
+        &bytes,
         Path::new(&format!("{location}/{name}")),
         n_features,
         layout,

@@ -40,6 +40,8 @@ pub struct ServeOptions {
 pub struct Service {
     store: Arc<Store>,
     started: Instant,
+    /// Where snapshots are written, if anywhere: a dropped job's go with it.
+    dir: Option<PathBuf>,
 }
 
 fn status(e: StoreError) -> Status {
@@ -267,6 +269,10 @@ impl ParameterServer for Service {
         if !gone.is_empty() {
             tracing::info!(%job, models = gone.len(), "job dropped");
         }
+        // A finished job's snapshots would otherwise be loaded again by a restarted server.
+        if let Some(dir) = &self.dir {
+            remove_snapshots(dir, &gone);
+        }
         Ok(Response::new(proto::DropJobReply {
             dropped: gone.len() as u32,
         }))
@@ -291,14 +297,18 @@ fn snapshot_path(dir: &Path, job: &str, name: &str) -> PathBuf {
     dir.join(job).join(format!("{name}.model"))
 }
 
+/// Removes the snapshot files of `gone` models, and their job folders once empty.
+fn remove_snapshots(dir: &Path, gone: &[(String, String)]) {
+    for (job, name) in gone {
+        let _ = std::fs::remove_file(snapshot_path(dir, job, name));
+        let _ = std::fs::remove_dir(dir.join(job));
+    }
+}
+
 /// Writes the snapshot of every model changed since the last one; removes the files of
 /// models no longer held.
 fn write_snapshots(store: &Store, dir: &Path, gone: &[(String, String)]) -> anyhow::Result<usize> {
-    for (job, name) in gone {
-        let path = snapshot_path(dir, job, name);
-        let _ = std::fs::remove_file(&path);
-        let _ = std::fs::remove_dir(path.parent().expect("in a job dir"));
-    }
+    remove_snapshots(dir, gone);
     let mut written = 0;
     for m in store.all() {
         if !m.dirty.swap(false, Ordering::Relaxed) {
@@ -317,6 +327,11 @@ fn write_snapshots(store: &Store, dir: &Path, gone: &[(String, String)]) -> anyh
         if let Err(e) = write() {
             m.dirty.store(true, Ordering::Relaxed);
             return Err(e.context(format!("writing snapshot {}", path.display())));
+        }
+        // Dropped while it was being written: its snapshot must not outlive it.
+        if store.get(&state.job, &state.name).is_err() {
+            remove_snapshots(dir, &[(state.job.clone(), state.name.clone())]);
+            continue;
         }
         written += 1;
     }
@@ -425,6 +440,7 @@ pub async fn serve(
     let service = Service {
         store: store.clone(),
         started: Instant::now(),
+        dir: opts.dir.clone(),
     };
     let token = opts.token.clone();
     let auth = move |req: Request<()>| -> Result<Request<()>, Status> {

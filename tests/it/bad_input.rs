@@ -247,3 +247,43 @@ fn an_unreachable_channel_fails_at_start_with_one_message() {
         );
     }
 }
+
+/// A byte that is not UTF-8, even in a comment, and an index given twice in one row are
+/// named by file and line, for the file split on the fly and for the model alike.
+#[test]
+fn non_utf8_bytes_and_repeated_indices_are_named_by_line() {
+    let dir = scratch();
+    let latin1 = dir.path().join("latin1.svm");
+    std::fs::write(
+        &latin1,
+        b"1 1:0.5 2:1\n0 1:0.1 2:0.2 # r\xe9sum\xe9\n1 1:0.3\n",
+    )
+    .unwrap();
+    let err = train_fails(
+        dir.path(),
+        &["--data", latin1.to_str().unwrap(), "--workers", "1"],
+    );
+    assert!(
+        err.contains("latin1.svm:2:") && err.contains("is not UTF-8"),
+        "{err}"
+    );
+    let twice = dir.path().join("twice.svm");
+    std::fs::write(&twice, "1 1:0.5 2:1\n0 2:0.1 1:0.2 2:0.3\n").unwrap();
+    for model in ["lr", "sparse_lr"] {
+        let err = train_fails(
+            dir.path(),
+            &[
+                "--data",
+                twice.to_str().unwrap(),
+                "--workers",
+                "1",
+                "--model",
+                model,
+            ],
+        );
+        assert!(
+            err.contains("twice.svm:2:") && err.contains("feature index 2 appears more than once"),
+            "{model}: {err}"
+        );
+    }
+}

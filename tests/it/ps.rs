@@ -487,3 +487,38 @@ fn a_resumed_worker_refuses_a_model_the_server_lost() {
         );
     });
 }
+
+/// Dropping a finished job removes its snapshots too, so a restarted server does not load
+/// it again.
+#[test]
+fn a_dropped_job_leaves_no_snapshot_behind() {
+    let dir = scratch();
+    let snapshots = dir.path().join("ps");
+    let snapshots = snapshots.to_str().unwrap();
+    let mut server = PsServer::start(&["--dir", snapshots, "--interval", "0.2"]);
+    let rt = runtime();
+    let connect = |addr: &str| {
+        let addr = addr.to_string();
+        rt.block_on(async move { PsClient::connect(&addr, None).await.unwrap() })
+    };
+    let mut c = connect(&server.addr);
+    rt.block_on(c.register("job-done", "model", 1, 3, Some(&[1.0, 2.0, 3.0])))
+        .unwrap();
+    let file = dir.path().join("ps/job-done/model.model");
+    let t = Instant::now();
+    while !file.exists() {
+        assert!(t.elapsed() < Duration::from_secs(10), "no snapshot written");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(rt.block_on(c.drop_job("job-done")).unwrap(), 1);
+    assert!(
+        !file.exists(),
+        "the dropped job's snapshot is still on disk"
+    );
+    assert!(!dir.path().join("ps/job-done").exists());
+    std::thread::sleep(Duration::from_millis(500));
+    server.kill();
+    let server = PsServer::start(&["--dir", snapshots]);
+    let mut c = connect(&server.addr);
+    assert_eq!(rt.block_on(c.status()).unwrap().models.len(), 0);
+}
