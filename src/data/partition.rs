@@ -31,6 +31,10 @@ pub struct Manifest {
     pub n_features: usize,
     /// Highest 1-based feature index seen in the data.
     pub max_index: usize,
+    /// The 1-based line of the source that holds `max_index` (first such line), so that a
+    /// stray huge index can be found.
+    #[serde(default)]
+    pub max_index_line: Option<usize>,
     /// Total stored `index:value` pairs.
     pub nnz: u64,
     /// Distinct label values seen (at most 16).
@@ -62,6 +66,7 @@ pub fn part_path(location: &Path, index: usize, parts: usize) -> PathBuf {
 #[derive(Debug, Default)]
 struct Scan {
     max_index: usize,
+    max_index_line: Option<usize>,
     nnz: u64,
     labels: Vec<f32>,
     labels_truncated: bool,
@@ -130,8 +135,11 @@ pub fn split_file(
             Err(e) => return Err(parse_error(src, lineno, e)),
         };
         let nnz = row.len() as u64;
-        if let Some(&(last, _)) = row.last() {
-            scan.max_index = scan.max_index.max(last as usize + 1);
+        if let Some(&(last, _)) = row.last()
+            && last as usize + 1 > scan.max_index
+        {
+            scan.max_index = last as usize + 1;
+            scan.max_index_line = Some(lineno);
         }
         scan.nnz += nnz;
         scan.saw_label(label);
@@ -153,6 +161,7 @@ pub fn split_file(
         rows,
         n_features: n_features.unwrap_or(scan.max_index),
         max_index: scan.max_index,
+        max_index_line: scan.max_index_line,
         nnz: scan.nnz,
         labels: scan.labels,
         labels_truncated: scan.labels_truncated,

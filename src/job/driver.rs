@@ -103,6 +103,7 @@ async fn run_prepared(
         Some(BinaryLabels::from_distinct(&data.manifest.labels)?)
     };
     let steps_per_epoch = plan::steps_per_epoch(&data.manifest, cfg.val_ratio, cfg.batch_size)?;
+    plan::check_memory(cfg, &data.manifest, data.n_features, None)?;
     // A channel that never answers fails the job here, in seconds, with one message; only
     // a channel that worked and then went away is retried for as long as a worker waits.
     let first_contact = channel::open_with(channel_url, FIRST_CONTACT)

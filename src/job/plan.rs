@@ -162,9 +162,118 @@ pub fn steps_per_epoch(
     Ok(train.div_ceil(batch_size))
 }
 
+/// Copies of the parameter vector a worker holds at once (parameters, gradient, the
+/// collective's buffers and encoded frames, the checkpoint), a deliberate over-estimate.
+const PARAM_COPIES: u64 = 8;
+
+/// Bytes worker `worker` needs for its partition and its model, estimated from the
+/// manifest before anything is allocated.
+pub fn worker_bytes(cfg: &JobConfig, manifest: &Manifest, n_features: usize, worker: usize) -> u64 {
+    let rows = manifest.rows.get(worker).copied().unwrap_or(0) as u64;
+    let total = manifest.total_rows().max(1) as u64;
+    let data = if cfg.model.is_sparse() {
+        // Round-robin parts hold about their share of the stored pairs.
+        let nnz = manifest.nnz.saturating_mul(rows) / total;
+        nnz.saturating_mul(8)
+            .saturating_add(rows.saturating_mul(12))
+    } else {
+        rows.saturating_mul(n_features as u64 + 1).saturating_mul(4)
+    };
+    let params = if cfg.model.is_clustering() {
+        (cfg.k as u64).saturating_mul(n_features as u64 + 1)
+    } else {
+        n_features as u64 + 1
+    };
+    data.saturating_add(params.saturating_mul(4 * PARAM_COPIES))
+}
+
+/// Fails when a worker of `cfg` would need more memory than `memory_mb` gives it, saying
+/// why (which line of the data made the model this wide) and what to do, so that no worker
+/// allocates gigabytes and is killed for it. `worker`: check one worker, or all.
+pub fn check_memory(
+    cfg: &JobConfig,
+    manifest: &Manifest,
+    n_features: usize,
+    worker: Option<usize>,
+) -> anyhow::Result<()> {
+    let limit = cfg.memory_mb as u64 * 1024 * 1024;
+    let workers: Vec<usize> = match worker {
+        Some(w) => vec![w],
+        None => (0..manifest.parts).collect(),
+    };
+    let Some((w, need)) = workers
+        .into_iter()
+        .map(|w| (w, worker_bytes(cfg, manifest, n_features, w)))
+        .max_by_key(|(_, b)| *b)
+    else {
+        return Ok(());
+    };
+    if need <= limit {
+        return Ok(());
+    }
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    let wide = match manifest.max_index_line {
+        Some(line) if n_features == manifest.max_index => format!(
+            " The model has {n_features} features because of index {} on line {line} of {}.",
+            manifest.max_index, manifest.source
+        ),
+        _ => format!(" The model has {n_features} features."),
+    };
+    let sparse = if cfg.model.is_sparse() {
+        ""
+    } else {
+        ", use a sparse model (e.g. --model sparse_lr)"
+    };
+    bail!(
+        "worker {w} would need about {:.1} GiB for its {} rows and model, more than          --memory-mb {} gives it.{wide} Pass --features to bound the model{sparse}, use          more workers, or give workers more memory (--memory-mb, at most 10240).",
+        gib(need),
+        manifest.rows.get(w).copied().unwrap_or(0),
+        cfg.memory_mb
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stray_index_that_widens_a_dense_model_is_named() {
+        let m = Manifest {
+            parts: 2,
+            rows: vec![500, 500],
+            n_features: 100_000_000,
+            max_index: 100_000_000,
+            max_index_line: Some(3),
+            nnz: 20_000,
+            labels: vec![0.0, 1.0],
+            labels_truncated: false,
+            source: "data.svm".into(),
+        };
+        let cfg = JobConfig::default();
+        let err = check_memory(&cfg, &m, m.n_features, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("index 100000000 on line 3 of data.svm")
+                && err.contains("--features")
+                && err.contains("sparse_lr"),
+            "{err}"
+        );
+        // The same data as a sparse model needs its pairs and a 100M-value model: 3 GB.
+        let sparse = JobConfig {
+            model: crate::algo::ModelKind::SparseLr,
+            ..JobConfig::default()
+        };
+        assert!(check_memory(&sparse, &m, m.n_features, Some(0)).is_err());
+        assert!(check_memory(&sparse, &m, 1_000_000, Some(0)).is_ok());
+        // The default job fits easily.
+        let small = Manifest {
+            n_features: 28,
+            max_index: 28,
+            ..m
+        };
+        assert!(check_memory(&cfg, &small, 28, None).is_ok());
+    }
 
     #[test]
     fn steps_follow_the_smallest_partition() {
@@ -173,6 +282,7 @@ mod tests {
             rows: vec![1000, 999],
             n_features: 2,
             max_index: 2,
+            max_index_line: None,
             nnz: 0,
             labels: vec![0.0, 1.0],
             labels_truncated: false,

@@ -287,3 +287,29 @@ fn non_utf8_bytes_and_repeated_indices_are_named_by_line() {
         );
     }
 }
+
+/// One stray huge index in a small file would size a dense model at gigabytes per worker:
+/// the job is refused before any worker allocates, naming the line and what to do.
+#[test]
+fn a_stray_huge_index_is_refused_before_any_worker_allocates() {
+    let dir = scratch();
+    let file = dir.path().join("stray.svm");
+    let mut text = String::new();
+    for i in 0..200 {
+        text.push_str(&format!("{} 1:{} 2:0.5\n", i % 2, i as f32 / 100.0));
+    }
+    text.insert_str(0, "1 1:0.5 100000000:1\n");
+    std::fs::write(&file, text).unwrap();
+    let err = train_fails(
+        dir.path(),
+        &["--data", file.to_str().unwrap(), "--workers", "2"],
+    );
+    assert!(
+        err.contains("index 100000000 on line 1 of")
+            && err.contains("--features")
+            && err.contains("sparse_lr")
+            && err.contains("--memory-mb 2048"),
+        "{err}"
+    );
+    assert!(!err.contains("killed"), "{err}");
+}

@@ -104,6 +104,9 @@ impl<'a> Session<'a> {
         };
         let before_data = meter::snapshot();
         let manifest = data_source::read_manifest(&spec.data_location).await?;
+        // Before the partition is allocated: a worker started by anything but this driver
+        // (or on a different manifest) is checked as well.
+        super::plan::check_memory(cfg, &manifest, spec.n_features, Some(w))?;
         let data =
             data_source::load_partition(&spec.data_location, &manifest, w, spec.n_features, layout)
                 .await?;
