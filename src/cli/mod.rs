@@ -258,9 +258,15 @@ pub struct TrainArgs {
     /// Seconds before the deadline at which a worker checkpoints.
     #[arg(long)]
     pub reinvoke_margin: Option<f64>,
-    /// Seconds a worker waits for a peer before failing.
+    /// Seconds a worker waits for a peer before failing (across re-invocations).
     #[arg(long)]
     pub wait_timeout: Option<f64>,
+    /// Most invocations of one worker (a hard bound on billing).
+    #[arg(long)]
+    pub max_invocations: Option<u32>,
+    /// Seconds after which the job stops, whatever happens to its driver.
+    #[arg(long)]
+    pub max_job_seconds: Option<f64>,
     /// Where run folders go.
     #[arg(long)]
     pub runs_dir: Option<PathBuf>,
@@ -305,7 +311,9 @@ impl TrainArgs {
             tol,
             k,
             memory_mb,
-            platform
+            platform,
+            max_invocations,
+            max_job_seconds
         );
         set_opt!(
             data,

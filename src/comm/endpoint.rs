@@ -27,6 +27,10 @@ pub struct Comm {
     deadline: Option<Instant>,
     pending: Vec<Completed>,
     stats: CommStats,
+    /// Waiting already done for the current round by earlier invocations (until a wait
+    /// completes), and the total when a wait was cut off by the deadline.
+    waited_before: Duration,
+    waited_at_interrupt: Duration,
 }
 
 impl Comm {
@@ -47,6 +51,8 @@ impl Comm {
             deadline: None,
             pending: Vec::new(),
             stats: CommStats::default(),
+            waited_before: Duration::ZERO,
+            waited_at_interrupt: Duration::ZERO,
         }
     }
 
@@ -90,6 +96,17 @@ impl Comm {
     /// Restores the pending list from a checkpoint.
     pub fn restore_pending(&mut self, pending: Vec<Completed>) {
         self.pending = pending;
+    }
+
+    /// Waiting to carry to the next invocation: how long the wait cut off by the deadline
+    /// had lasted over all invocations (or the credit not yet used up).
+    pub fn waited_carried(&self) -> Duration {
+        self.waited_at_interrupt.max(self.waited_before)
+    }
+
+    /// Counts `waited` (from earlier invocations) against the next wait's timeout.
+    pub fn restore_waited(&mut self, waited: Duration) {
+        self.waited_before = waited;
     }
 
     /// Keys this worker's collectives leave behind; the driver deletes them after the job.
@@ -166,7 +183,7 @@ impl Comm {
         since: Instant,
     ) -> Result<Vec<Bytes>, CommError> {
         let started = Instant::now();
-        let limit = since + self.wait_timeout;
+        let limit = since + self.wait_timeout.saturating_sub(self.waited_before);
         let mut backoff = Backoff::new(self.channel.poll_policy());
         let mut next_abort_check = started + ABORT_CHECK_EVERY;
         let mut found: Vec<Option<Bytes>> = vec![None; keys.len()];
@@ -174,6 +191,7 @@ impl Comm {
             let missing: Vec<usize> = (0..keys.len()).filter(|&i| found[i].is_none()).collect();
             if missing.is_empty() {
                 self.stats.wait_seconds += started.elapsed().as_secs_f64();
+                self.waited_before = Duration::ZERO;
                 return Ok(found.into_iter().flatten().collect());
             }
             let asked: Vec<String> = missing.iter().map(|&i| keys[i].0.clone()).collect();
@@ -191,13 +209,14 @@ impl Comm {
             let (key, worker) = &keys[found.iter().position(Option::is_none).expect("one missing")];
             let now = Instant::now();
             if self.deadline.is_some_and(|d| now >= d) {
+                self.waited_at_interrupt = self.waited_before + (now - since);
                 return Err(CommError::Interrupted { key: key.clone() });
             }
             if now >= limit {
                 return Err(CommError::Timeout {
                     key: key.clone(),
                     worker: *worker,
-                    waited: now - since,
+                    waited: self.waited_before + (now - since),
                 });
             }
             if now >= next_abort_check {

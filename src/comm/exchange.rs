@@ -147,10 +147,13 @@ impl<E: Exchange> Collective for OverChannel<E> {
         CollectiveState {
             pending: self.comm.pending().to_vec(),
             last_pushed: Vec::new(),
+            waited_s: self.comm.waited_carried().as_secs_f64(),
         }
     }
 
     fn restore(&mut self, state: CollectiveState) {
+        self.comm
+            .restore_waited(super::carried_wait(state.waited_s));
         self.comm.restore_pending(state.pending);
     }
 

@@ -177,6 +177,16 @@ pub struct CollectiveState {
     /// Parameter server: the round this worker last pushed to each server model, so the
     /// next invocation's first push still lets the server detect rounds it lost.
     pub last_pushed: Vec<(String, u64)>,
+    /// Seconds already spent waiting for the round the invocation was cut off in: the
+    /// re-run of that round may only wait for what is left of the wait timeout, so a dead
+    /// peer fails the job after `wait_timeout` however often the waiter re-invokes itself.
+    #[serde(default)]
+    pub waited_s: f64,
+}
+
+/// The time already waited, as carried in a [`CollectiveState`] (garbage counts as none).
+fn carried_wait(waited_s: f64) -> Duration {
+    Duration::try_from_secs_f64(waited_s).unwrap_or_default()
 }
 
 /// Errors of a collective.

@@ -39,6 +39,10 @@ pub struct PsCollective {
     registered: HashSet<String>,
     /// The round this invocation last pushed to each model.
     last_pushed: HashMap<String, u64>,
+    /// Waiting already done for the current round by earlier invocations (until a pull
+    /// succeeds), and the total when a wait was cut off by the deadline.
+    waited_before: Duration,
+    waited_at_interrupt: Duration,
     stats: CommStats,
 }
 
@@ -61,6 +65,8 @@ impl PsCollective {
             registered: HashSet::new(),
             last_pushed: HashMap::new(),
             stats: CommStats::default(),
+            waited_before: Duration::ZERO,
+            waited_at_interrupt: Duration::ZERO,
         })
     }
 
@@ -119,9 +125,11 @@ impl PsCollective {
         let since = Instant::now();
         let mut next_abort_check = since + PULL_SLICE;
         let what = || format!("ps:{name}@{round}");
+        let waited = |since: Instant, before: Duration| before + since.elapsed();
         loop {
             let now = Instant::now();
             if self.deadline.is_some_and(|d| now >= d) {
+                self.waited_at_interrupt = waited(since, self.waited_before);
                 return Err(CommError::Interrupted { key: what() });
             }
             if now >= next_abort_check {
@@ -146,12 +154,14 @@ impl PsCollective {
             if let Some(p) = pulled {
                 self.stats.bytes_in += p.values.len() as u64 * 4;
                 self.stats.wait_seconds += since.elapsed().as_secs_f64();
+                self.waited_before = Duration::ZERO;
                 return Ok(p.values);
             }
-            if since.elapsed() >= self.wait_timeout {
-                // One last pull whose error says how many workers pushed.
+            let total = waited(since, self.waited_before);
+            if total >= self.wait_timeout {
+                // One last look at the server, for an error naming who did not push.
                 let c = self.client.clone();
-                return Err(timeout_error(c, &job, name, round, since.elapsed()).await);
+                return Err(timeout_error(c, &job, name, round, total).await);
             }
         }
     }
@@ -237,10 +247,15 @@ impl Collective for PsCollective {
         CollectiveState {
             pending: Vec::new(),
             last_pushed,
+            waited_s: self
+                .waited_at_interrupt
+                .max(self.waited_before)
+                .as_secs_f64(),
         }
     }
 
     fn restore(&mut self, state: CollectiveState) {
+        self.waited_before = super::carried_wait(state.waited_s);
         self.last_pushed.extend(state.last_pushed);
     }
 

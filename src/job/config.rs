@@ -70,8 +70,15 @@ pub struct JobConfig {
     /// Seconds before the deadline at which a worker checkpoints; default 10% of the timeout,
     /// between 0.2 s and 60 s.
     pub reinvoke_margin: Option<f64>,
-    /// Seconds a worker waits for a peer before the job fails.
+    /// Seconds a worker waits for a peer before the job fails, counted across
+    /// re-invocations.
     pub wait_timeout: f64,
+    /// Most invocations of one worker (1 + re-invocations): a hard bound on what a job can
+    /// bill, whatever happens to its driver.
+    pub max_invocations: u32,
+    /// Seconds after its start at which a job stops, whatever happens to its driver: no
+    /// worker invocation starts or re-invokes itself after that.
+    pub max_job_seconds: f64,
     /// Where run folders (`runs/<job-id>/`) are written.
     pub runs_dir: PathBuf,
     /// Memory of a worker function in MB (Lambda: 128 to 10240); the cost model bills
@@ -115,6 +122,8 @@ impl Default for JobConfig {
             invocation_timeout: 900.0,
             reinvoke_margin: None,
             wait_timeout: 300.0,
+            max_invocations: 1000,
+            max_job_seconds: 86_400.0,
             runs_dir: PathBuf::from("runs"),
             memory_mb: 2048,
             prices: None,
@@ -239,6 +248,13 @@ impl JobConfig {
         }
         positive("wait-timeout", self.wait_timeout)?;
         in_range("wait-timeout", self.wait_timeout, 0.0, MAX_SECONDS)?;
+        in_range("max-invocations", self.max_invocations, 1, 1_000_000)?;
+        in_range(
+            "max-job-seconds",
+            self.max_job_seconds,
+            1.0,
+            30.0 * MAX_SECONDS,
+        )?;
         if self.data.is_none() && self.synth_rows < self.workers {
             return Err(field(
                 "synth-rows",

@@ -30,6 +30,9 @@ pub struct JobSpec {
     pub steps_per_epoch: usize,
     /// How to invoke a worker again.
     pub platform: PlatformSpec,
+    /// When the driver started the job (milliseconds since the Unix epoch): the job's life
+    /// (`max_job_seconds`) is counted from it.
+    pub started_unix_ms: u64,
     /// The parameter server's token (`--sync ps`), kept out of `config` so that it is never
     /// written to the run folder.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -33,6 +33,8 @@ pub enum Outcome {
     Finished,
     /// The deadline was near: checkpointed and re-invoked.
     Reinvoked,
+    /// A re-invocation found the job aborted and stopped without doing anything.
+    Aborted,
 }
 
 /// Runs one invocation. On error, a failure record is left for the driver (best effort).
@@ -42,8 +44,20 @@ pub async fn run(event: WorkerEvent, deadline: Option<SystemTime>) -> anyhow::Re
     let spec = &event.job;
     let channel =
         channel::open_with(&spec.channel, super::driver::retry_policy(&spec.config)).await?;
+    // A re-invocation of an aborted job stops here: its predecessor may have been cut off
+    // before it could see the flag (short invocations rarely wait long enough to look).
+    if event.resume
+        && channel
+            .get(&crate::comm::Keys::new(&spec.job_id).abort())
+            .await?
+            .is_some()
+    {
+        tracing::info!("the job was aborted: not resuming");
+        return Ok(Outcome::Aborted);
+    }
     let mut session = None;
     let result = async {
+        within_bounds(&event, event.invocation)?;
         let (s, mut learner) =
             Session::start(&event, channel.clone(), deadline, started, usage_base).await?;
         train::train(session.insert(s), learner.as_mut()).await
@@ -313,6 +327,7 @@ impl<'a> Session<'a> {
             billed_s: self.state.billed_s + billed(self.started),
             ..self.state.clone()
         };
+        within_bounds(self.event, self.event.invocation + 1)?;
         records::put(self.channel.as_ref(), &key, &snapshot)
             .await
             .context("writing the checkpoint")?;
@@ -356,6 +371,32 @@ impl<'a> Session<'a> {
         tracing::info!("worker finished");
         Ok(Outcome::Finished)
     }
+}
+
+/// Fails when invocation `invocation` (0-based) of the event's worker may not run: past the
+/// job's `max_invocations`, or past its `max_job_seconds` since the driver started it. These
+/// bounds hold whatever happens to the driver, so nothing runs or bills forever.
+fn within_bounds(event: &WorkerEvent, invocation: u32) -> anyhow::Result<()> {
+    let cfg = &event.job.config;
+    if invocation >= cfg.max_invocations {
+        anyhow::bail!(
+            "worker {} reached its limit of {} invocations (--max-invocations): stopping",
+            event.worker,
+            cfg.max_invocations
+        );
+    }
+    let now_ms = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let age_s = now_ms.saturating_sub(event.job.started_unix_ms) as f64 / 1e3;
+    if age_s > cfg.max_job_seconds {
+        anyhow::bail!(
+            "the job started {age_s:.0} s ago, past its limit of {} s (--max-job-seconds): \
+             stopping",
+            cfg.max_job_seconds
+        );
+    }
+    Ok(())
 }
 
 /// Seconds since `started`, rounded up to the millisecond as Lambda bills.
