@@ -86,6 +86,12 @@ pub enum PsCommand {
         /// Token every call must carry (workers: --ps-token).
         #[arg(long, env = "LAMBDAML_PS_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// Largest model the server accepts, in MiB of f32 values.
+        #[arg(long, default_value_t = 1024)]
+        max_model_mb: u64,
+        /// Most memory all models together may hold, in MiB of f32 values.
+        #[arg(long, default_value_t = 8192)]
+        max_memory_mb: u64,
     },
     /// Print the models a parameter server holds: sizes, rounds, idle times.
     Status {
@@ -442,6 +448,8 @@ fn ps_command(cmd: PsCommand) -> anyhow::Result<()> {
             expired,
             dir,
             token,
+            max_model_mb,
+            max_memory_mb,
         } => {
             // Checked before they become Durations (which panic on absurd values).
             anyhow::ensure!(
@@ -458,6 +466,7 @@ fn ps_command(cmd: PsCommand) -> anyhow::Result<()> {
                 expired: std::time::Duration::from_secs_f64(expired),
                 dir,
                 token,
+                limits: server::Limits::from_mb(max_model_mb, max_memory_mb),
             };
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

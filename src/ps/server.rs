@@ -33,13 +33,53 @@ pub struct ServeOptions {
     pub dir: Option<PathBuf>,
     /// The token every call must carry.
     pub token: Option<String>,
+    /// What the server accepts and holds.
+    pub limits: Limits,
 }
+
+/// What one server accepts and holds: every length a client announces is checked against
+/// these before anything is allocated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most values one model may hold (`--max-model-mb`).
+    pub max_model_values: usize,
+    /// Most values all models together may hold (`--max-memory-mb`).
+    pub max_total_values: usize,
+}
+
+impl Limits {
+    /// The limits for `max_model_mb` per model and `max_memory_mb` in all (MiB of f32).
+    pub fn from_mb(max_model_mb: u64, max_memory_mb: u64) -> Self {
+        let values =
+            |mb: u64| usize::try_from(mb.saturating_mul(1 << 20) / 4).unwrap_or(usize::MAX);
+        Limits {
+            max_model_values: values(max_model_mb),
+            max_total_values: values(max_memory_mb),
+        }
+    }
+}
+
+/// Concurrent calls one connection may have in flight.
+const CALLS_PER_CONNECTION: usize = 64;
+
+/// Concurrent HTTP/2 streams one connection may open.
+const STREAMS_PER_CONNECTION: u32 = 128;
+
+/// The longest any call may take (a pull waits at most [`MAX_PULL_WAIT`]; a push of the
+/// largest model over a slow link fits too).
+const CALL_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// How often an idle connection is pinged, and how long the answer may take before the
+/// connection is closed: a vanished client does not hold a connection forever.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The service.
 #[derive(Debug)]
 pub struct Service {
     store: Arc<Store>,
     started: Instant,
+    limits: Limits,
     /// Where snapshots are written, if anywhere: a dropped job's go with it.
     dir: Option<PathBuf>,
 }
@@ -49,6 +89,7 @@ fn status(e: StoreError) -> Status {
         StoreError::NotFound { .. } => Status::not_found(e.to_string()),
         StoreError::Invalid(m) => Status::invalid_argument(m),
         StoreError::OutOfOrder(m) => Status::failed_precondition(m),
+        StoreError::Full(m) => Status::resource_exhausted(m),
     }
 }
 
@@ -88,26 +129,42 @@ impl Chunk for proto::PushChunk {
     }
 }
 
-/// Reads a client stream: the first header and all the values (`capacity` says how many to
-/// expect from the header).
-async fn receive<C: Chunk>(
-    mut stream: Streaming<C>,
-    capacity: impl Fn(&C::Header) -> usize,
-) -> Result<(Option<C::Header>, Vec<f32>), Status> {
-    let mut header = None;
-    let mut values = Vec::new();
+/// Reads a client stream whose first message carries the header. `expect` checks the
+/// header and says how many values the call may send (at most a model's limit), before
+/// anything is allocated; data before the header, a second header, a slice that is not whole
+/// `f32`s, or more values than expected, are refused at the message that brings them.
+async fn receive<C: Chunk, S: Stream<Item = Result<C, Status>> + Unpin>(
+    mut stream: S,
+    expect: impl FnOnce(&C::Header) -> Result<usize, Status>,
+) -> Result<(C::Header, Vec<f32>), Status> {
+    let first = stream
+        .next()
+        .await
+        .ok_or_else(|| Status::invalid_argument("an empty call: the header is missing"))??;
+    let (header, data) = first.into_parts();
+    let header = header
+        .ok_or_else(|| Status::invalid_argument("the first message must carry the header"))?;
+    let len = expect(&header)?;
+    let mut values = Vec::with_capacity(len);
+    take_values(&mut values, &data, len)?;
     while let Some(chunk) = stream.next().await {
-        let (h, data) = chunk?.into_parts();
-        if header.is_none() {
-            if let Some(h) = &h {
-                // Capped: the header is the client's word, the data is what counts.
-                values.reserve(capacity(h).min(1 << 26));
-            }
-            header = h;
+        let (again, data) = chunk?.into_parts();
+        if again.is_some() {
+            return Err(Status::invalid_argument("a call carries one header"));
         }
-        extend_from_bytes(&mut values, &data).map_err(Status::invalid_argument)?;
+        take_values(&mut values, &data, len)?;
     }
     Ok((header, values))
+}
+
+/// Appends the little-endian f32 `data` to `values`, refusing more than `len` in all.
+fn take_values(values: &mut Vec<f32>, data: &[u8], len: usize) -> Result<(), Status> {
+    if values.len() + data.len() / 4 > len {
+        return Err(Status::invalid_argument(format!(
+            "more values than the {len} announced"
+        )));
+    }
+    extend_from_bytes(values, data).map_err(Status::invalid_argument)
 }
 
 type ValuesStream = Pin<Box<dyn Stream<Item = Result<proto::ValuesChunk, Status>> + Send>>;
@@ -124,32 +181,34 @@ fn values_stream(round: Option<u64>, len: usize, chunks: Arc<Vec<bytes::Bytes>>)
     Box::pin(tokio_stream::iter(msgs))
 }
 
-#[tonic::async_trait]
-impl ParameterServer for Service {
-    async fn health(
-        &self,
-        _: Request<proto::HealthRequest>,
-    ) -> Result<Response<proto::HealthReply>, Status> {
-        Ok(Response::new(proto::HealthReply {
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            models: self.store.len() as u64,
-            uptime_s: self.started.elapsed().as_secs_f64(),
-        }))
-    }
-
-    async fn register(
-        &self,
-        req: Request<Streaming<proto::RegisterChunk>>,
-    ) -> Result<Response<proto::RegisterReply>, Status> {
-        let (header, mut values) = receive(req.into_inner(), |_| 0).await?;
-        let h = header.ok_or_else(|| Status::invalid_argument("register without a header"))?;
-        check_name("job id", &h.job)?;
-        check_name("model name", &h.name)?;
-        if h.workers == 0 {
-            return Err(Status::invalid_argument(
-                "a model needs at least one worker",
-            ));
-        }
+impl Service {
+    /// Register: a model's header, then (optionally) its initial values.
+    async fn register_stream<S>(&self, stream: S) -> Result<Response<proto::RegisterReply>, Status>
+    where
+        S: Stream<Item = Result<proto::RegisterChunk, Status>> + Unpin,
+    {
+        let limits = self.limits;
+        let store = self.store.clone();
+        let (h, mut values) = receive(stream, |h: &proto::RegisterHeader| {
+            check_name("job id", &h.job)?;
+            check_name("model name", &h.name)?;
+            if h.workers == 0 {
+                return Err(Status::invalid_argument(
+                    "a model needs at least one worker",
+                ));
+            }
+            let len = usize::try_from(h.len).unwrap_or(usize::MAX);
+            if len > limits.max_model_values {
+                return Err(Status::resource_exhausted(format!(
+                    "model '{}' of {} values is larger than this server's limit of {} \
+                     (--max-model-mb)",
+                    h.name, h.len, limits.max_model_values
+                )));
+            }
+            store.room_for(&h.job, &h.name, len).map_err(status)?;
+            Ok(len)
+        })
+        .await?;
         if values.is_empty() {
             values = vec![0.0; h.len as usize];
         } else if values.len() as u64 != h.len {
@@ -172,24 +231,68 @@ impl ParameterServer for Service {
         }))
     }
 
-    async fn push(
-        &self,
-        req: Request<Streaming<proto::PushChunk>>,
-    ) -> Result<Response<proto::PushReply>, Status> {
-        let (header, values) = receive(req.into_inner(), |h| h.len as usize).await?;
-        let h = header.ok_or_else(|| Status::invalid_argument("push without a header"))?;
+    /// Push: a header naming a held model and a round, then the values.
+    async fn push_stream<S>(&self, stream: S) -> Result<Response<proto::PushReply>, Status>
+    where
+        S: Stream<Item = Result<proto::PushChunk, Status>> + Unpin,
+    {
+        let store = self.store.clone();
+        let mut target = None;
+        let (h, values) = receive(stream, |h: &proto::PushHeader| {
+            // Refused at the header, before any of its data is read: an unknown model, or a
+            // length the model does not have.
+            let model = store.get(&h.job, &h.name).map_err(status)?;
+            let len = model.state.lock().expect("lock").values.len();
+            if h.len != len as u64 && !(h.mode == PushMode::Replace as i32 && h.len == 0) {
+                return Err(Status::invalid_argument(format!(
+                    "push of {} values to '{}', which holds {len}",
+                    h.len, h.name
+                )));
+            }
+            target = Some(model);
+            Ok(len)
+        })
+        .await?;
+        let model = target.ok_or_else(|| Status::internal("push without a model"))?;
         let mode = match PushMode::try_from(h.mode) {
             Ok(PushMode::Grad) => Mode::Grad { scale: h.scale },
             Ok(PushMode::Average) => Mode::Average,
             Ok(PushMode::Replace) => Mode::Replace,
             Err(_) => return Err(Status::invalid_argument(format!("push mode {}", h.mode))),
         };
-        let model = self.store.get(&h.job, &h.name).map_err(status)?;
         let (applied, pushed) = model
             .push(h.round, h.worker, mode, values, h.after_round)
             .map_err(status)?;
         tracing::debug!(job = %h.job, name = %h.name, round = h.round, worker = h.worker, applied, pushed, "push");
         Ok(Response::new(proto::PushReply { applied, pushed }))
+    }
+}
+
+#[tonic::async_trait]
+impl ParameterServer for Service {
+    async fn health(
+        &self,
+        _: Request<proto::HealthRequest>,
+    ) -> Result<Response<proto::HealthReply>, Status> {
+        Ok(Response::new(proto::HealthReply {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            models: self.store.len() as u64,
+            uptime_s: self.started.elapsed().as_secs_f64(),
+        }))
+    }
+
+    async fn register(
+        &self,
+        req: Request<Streaming<proto::RegisterChunk>>,
+    ) -> Result<Response<proto::RegisterReply>, Status> {
+        self.register_stream(req.into_inner()).await
+    }
+
+    async fn push(
+        &self,
+        req: Request<Streaming<proto::PushChunk>>,
+    ) -> Result<Response<proto::PushReply>, Status> {
+        self.push_stream(req.into_inner()).await
     }
 
     type PullStream = ValuesStream;
@@ -380,7 +483,7 @@ pub async fn serve(
     opts: ServeOptions,
     on_listening: impl FnOnce(std::net::SocketAddr),
 ) -> anyhow::Result<()> {
-    let store = Arc::new(Store::default());
+    let store = Arc::new(Store::with_limit(opts.limits.max_total_values));
     if let Some(dir) = &opts.dir {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let n = load_snapshots(&store, dir)?;
@@ -440,6 +543,7 @@ pub async fn serve(
     let service = Service {
         store: store.clone(),
         started: Instant::now(),
+        limits: opts.limits,
         dir: opts.dir.clone(),
     };
     let token = opts.token.clone();
@@ -467,6 +571,11 @@ pub async fn serve(
         auth,
     );
     tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(CALLS_PER_CONNECTION)
+        .max_concurrent_streams(STREAMS_PER_CONNECTION)
+        .timeout(CALL_TIMEOUT)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(svc)
         .serve_with_incoming_shutdown(
             // Small pushes and pulls must not wait for Nagle's algorithm (40 ms per round).
@@ -502,6 +611,155 @@ async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// A service holding at most 1,000 values per model and 3,000 in all.
+    fn small_service() -> Service {
+        let limits = Limits {
+            max_model_values: 1000,
+            max_total_values: 3000,
+        };
+        Service {
+            store: Arc::new(Store::with_limit(limits.max_total_values)),
+            started: Instant::now(),
+            limits,
+            dir: None,
+        }
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    fn register_chunks(
+        header: Option<proto::RegisterHeader>,
+        slices: &[usize],
+    ) -> Vec<Result<proto::RegisterChunk, Status>> {
+        slices
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| {
+                Ok(proto::RegisterChunk {
+                    header: if i == 0 { header.clone() } else { None },
+                    data: bytes::Bytes::from(vec![0u8; n]),
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn announced_sizes_are_checked_before_anything_is_allocated() {
+        let svc = small_service();
+        let header = |len: u64| proto::RegisterHeader {
+            job: "j".into(),
+            name: "m".into(),
+            workers: 1,
+            len,
+        };
+        // An enormous announced length (once an abort of the whole server) is refused.
+        let chunks = register_chunks(Some(header(u64::MAX)), &[0]);
+        let err = block_on(svc.register_stream(tokio_stream::iter(chunks))).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err}");
+        // More data than announced is refused at the chunk that brings it.
+        let chunks = register_chunks(Some(header(10)), &[40, 4]);
+        let err = block_on(svc.register_stream(tokio_stream::iter(chunks))).unwrap_err();
+        assert!(
+            err.message().contains("more values than the 10 announced"),
+            "{err}"
+        );
+        // Three models of 1,000 fit; a fourth does not.
+        for name in ["a", "b", "c", "d"] {
+            let h = proto::RegisterHeader {
+                name: name.into(),
+                ..header(1000)
+            };
+            let r =
+                block_on(svc.register_stream(tokio_stream::iter(register_chunks(Some(h), &[0]))));
+            assert_eq!(r.is_ok(), name != "d", "{name}: {r:?}");
+        }
+        assert_eq!(svc.store.total_values(), 3000);
+        // A push to a model that does not exist is refused at its header.
+        let push = proto::PushChunk {
+            header: Some(proto::PushHeader {
+                job: "j".into(),
+                name: "nope".into(),
+                len: 5,
+                ..Default::default()
+            }),
+            data: bytes::Bytes::from(vec![0u8; 20]),
+        };
+        let err = block_on(svc.push_stream(tokio_stream::iter(vec![Ok(push)]))).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::NotFound, "{err}");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// Arbitrary headers and slices never panic the server, never make it hold more than
+        /// its limit, and never leave a buffer beyond the model cap.
+        #[test]
+        fn hostile_streams_are_refused_without_panic_or_excess(
+            announced in prop_oneof![0u64..2000, any::<u64>()],
+            workers in 0u32..3,
+            slices in proptest::collection::vec(0usize..6000, 0..5),
+            header_first in any::<bool>(),
+            push_len in prop_oneof![0u64..2000, any::<u64>()],
+            mode in -1i32..4,
+            round in 0u64..3,
+            worker in 0u32..3,
+        ) {
+            let svc = small_service();
+            let header = proto::RegisterHeader {
+                job: "j".into(),
+                name: "m".into(),
+                workers,
+                len: announced,
+            };
+            let mut chunks = register_chunks(Some(header), &slices);
+            if !header_first && !chunks.is_empty() {
+                chunks.rotate_left(1);
+            }
+            let _ = block_on(svc.register_stream(tokio_stream::iter(chunks)));
+            prop_assert!(svc.store.total_values() <= 3000);
+            let pushes: Vec<Result<proto::PushChunk, Status>> = slices
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| Ok(proto::PushChunk {
+                    header: (i == 0).then(|| proto::PushHeader {
+                        job: "j".into(),
+                        name: "m".into(),
+                        round,
+                        worker,
+                        mode,
+                        scale: 1.0,
+                        len: push_len,
+                        after_round: None,
+                    }),
+                    data: bytes::Bytes::from(vec![0u8; n]),
+                }))
+                .collect();
+            let _ = block_on(svc.push_stream(tokio_stream::iter(pushes)));
+            prop_assert!(svc.store.total_values() <= 3000);
+            // The stream reader alone: whatever it is fed, its buffer stays within the cap.
+            let chunks = register_chunks(
+                Some(proto::RegisterHeader { len: announced, ..Default::default() }),
+                &slices,
+            );
+            let got = block_on(receive(tokio_stream::iter(chunks), |h: &proto::RegisterHeader| {
+                usize::try_from(h.len)
+                    .ok()
+                    .filter(|&l| l <= 1000)
+                    .ok_or_else(|| Status::resource_exhausted("too large"))
+            }));
+            if let Ok((_, values)) = got {
+                prop_assert!(values.capacity() <= 1000 && values.len() <= 1000);
+            }
+        }
+    }
 
     #[test]
     fn tokens_compare_whole() {

@@ -54,6 +54,9 @@ pub enum StoreError {
     /// The round does not fit the model's state.
     #[error("{0}")]
     OutOfOrder(String),
+    /// Holding the model would take the server past its limit.
+    #[error("{0}")]
+    Full(String),
 }
 
 /// The persistent state of one model (what a snapshot to `--dir` holds).
@@ -383,12 +386,54 @@ impl Model {
 }
 
 /// Every model the server holds, by (job, name).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Store {
     models: Mutex<HashMap<(String, String), Arc<Model>>>,
+    /// Most values all models together may hold.
+    max_total_values: usize,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Store::with_limit(usize::MAX)
+    }
 }
 
 impl Store {
+    /// A store whose models may hold at most `max_total_values` values together.
+    pub fn with_limit(max_total_values: usize) -> Self {
+        Store {
+            models: Mutex::new(HashMap::new()),
+            max_total_values,
+        }
+    }
+
+    /// Values held by all models together.
+    pub fn total_values(&self) -> usize {
+        let models = self.models.lock().expect("lock");
+        models
+            .values()
+            .map(|m| m.state.lock().expect("lock").values.len())
+            .sum()
+    }
+
+    /// Whether a new model of `len` values fits beside what is held (an existing model
+    /// always does: registering it again adds nothing).
+    pub fn room_for(&self, job: &str, name: &str, len: usize) -> Result<(), StoreError> {
+        if self.get(job, name).is_ok() {
+            return Ok(());
+        }
+        let held = self.total_values();
+        if held.saturating_add(len) > self.max_total_values {
+            return Err(StoreError::Full(format!(
+                "model '{name}' of job '{job}' needs {len} values; the server holds {held} of \
+                 its {} (--max-memory-mb)",
+                self.max_total_values
+            )));
+        }
+        Ok(())
+    }
+
     /// The model `(job, name)`.
     pub fn get(&self, job: &str, name: &str) -> Result<Arc<Model>, StoreError> {
         self.models
@@ -423,6 +468,21 @@ impl Store {
             drop(s);
             m.touch();
             return Ok((false, m.clone()));
+        }
+        // Checked again under the lock, so concurrent registrations cannot pass it together.
+        let held: usize = models
+            .values()
+            .map(|m| m.state.lock().expect("lock").values.len())
+            .sum();
+        if held.saturating_add(state.values.len()) > self.max_total_values {
+            return Err(StoreError::Full(format!(
+                "model '{}' of job '{}' needs {} values; the server holds {held} of its {} \
+                 (--max-memory-mb)",
+                state.name,
+                state.job,
+                state.values.len(),
+                self.max_total_values
+            )));
         }
         let m = Arc::new(Model::new(state));
         models.insert(key, m.clone());

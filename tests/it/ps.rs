@@ -522,3 +522,43 @@ fn a_dropped_job_leaves_no_snapshot_behind() {
     let mut c = connect(&server.addr);
     assert_eq!(rt.block_on(c.status()).unwrap().models.len(), 0);
 }
+
+/// A client that announces an enormous model, pushes to a model that does not exist, or
+/// fills the server is refused, and the server goes on serving everyone else.
+#[test]
+fn hostile_calls_are_refused_and_the_server_stays_up() {
+    let server = PsServer::start(&["--max-model-mb", "1", "--max-memory-mb", "2"]);
+    runtime().block_on(async {
+        let mut c = PsClient::connect(&server.addr, None).await.unwrap();
+        let err = c
+            .register("j", "huge", 1, usize::MAX / 8, None)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("larger than this server's limit"), "{err}");
+        let err = c
+            .push(
+                "j",
+                "absent",
+                0,
+                0,
+                Mode::Average,
+                &vec![1.0; 100_000],
+                None,
+            )
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no model 'absent'"), "{err}");
+        let quarter = 1 << 18; // 1 MiB of f32
+        c.register("j", "a", 1, quarter, None).await.unwrap();
+        c.register("j", "b", 1, quarter, None).await.unwrap();
+        let err = c
+            .register("j", "c", 1, quarter, None)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--max-memory-mb"), "{err}");
+        assert_eq!(c.status().await.unwrap().models.len(), 2);
+    });
+}
