@@ -26,6 +26,12 @@ pub struct Comm {
     wait_timeout: Duration,
     deadline: Option<Instant>,
     pending: Vec<Completed>,
+    /// Keys this worker wrote, with their round, that no worker's `pending` may cover yet:
+    /// a worker that fails reports them, so a round cut off by a failure leaves nothing.
+    /// Dropped once every worker is provably past their round (see `after_full_gather`).
+    written: Vec<(u64, String)>,
+    /// The round of the collective in progress (what `put` files its key under).
+    round: u64,
     stats: CommStats,
     /// Waiting already done for the current round by earlier invocations (until a wait
     /// completes), and the total when a wait was cut off by the deadline.
@@ -50,6 +56,8 @@ impl Comm {
             wait_timeout,
             deadline: None,
             pending: Vec::new(),
+            written: Vec::new(),
+            round: 0,
             stats: CommStats::default(),
             waited_before: Duration::ZERO,
             waited_at_interrupt: Duration::ZERO,
@@ -109,9 +117,22 @@ impl Comm {
         self.waited_before = waited;
     }
 
-    /// Keys this worker's collectives leave behind; the driver deletes them after the job.
+    /// Keys written that may not be covered by any worker's pending rounds yet, with their
+    /// rounds (carried in checkpoints).
+    pub fn written(&self) -> &[(u64, String)] {
+        &self.written
+    }
+
+    /// Takes up what [`Self::written`] returned in the previous invocation.
+    pub fn restore_written(&mut self, written: Vec<(u64, String)>) {
+        self.written = written;
+    }
+
+    /// Keys this worker's collectives leave behind, those of a collective cut off by a
+    /// failure included; the driver deletes them after the job.
     pub fn residual_keys(&self) -> Vec<String> {
         let mut keys: Vec<String> = self.pending.iter().flat_map(|c| self.owned(*c)).collect();
+        keys.extend(self.written.iter().map(|(_, k)| k.clone()));
         keys.sort();
         keys.dedup();
         keys
@@ -148,6 +169,10 @@ impl Comm {
     /// Called once this worker has seen all `n` contributions of a round: every worker is
     /// past the pending rounds, so their keys can go.
     async fn after_full_gather(&mut self) -> Result<(), CommError> {
+        // Every worker finished the earlier rounds: their keys are in the owners' pending
+        // (or deleted), so this worker need not report them any more.
+        let round = self.round;
+        self.written.retain(|(r, _)| *r >= round);
         if self.pending.is_empty() {
             return Ok(());
         }
@@ -155,10 +180,14 @@ impl Comm {
         self.channel.delete(&keys).await?;
         self.stats.deletes += keys.len() as u64;
         self.pending.clear();
+        self.written.retain(|(_, k)| !keys.contains(k));
         Ok(())
     }
 
     pub(super) async fn put(&mut self, key: &str, value: Bytes) -> Result<(), CommError> {
+        if !self.written.iter().any(|(_, k)| k == key) {
+            self.written.push((self.round, key.to_string()));
+        }
         self.stats.puts += 1;
         self.stats.bytes_out += value.len() as u64;
         self.channel.put(key, value).await?;
@@ -250,6 +279,7 @@ impl Comm {
     /// `reduce`: every worker writes its vector, worker 0 sums them in worker order and
     /// writes the mean, the others read it.
     pub async fn reduce(&mut self, round: u64, values: &[f32]) -> Result<Vec<f32>, CommError> {
+        self.round = round;
         let since = Instant::now();
         let len = values.len();
         if self.worker != 0 {
@@ -288,6 +318,7 @@ impl Comm {
         round: u64,
         values: &[f32],
     ) -> Result<Vec<f32>, CommError> {
+        self.round = round;
         let since = Instant::now();
         let (n, w, len) = (self.n, self.worker, values.len());
         for j in (0..n).filter(|&j| j != w) {
@@ -339,6 +370,8 @@ impl Comm {
     /// `async`: publishes `values` as this worker's latest model and averages it with the
     /// latest models of the others that have published one (no waiting).
     pub async fn async_exchange(&mut self, values: &[f32]) -> Result<Vec<f32>, CommError> {
+        // Its one key is this worker's own, covered by `pending` once written.
+        self.round = u64::MAX;
         let own = self.keys.async_model(self.worker);
         self.put(&own, codec::encode_f32(values)).await?;
         let mut acc = vec![0f32; values.len()];
@@ -371,6 +404,7 @@ impl Comm {
         values: Option<&[f32]>,
         len: usize,
     ) -> Result<Vec<f32>, CommError> {
+        self.round = round;
         let key = self.keys.broadcast(round, 0);
         let result = match values {
             Some(v) => {
@@ -393,6 +427,7 @@ impl Comm {
 
     /// Returns once every worker has reached barrier `round`.
     pub async fn barrier(&mut self, round: u64) -> Result<(), CommError> {
+        self.round = round;
         if self.n == 1 {
             return Ok(());
         }

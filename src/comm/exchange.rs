@@ -146,6 +146,7 @@ impl<E: Exchange> Collective for OverChannel<E> {
     fn state(&self) -> CollectiveState {
         CollectiveState {
             pending: self.comm.pending().to_vec(),
+            written: self.comm.written().to_vec(),
             last_pushed: Vec::new(),
             waited_s: self.comm.waited_carried().as_secs_f64(),
         }
@@ -155,6 +156,7 @@ impl<E: Exchange> Collective for OverChannel<E> {
         self.comm
             .restore_waited(super::carried_wait(state.waited_s));
         self.comm.restore_pending(state.pending);
+        self.comm.restore_written(state.written);
     }
 
     fn residual_keys(&self) -> Vec<String> {

@@ -177,6 +177,10 @@ pub struct CollectiveState {
     /// Parameter server: the round this worker last pushed to each server model, so the
     /// next invocation's first push still lets the server detect rounds it lost.
     pub last_pushed: Vec<(String, u64)>,
+    /// Channel collectives: keys written (with their rounds) that no worker's pending rounds
+    /// may cover yet.
+    #[serde(default)]
+    pub written: Vec<(u64, String)>,
     /// Seconds already spent waiting for the round the invocation was cut off in: the
     /// re-run of that round may only wait for what is left of the wait timeout, so a dead
     /// peer fails the job after `wait_timeout` however often the waiter re-invokes itself.

@@ -246,6 +246,7 @@ impl Collective for PsCollective {
         last_pushed.sort();
         CollectiveState {
             pending: Vec::new(),
+            written: Vec::new(),
             last_pushed,
             waited_s: self
                 .waited_at_interrupt

@@ -224,3 +224,36 @@ fn a_channel_password_is_recorded_nowhere() {
     assert!(!out.status.success());
     assert!(!stderr.contains("not-the-password"), "{stderr}");
 }
+
+/// A job that fails mid-round leaves nothing on a channel that cannot list (memcached):
+/// every key a worker wrote for the round it was in is reported, and deleted by the driver.
+#[test]
+fn a_failed_job_leaves_no_key_on_memcached() {
+    let server = Server::memcached(None);
+    let dir = scratch();
+    let parts = dir.path().join("parts");
+    split(dense_data(), 4, &parts);
+    let part2 = parts.join("part-00002-of-00004");
+    let text = std::fs::read_to_string(&part2).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines[41] = "1 1:oops";
+    std::fs::write(&part2, lines.join("\n")).unwrap();
+    let out = output(
+        lambdaml()
+            .current_dir(dir.path())
+            .args(["train", "--quiet", "--workers", "4", "--data"])
+            .arg(&parts)
+            .args(["--channel", &server.url, "--runs-dir"])
+            .arg(dir.path().join("runs")),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("worker 2 failed"),
+        "{stderr}"
+    );
+    assert_eq!(
+        server.items(),
+        0,
+        "keys left on memcached after a failed job"
+    );
+}
