@@ -103,13 +103,7 @@ fn an_unwritable_channel_directory_is_named() {
 #[test]
 fn a_job_failing_mid_way_reports_the_worker_error_and_leaves_no_key() {
     let dir = scratch();
-    let parts = dir.path().join("parts");
-    split(dense_data(), 4, &parts);
-    let part2 = parts.join("part-00002-of-00004");
-    let text = std::fs::read_to_string(&part2).unwrap();
-    let mut lines: Vec<&str> = text.lines().collect();
-    lines[41] = "1 1:oops";
-    std::fs::write(&part2, lines.join("\n")).unwrap();
+    let parts = partitions_with_a_bad_line(dir.path());
     let chan = dir.path().join("chan");
     let err = train_fails(
         dir.path(),

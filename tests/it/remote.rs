@@ -231,13 +231,7 @@ fn a_channel_password_is_recorded_nowhere() {
 fn a_failed_job_leaves_no_key_on_memcached() {
     let server = Server::memcached(None);
     let dir = scratch();
-    let parts = dir.path().join("parts");
-    split(dense_data(), 4, &parts);
-    let part2 = parts.join("part-00002-of-00004");
-    let text = std::fs::read_to_string(&part2).unwrap();
-    let mut lines: Vec<&str> = text.lines().collect();
-    lines[41] = "1 1:oops";
-    std::fs::write(&part2, lines.join("\n")).unwrap();
+    let parts = partitions_with_a_bad_line(dir.path());
     let out = output(
         lambdaml()
             .current_dir(dir.path())

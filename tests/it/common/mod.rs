@@ -108,6 +108,19 @@ pub fn split(data: &Path, parts: usize, out: impl AsRef<std::ffi::OsStr>) {
     );
 }
 
+/// Splits the dense test data into 4 partitions under `dir/parts` and breaks line 42 of
+/// partition 2, so that worker 2 fails while loading and the others are mid-round.
+pub fn partitions_with_a_bad_line(dir: &Path) -> PathBuf {
+    let parts = dir.join("parts");
+    split(dense_data(), 4, &parts);
+    let part2 = parts.join("part-00002-of-00004");
+    let text = std::fs::read_to_string(&part2).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines[41] = "1 1:oops";
+    std::fs::write(&part2, lines.join("\n")).unwrap();
+    parts
+}
+
 /// A finished training run.
 pub struct Run {
     pub summary: Value,
