@@ -176,3 +176,28 @@ fn invocations_and_job_life_are_bounded() {
         "{err}"
     );
 }
+
+/// Workers whose invocations are too short to look at the abort flag while they wait
+/// re-invoke themselves after a peer failed: the re-invocation sees the flag and stops at
+/// once, without training or writing anything.
+#[test]
+fn a_reinvocation_of_an_aborted_job_stops_at_once() {
+    let dir = scratch();
+    let parts = partitions_with_a_bad_line(dir.path());
+    let (err, logs) = failing_job(
+        dir.path(),
+        None,
+        &[
+            "--data",
+            parts.to_str().unwrap(),
+            "--workers",
+            "4",
+            "--invocation-timeout",
+            "1",
+            "--reinvoke-margin",
+            "0.3",
+        ],
+    );
+    assert!(err.contains("worker 2 failed"), "{err}");
+    assert!(logs.contains("the job was aborted: not resuming"), "{logs}");
+}
