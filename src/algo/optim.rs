@@ -78,10 +78,6 @@ impl<M: Differentiable> Optimized<M> {
             order: None,
         }
     }
-
-    fn n_params(&self) -> usize {
-        self.segments().iter().map(|s| s.len).sum()
-    }
 }
 
 /// ADMM's state in `aux`: `[z (p), u (p), ||w_i - z|| of the last round (1)]`.
@@ -230,7 +226,7 @@ impl<M: Differentiable> Learner for Optimized<M> {
 
     fn result(&self, state: &LearnerState) -> Vec<f32> {
         match self.optim {
-            OptimKind::Admm => state.aux[..self.n_params()].to_vec(),
+            OptimKind::Admm => state.aux[..state.params.len()].to_vec(),
             OptimKind::GradAvg | OptimKind::ModelAvg => state.params.clone(),
         }
     }

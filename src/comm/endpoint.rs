@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::{CommError, CommStats, Completed, Keys, Member, Op, add_assign, scale, sleep};
+use super::{
+    CommError, CommStats, Completed, Keys, Member, Op, WaitCredit, add_assign, scale, sleep,
+};
 use crate::channel::codec;
 use crate::channel::{Backoff, Channel};
 use crate::data::chunk_bounds;
@@ -33,10 +35,8 @@ pub struct Comm {
     /// The round of the collective in progress (what `put` files its key under).
     round: u64,
     stats: CommStats,
-    /// Waiting already done for the current round by earlier invocations (until a wait
-    /// completes), and the total when a wait was cut off by the deadline.
-    waited_before: Duration,
-    waited_at_interrupt: Duration,
+    /// Waiting for the current round, across invocations.
+    waited: WaitCredit,
 }
 
 impl Comm {
@@ -59,8 +59,7 @@ impl Comm {
             written: Vec::new(),
             round: 0,
             stats: CommStats::default(),
-            waited_before: Duration::ZERO,
-            waited_at_interrupt: Duration::ZERO,
+            waited: WaitCredit::default(),
         }
     }
 
@@ -106,15 +105,14 @@ impl Comm {
         self.pending = pending;
     }
 
-    /// Waiting to carry to the next invocation: how long the wait cut off by the deadline
-    /// had lasted over all invocations (or the credit not yet used up).
-    pub fn waited_carried(&self) -> Duration {
-        self.waited_at_interrupt.max(self.waited_before)
+    /// Seconds of waiting to carry to the next invocation (see [`super::CollectiveState`]).
+    pub fn waited_s(&self) -> f64 {
+        self.waited.carried_s()
     }
 
-    /// Counts `waited` (from earlier invocations) against the next wait's timeout.
-    pub fn restore_waited(&mut self, waited: Duration) {
-        self.waited_before = waited;
+    /// Counts `waited_s` (from earlier invocations) against the next wait's timeout.
+    pub fn restore_waited(&mut self, waited_s: f64) {
+        self.waited.restore(waited_s);
     }
 
     /// Keys written that may not be covered by any worker's pending rounds yet, with their
@@ -212,7 +210,7 @@ impl Comm {
         since: Instant,
     ) -> Result<Vec<Bytes>, CommError> {
         let started = Instant::now();
-        let limit = since + self.wait_timeout.saturating_sub(self.waited_before);
+        let limit = since + self.waited.left(self.wait_timeout);
         let mut backoff = Backoff::new(self.channel.poll_policy());
         let mut next_abort_check = started + ABORT_CHECK_EVERY;
         let mut found: Vec<Option<Bytes>> = vec![None; keys.len()];
@@ -220,7 +218,7 @@ impl Comm {
             let missing: Vec<usize> = (0..keys.len()).filter(|&i| found[i].is_none()).collect();
             if missing.is_empty() {
                 self.stats.wait_seconds += started.elapsed().as_secs_f64();
-                self.waited_before = Duration::ZERO;
+                self.waited.completed();
                 return Ok(found.into_iter().flatten().collect());
             }
             let asked: Vec<String> = missing.iter().map(|&i| keys[i].0.clone()).collect();
@@ -238,14 +236,14 @@ impl Comm {
             let (key, worker) = &keys[found.iter().position(Option::is_none).expect("one missing")];
             let now = Instant::now();
             if self.deadline.is_some_and(|d| now >= d) {
-                self.waited_at_interrupt = self.waited_before + (now - since);
+                self.waited.interrupted(since);
                 return Err(CommError::Interrupted { key: key.clone() });
             }
             if now >= limit {
                 return Err(CommError::Timeout {
                     key: key.clone(),
                     worker: *worker,
-                    waited: self.waited_before + (now - since),
+                    waited: self.waited.total(since),
                 });
             }
             if now >= next_abort_check {

@@ -148,13 +148,12 @@ impl<E: Exchange> Collective for OverChannel<E> {
             pending: self.comm.pending().to_vec(),
             written: self.comm.written().to_vec(),
             last_pushed: Vec::new(),
-            waited_s: self.comm.waited_carried().as_secs_f64(),
+            waited_s: self.comm.waited_s(),
         }
     }
 
     fn restore(&mut self, state: CollectiveState) {
-        self.comm
-            .restore_waited(super::carried_wait(state.waited_s));
+        self.comm.restore_waited(state.waited_s);
         self.comm.restore_pending(state.pending);
         self.comm.restore_written(state.written);
     }

@@ -188,9 +188,47 @@ pub struct CollectiveState {
     pub waited_s: f64,
 }
 
-/// The time already waited, as carried in a [`CollectiveState`] (garbage counts as none).
-fn carried_wait(waited_s: f64) -> Duration {
-    Duration::try_from_secs_f64(waited_s).unwrap_or_default()
+/// Waiting for one round measured across invocations: what earlier invocations waited
+/// counts against this one's timeout, and what this one waited before the deadline cut it
+/// off is carried to the next (in [`CollectiveState::waited_s`]).
+#[derive(Debug, Clone, Copy, Default)]
+struct WaitCredit {
+    /// Waited for the current round by earlier invocations, until a wait completes.
+    before: Duration,
+    /// The total when a wait was cut off by the deadline.
+    at_interrupt: Duration,
+}
+
+impl WaitCredit {
+    /// Takes up the seconds a checkpoint carried (garbage counts as none).
+    fn restore(&mut self, waited_s: f64) {
+        self.before = Duration::try_from_secs_f64(waited_s).unwrap_or_default();
+    }
+
+    /// Seconds to carry to the next invocation.
+    fn carried_s(&self) -> f64 {
+        self.at_interrupt.max(self.before).as_secs_f64()
+    }
+
+    /// What is left of `timeout` for this round's waits.
+    fn left(&self, timeout: Duration) -> Duration {
+        timeout.saturating_sub(self.before)
+    }
+
+    /// All the waiting for this round, the wait started at `since` included.
+    fn total(&self, since: Instant) -> Duration {
+        self.before + since.elapsed()
+    }
+
+    /// The wait started at `since` was cut off by the deadline.
+    fn interrupted(&mut self, since: Instant) {
+        self.at_interrupt = self.total(since);
+    }
+
+    /// A wait completed: the round's earlier waiting no longer counts.
+    fn completed(&mut self) {
+        self.before = Duration::ZERO;
+    }
 }
 
 /// Errors of a collective.

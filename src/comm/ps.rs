@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::{Collective, CollectiveState, CommError, CommStats, Keys, Member, PsTarget};
+use super::{
+    Collective, CollectiveState, CommError, CommStats, Keys, Member, PsTarget, WaitCredit,
+};
 use crate::channel::Channel;
 use crate::ps::client::{PsClient, PsError};
 use crate::ps::store::Mode;
@@ -41,8 +43,7 @@ pub struct PsCollective {
     last_pushed: HashMap<String, u64>,
     /// Waiting already done for the current round by earlier invocations (until a pull
     /// succeeds), and the total when a wait was cut off by the deadline.
-    waited_before: Duration,
-    waited_at_interrupt: Duration,
+    waited: WaitCredit,
     stats: CommStats,
 }
 
@@ -65,8 +66,7 @@ impl PsCollective {
             registered: HashSet::new(),
             last_pushed: HashMap::new(),
             stats: CommStats::default(),
-            waited_before: Duration::ZERO,
-            waited_at_interrupt: Duration::ZERO,
+            waited: WaitCredit::default(),
         })
     }
 
@@ -125,11 +125,10 @@ impl PsCollective {
         let since = Instant::now();
         let mut next_abort_check = since + PULL_SLICE;
         let what = || format!("ps:{name}@{round}");
-        let waited = |since: Instant, before: Duration| before + since.elapsed();
         loop {
             let now = Instant::now();
             if self.deadline.is_some_and(|d| now >= d) {
-                self.waited_at_interrupt = waited(since, self.waited_before);
+                self.waited.interrupted(since);
                 return Err(CommError::Interrupted { key: what() });
             }
             if now >= next_abort_check {
@@ -154,10 +153,10 @@ impl PsCollective {
             if let Some(p) = pulled {
                 self.stats.bytes_in += p.values.len() as u64 * 4;
                 self.stats.wait_seconds += since.elapsed().as_secs_f64();
-                self.waited_before = Duration::ZERO;
+                self.waited.completed();
                 return Ok(p.values);
             }
-            let total = waited(since, self.waited_before);
+            let total = self.waited.total(since);
             if total >= self.wait_timeout {
                 // One last look at the server, for an error naming who did not push.
                 let c = self.client.clone();
@@ -248,15 +247,12 @@ impl Collective for PsCollective {
             pending: Vec::new(),
             written: Vec::new(),
             last_pushed,
-            waited_s: self
-                .waited_at_interrupt
-                .max(self.waited_before)
-                .as_secs_f64(),
+            waited_s: self.waited.carried_s(),
         }
     }
 
     fn restore(&mut self, state: CollectiveState) {
-        self.waited_before = super::carried_wait(state.waited_s);
+        self.waited.restore(state.waited_s);
         self.last_pushed.extend(state.last_pushed);
     }
 

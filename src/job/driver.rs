@@ -142,9 +142,7 @@ async fn run_prepared(
             cfg.invocation_timeout,
         ),
         ps_token: cfg.ps_token.clone(),
-        started_unix_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64),
+        started_unix_ms: super::event::unix_ms(),
     };
     let started = Instant::now();
     let outcome = invoke_and_follow(&spec, channel.clone(), ui).await;

@@ -74,6 +74,13 @@ impl JobSpec {
     }
 }
 
+/// Milliseconds since the Unix epoch now (what `started_unix_ms` is measured in).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// The event of one invocation.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct WorkerEvent {

@@ -385,10 +385,21 @@ impl Model {
     }
 }
 
+/// Models by (job, name).
+type Models = HashMap<(String, String), Arc<Model>>;
+
+/// Values held by `models` together.
+fn held(models: &Models) -> usize {
+    models
+        .values()
+        .map(|m| m.state.lock().expect("lock").values.len())
+        .sum()
+}
+
 /// Every model the server holds, by (job, name).
 #[derive(Debug)]
 pub struct Store {
-    models: Mutex<HashMap<(String, String), Arc<Model>>>,
+    models: Mutex<Models>,
     /// Most values all models together may hold.
     max_total_values: usize,
 }
@@ -410,20 +421,22 @@ impl Store {
 
     /// Values held by all models together.
     pub fn total_values(&self) -> usize {
-        let models = self.models.lock().expect("lock");
-        models
-            .values()
-            .map(|m| m.state.lock().expect("lock").values.len())
-            .sum()
+        held(&self.models.lock().expect("lock"))
     }
 
     /// Whether a new model of `len` values fits beside what is held (an existing model
     /// always does: registering it again adds nothing).
     pub fn room_for(&self, job: &str, name: &str, len: usize) -> Result<(), StoreError> {
-        if self.get(job, name).is_ok() {
+        let models = self.models.lock().expect("lock");
+        if models.contains_key(&(job.to_string(), name.to_string())) {
             return Ok(());
         }
-        let held = self.total_values();
+        self.fits(&models, job, name, len)
+    }
+
+    /// Refuses a new model of `len` values that would take `models` past the limit.
+    fn fits(&self, models: &Models, job: &str, name: &str, len: usize) -> Result<(), StoreError> {
+        let held = held(models);
         if held.saturating_add(len) > self.max_total_values {
             return Err(StoreError::Full(format!(
                 "model '{name}' of job '{job}' needs {len} values; the server holds {held} of \
@@ -470,20 +483,7 @@ impl Store {
             return Ok((false, m.clone()));
         }
         // Checked again under the lock, so concurrent registrations cannot pass it together.
-        let held: usize = models
-            .values()
-            .map(|m| m.state.lock().expect("lock").values.len())
-            .sum();
-        if held.saturating_add(state.values.len()) > self.max_total_values {
-            return Err(StoreError::Full(format!(
-                "model '{}' of job '{}' needs {} values; the server holds {held} of its {} \
-                 (--max-memory-mb)",
-                state.name,
-                state.job,
-                state.values.len(),
-                self.max_total_values
-            )));
-        }
+        self.fits(&models, &state.job, &state.name, state.values.len())?;
         let m = Arc::new(Model::new(state));
         models.insert(key, m.clone());
         Ok((true, m))

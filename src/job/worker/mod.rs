@@ -385,10 +385,7 @@ fn within_bounds(event: &WorkerEvent, invocation: u32) -> anyhow::Result<()> {
             cfg.max_invocations
         );
     }
-    let now_ms = SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    let age_s = now_ms.saturating_sub(event.job.started_unix_ms) as f64 / 1e3;
+    let age_s = super::event::unix_ms().saturating_sub(event.job.started_unix_ms) as f64 / 1e3;
     if age_s > cfg.max_job_seconds {
         anyhow::bail!(
             "the job started {age_s:.0} s ago, past its limit of {} s (--max-job-seconds): \
