@@ -13,7 +13,7 @@ fn main() -> ExitCode {
     // driver stays quiet unless asked, so its table and progress bar are readable.
     let serving = matches!(&cli.command, Command::Ps(PsCommand::Serve { .. }));
     let default = match (&cli.command, cli.verbose) {
-        (Command::Worker(_), 0) => "info",
+        (Command::Worker(_) | Command::Supervise(_), 0) => "info",
         (_, 0) if serving => "info",
         (_, 0) => "warn",
         (_, 1) => "info",
@@ -25,6 +25,8 @@ fn main() -> ExitCode {
         .unwrap_or_else(|_| EnvFilter::new(format!("{default},r2d2=off")));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colours only on a terminal: logs go to files and into failure reports.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     match lambdaml::cli::run(cli) {

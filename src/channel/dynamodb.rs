@@ -28,6 +28,12 @@ const VALUE_LIMIT: usize = 350 * 1024;
 const BATCH_GET: usize = 100;
 const BATCH_WRITE: usize = 25;
 
+/// The number attribute holding when an item expires (seconds since the Unix epoch) when
+/// the channel was opened with an expiry: enable the table's TTL on it
+/// (`aws dynamodb update-time-to-live --table-name T --time-to-live-specification
+/// Enabled=true,AttributeName=expires_at`) and DynamoDB deletes expired items itself.
+pub const EXPIRES_AT: &str = "expires_at";
+
 /// The raw DynamoDB store (use through [`open`]).
 #[derive(Debug)]
 pub struct DynamoStore {
@@ -35,6 +41,7 @@ pub struct DynamoStore {
     client: Client,
     table: String,
     retry: RetryPolicy,
+    expiry: Option<Duration>,
 }
 
 /// Write request units of an item of `bytes`: one per started KB.
@@ -60,17 +67,20 @@ fn key_of(key: &str) -> HashMap<String, AttributeValue> {
     HashMap::from([("k".to_string(), AttributeValue::S(key.to_string()))])
 }
 
-/// Opens table `table`, creating it when it is missing; `url` names it in messages.
+/// Opens table `table`, creating it when it is missing; `url` names it in messages. With an
+/// `expiry`, every item carries [`EXPIRES_AT`].
 pub async fn open(
     url: &str,
     table: &str,
     retry: RetryPolicy,
+    expiry: Option<Duration>,
 ) -> Result<Chunked<DynamoStore>, ChannelError> {
     let store = DynamoStore {
         url: url.to_string(),
         client: Client::new(&sdk_config().await),
         table: table.to_string(),
         retry,
+        expiry,
     };
     store.ensure_table().await?;
     Ok(Chunked::new(store))
@@ -168,15 +178,17 @@ impl ItemStore for DynamoStore {
         with_retries(&self.retry, &self.url, "put", key, || async {
             meter::record(Op::Put, 1, value.len() as u64);
             meter::record_units(0, write_units(key.len() + value.len()));
-            self.client
+            let mut put = self
+                .client
                 .put_item()
                 .table_name(&self.table)
                 .item("k", AttributeValue::S(key.to_string()))
-                .item("v", AttributeValue::B(Blob::new(value.to_vec())))
-                .send()
-                .await
-                .map(drop)
-                .map_err(classify)
+                .item("v", AttributeValue::B(Blob::new(value.to_vec())));
+            if let Some(d) = self.expiry {
+                let at = super::expires_at_unix(d).to_string();
+                put = put.item(EXPIRES_AT, AttributeValue::N(at));
+            }
+            put.send().await.map(drop).map_err(classify)
         })
         .await
     }

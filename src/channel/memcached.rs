@@ -33,6 +33,7 @@ pub struct MemcachedStore {
     client: std::sync::RwLock<std::sync::Arc<memcache::Client>>,
     item_size: usize,
     retry: RetryPolicy,
+    expiry: Option<Duration>,
 }
 
 impl std::fmt::Debug for MemcachedStore {
@@ -44,12 +45,14 @@ impl std::fmt::Debug for MemcachedStore {
 }
 
 /// Opens a Memcached channel on `hosts` whose servers store items of up to `item_size`
-/// bytes (default [`DEFAULT_ITEM_SIZE`]); `url` names it in messages.
+/// bytes (default [`DEFAULT_ITEM_SIZE`]); `url` names it in messages. Items expire `expiry`
+/// after they were written (never when `None`).
 pub async fn open(
     url: &str,
     hosts: &[String],
     item_size: Option<usize>,
     retry: RetryPolicy,
+    expiry: Option<Duration>,
 ) -> Result<Chunked<MemcachedStore>, ChannelError> {
     let item_size = item_size.unwrap_or(DEFAULT_ITEM_SIZE);
     let servers: Vec<String> = hosts
@@ -71,6 +74,7 @@ pub async fn open(
         client: std::sync::RwLock::new(std::sync::Arc::new(client)),
         item_size,
         retry,
+        expiry,
     }))
 }
 
@@ -116,6 +120,24 @@ impl MemcachedStore {
     }
 }
 
+/// Memcached's expiration time for an item written now: 0 (never) without an expiry, else
+/// seconds from now, except that memcached reads anything above 30 days as a Unix time.
+fn exptime(expiry: Option<Duration>) -> u32 {
+    const THIRTY_DAYS: u64 = 30 * 86_400;
+    match expiry {
+        None => 0,
+        Some(d) => {
+            let secs = d.as_secs_f64().ceil().max(1.0) as u64;
+            let t = if secs > THIRTY_DAYS {
+                super::expires_at_unix(d)
+            } else {
+                secs
+            };
+            u32::try_from(t).unwrap_or(u32::MAX)
+        }
+    }
+}
+
 fn classify(e: memcache::MemcacheError) -> BackendError {
     use memcache::MemcacheError as E;
     match e {
@@ -150,7 +172,7 @@ impl ItemStore for MemcachedStore {
         with_retries(&self.retry, &self.url, "put", key, || async {
             meter::record(Op::Put, 1, value.len() as u64);
             self.client()
-                .set(key, &value[..], 0)
+                .set(key, &value[..], exptime(self.expiry))
                 .map_err(|e| self.failed(e))
         })
         .await

@@ -109,6 +109,30 @@ pub trait Channel: Send + Sync + std::fmt::Debug {
     async fn list(&self, prefix: &str) -> Result<Option<Vec<String>>, ChannelError>;
 }
 
+/// How a channel is opened: how long transient failures are retried, and how long the keys
+/// written through it live.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct OpenOptions {
+    /// Retrying of transient backend failures.
+    pub retry: RetryPolicy,
+    /// Keys written through the channel expire this long after they were written, on the
+    /// backends that can expire keys themselves: Memcached and Redis at once, DynamoDB
+    /// through the number attribute [`dynamodb::EXPIRES_AT`] once TTL is enabled on the table
+    /// for it. A safety net for keys nobody deletes (a job whose driver and workers were all
+    /// killed); directories and S3 ignore it (`lambdaml` cleanup, or an S3 lifecycle rule).
+    /// `None`: keys live until deleted.
+    pub expiry: Option<Duration>,
+}
+
+impl From<RetryPolicy> for OpenOptions {
+    fn from(retry: RetryPolicy) -> Self {
+        OpenOptions {
+            retry,
+            expiry: None,
+        }
+    }
+}
+
 /// Opens a channel from its URL with the default retry policy; see [`open_with`].
 pub async fn open(url: &ChannelUrl) -> Result<Arc<dyn Channel>, ChannelError> {
     open_with(url, RetryPolicy::default()).await
@@ -117,11 +141,13 @@ pub async fn open(url: &ChannelUrl) -> Result<Arc<dyn Channel>, ChannelError> {
 /// Opens the channel `url` names ([`ChannelUrl`] lists the backends).
 ///
 /// AWS region, credentials and endpoint come from the standard AWS settings. Transient
-/// backend failures are retried within `retry.budget`.
+/// backend failures are retried within `options.retry.budget`; keys expire as
+/// [`OpenOptions::expiry`] says.
 pub async fn open_with(
     url: &ChannelUrl,
-    retry: RetryPolicy,
+    options: impl Into<OpenOptions>,
 ) -> Result<Arc<dyn Channel>, ChannelError> {
+    let OpenOptions { retry, expiry } = options.into();
     let name = url.to_string();
     Ok(match url {
         ChannelUrl::Dir(path) => Arc::new(Checked::new(dir::DirChannel::new(path, &name))),
@@ -130,15 +156,23 @@ pub async fn open_with(
             s3::S3Channel::open(&name, bucket, prefix, retry).await?,
         )),
         ChannelUrl::Memcached { hosts, item_size } => Arc::new(Checked::new(
-            memcached::open(&name, hosts, *item_size, retry).await?,
+            memcached::open(&name, hosts, *item_size, retry, expiry).await?,
         )),
         ChannelUrl::Redis(u) => Arc::new(Checked::new(
-            redis::RedisChannel::open(u, &name, retry).await?,
+            redis::RedisChannel::open(u, &name, retry, expiry).await?,
         )),
-        ChannelUrl::DynamoDb { table } => {
-            Arc::new(Checked::new(dynamodb::open(&name, table, retry).await?))
-        }
+        ChannelUrl::DynamoDb { table } => Arc::new(Checked::new(
+            dynamodb::open(&name, table, retry, expiry).await?,
+        )),
     })
+}
+
+/// Seconds since the Unix epoch at which a key written now with `expiry` expires.
+fn expires_at_unix(expiry: Duration) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    (now + expiry).as_secs_f64().ceil() as u64
 }
 
 /// Checks that a key is a relative path of `[A-Za-z0-9._-]` segments, so that it maps safely

@@ -19,6 +19,7 @@ pub struct RedisChannel {
     url: String,
     conn: ConnectionManager,
     retry: RetryPolicy,
+    expiry: Option<Duration>,
 }
 
 impl std::fmt::Debug for RedisChannel {
@@ -39,8 +40,14 @@ fn classify(e: redis::RedisError) -> BackendError {
 
 impl RedisChannel {
     /// Connects to the server of `url` (retrying while it is unreachable); `name` (the URL
-    /// without its password) names the channel in messages.
-    pub async fn open(url: &str, name: &str, retry: RetryPolicy) -> Result<Self, ChannelError> {
+    /// without its password) names the channel in messages. Keys expire `expiry` after they
+    /// were written (never when `None`).
+    pub async fn open(
+        url: &str,
+        name: &str,
+        retry: RetryPolicy,
+        expiry: Option<Duration>,
+    ) -> Result<Self, ChannelError> {
         let client = redis::Client::open(url).map_err(|e| ChannelError::InvalidUrl {
             url: name.to_string(),
             message: e.to_string(),
@@ -59,6 +66,7 @@ impl RedisChannel {
             url: name.to_string(),
             conn,
             retry,
+            expiry,
         })
     }
 
@@ -103,8 +111,12 @@ impl Channel for RedisChannel {
 
     async fn put(&self, key: &str, value: Bytes) -> Result<(), ChannelError> {
         meter::record(Op::Put, 0, value.len() as u64);
-        self.run::<()>("put", key, redis::cmd("SET").arg(key).arg(&value[..]))
-            .await
+        let mut set = redis::cmd("SET");
+        set.arg(key).arg(&value[..]);
+        if let Some(expiry) = self.expiry {
+            set.arg("PX").arg(expiry.as_millis().max(1) as u64);
+        }
+        self.run::<()>("put", key, &set).await
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>, ChannelError> {

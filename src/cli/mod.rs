@@ -38,6 +38,10 @@ pub enum Command {
     Train(Box<TrainArgs>),
     /// Run one worker invocation; the event (JSON) is read from stdin. Started by platforms.
     Worker(WorkerArgs),
+    /// Run one invocation of the local platform: `--exe worker` under watch (memory,
+    /// deadline, how it ended). Started by the local platform.
+    #[command(hide = true)]
+    Supervise(SuperviseArgs),
     /// Make and partition datasets.
     #[command(subcommand)]
     Data(DataCommand),
@@ -343,6 +347,20 @@ pub struct WorkerArgs {
     pub event: Option<PathBuf>,
 }
 
+/// `lambdaml supervise`.
+#[derive(Debug, Args)]
+pub struct SuperviseArgs {
+    /// The binary that runs the invocation (`EXE worker`).
+    #[arg(long)]
+    pub exe: PathBuf,
+    /// The invocation's log (its last lines go into a failure report).
+    #[arg(long)]
+    pub log: PathBuf,
+    /// The invocation's memory, in MB.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub memory_mb: u32,
+}
+
 /// `lambdaml data ...`.
 #[derive(Debug, Subcommand)]
 pub enum DataCommand {
@@ -385,6 +403,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Train(args) => train(*args),
         Command::Worker(args) => run_worker(args),
+        Command::Supervise(args) => supervise(args),
         Command::Data(cmd) => data(cmd),
         Command::Channel(cmd) => runtime()?.block_on(channel_command(cmd)),
         Command::Ps(cmd) => ps_command(cmd),
@@ -542,6 +561,26 @@ fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     let deadline = platform::local::enter_invocation();
     let outcome = runtime()?.block_on(worker::run(event, deadline))?;
     tracing::info!(?outcome, "invocation ends");
+    Ok(())
+}
+
+fn supervise(args: SuperviseArgs) -> anyhow::Result<()> {
+    let mut payload = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut payload)
+        .context("reading the event from stdin")?;
+    let ended = platform::local::supervise(&args.exe, &payload, args.memory_mb)
+        .with_context(|| format!("running {} worker", args.exe.display()))?;
+    let Some(why) = ended.failure() else {
+        return Ok(());
+    };
+    let tail = platform::local::log_tail(&args.log, 5);
+    tracing::error!("the invocation {why}");
+    if let Ok(Invocation::Train(event)) = serde_json::from_slice::<Invocation>(&payload) {
+        runtime()?
+            .block_on(worker::report_lost(&event, &why, &tail))
+            .context("reporting the invocation's end to the channel")?;
+    }
     Ok(())
 }
 

@@ -11,7 +11,7 @@ use super::event::Invocation;
 use super::records;
 use crate::channel::{self, ChannelUrl, RetryPolicy, codec};
 use crate::comm::{self, Comm, Keys, Member, PsTarget, SyncMode};
-use crate::platform::{PlatformChoice, PlatformSpec};
+use crate::platform::{FunctionSpec, PlatformChoice, PlatformSpec};
 
 /// Rounds run before measuring (connections, caches, allocations).
 const WARMUP: usize = 3;
@@ -118,7 +118,14 @@ pub async fn run(
         rand::random::<u16>()
     );
     let log_dir = std::env::temp_dir().join(&job_id);
-    let platform = PlatformSpec::new(platform, exe, log_dir.clone(), 900.0).build();
+    let function = FunctionSpec {
+        supervisor: std::env::current_exe()?,
+        exe,
+        log_dir: log_dir.clone(),
+        timeout_s: 900.0,
+        memory_mb: 10_240,
+    };
+    let platform = PlatformSpec::new(platform, function).build();
     for w in 0..workers {
         let event = Invocation::BenchChannel(BenchEvent {
             job_id: job_id.clone(),

@@ -1,6 +1,7 @@
 //! The job configuration: one struct, filled from defaults, then a TOML file, then flags.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -157,6 +158,9 @@ pub enum ConfigError {
 /// The longest time any timeout may be set to: a day (Lambda allows 15 minutes).
 pub const MAX_SECONDS: f64 = 86_400.0;
 
+/// Time a job's keys outlive its longest life: the driver's last reads and its cleanup.
+pub const KEY_EXPIRY_SLACK: Duration = Duration::from_secs(10);
+
 /// `value` must lie in `[lo, hi]` (a NaN never does).
 fn in_range<T: PartialOrd + std::fmt::Display>(
     name: &'static str,
@@ -310,6 +314,19 @@ impl JobConfig {
     pub fn margin(&self) -> f64 {
         self.reinvoke_margin
             .unwrap_or((self.invocation_timeout * 0.1).clamp(0.2, 60.0))
+    }
+
+    /// How long after the job started its last invocation may still be running: the life
+    /// bound is checked when an invocation starts, so one invocation may run past it.
+    pub fn longest_life(&self) -> Duration {
+        Duration::from_secs_f64(self.max_job_seconds + self.invocation_timeout)
+    }
+
+    /// How long the job's keys live on channels that expire keys (caches): past the job's
+    /// longest life, so no key a live job needs expires, yet a key nobody deleted (driver and
+    /// workers all killed) goes at the latest this long after it was written.
+    pub fn key_expiry(&self) -> Duration {
+        self.longest_life() + KEY_EXPIRY_SLACK
     }
 
     /// The channel URL, defaulting to a directory inside the runs folder.

@@ -18,7 +18,7 @@ use super::summary::{self, Summary};
 use crate::channel::{self, Channel, ChannelUrl};
 use crate::comm::Keys;
 use crate::data::BinaryLabels;
-use crate::platform::PlatformSpec;
+use crate::platform::{FunctionSpec, PlatformSpec};
 use crate::ps::client::PsClient;
 
 /// Environment variable naming the binary that runs `lambdaml worker` (default: this one).
@@ -111,7 +111,7 @@ async fn run_prepared(
         .with_context(|| format!("the channel {channel_url} is not usable"))?;
     probe(first_contact.as_ref(), job_id).await?;
     drop(first_contact);
-    let channel = channel::open_with(channel_url, retry_policy(cfg)).await?;
+    let channel = channel::open_with(channel_url, channel_options(cfg)).await?;
     let ps = match &cfg.ps_addr {
         Some(addr) => {
             let mut c = PsClient::connect(addr, cfg.ps_token.as_deref()).await?;
@@ -122,9 +122,10 @@ async fn run_prepared(
         None => None,
     };
 
+    let supervisor = std::env::current_exe().context("locating the lambdaml binary")?;
     let exe = match std::env::var_os(WORKER_EXE_ENV) {
         Some(p) => PathBuf::from(p),
-        None => std::env::current_exe().context("locating the lambdaml binary")?,
+        None => supervisor.clone(),
     };
     let spec = JobSpec {
         job_id: job_id.to_string(),
@@ -137,9 +138,13 @@ async fn run_prepared(
         steps_per_epoch,
         platform: PlatformSpec::new(
             cfg.platform,
-            exe,
-            run_dir.join("logs"),
-            cfg.invocation_timeout,
+            FunctionSpec {
+                supervisor,
+                exe,
+                log_dir: run_dir.join("logs"),
+                timeout_s: cfg.invocation_timeout,
+                memory_mb: cfg.memory_mb,
+            },
         ),
         ps_token: cfg.ps_token.clone(),
         started_unix_ms: super::event::unix_ms(),
@@ -293,9 +298,23 @@ async fn follow(spec: &JobSpec, ch: &dyn Channel, ui: &dyn JobProgress) -> Follo
             aborted_at = Some(Instant::now());
         }
         if let Some(at) = aborted_at {
-            let settled = (0..n).all(|w| results[w].is_some() || failures[w].is_some());
-            // Running workers see the abort flag within about a second of their next wait.
-            if settled || at.elapsed() > Duration::from_secs(10) || stalled {
+            let unsettled: Vec<usize> = (0..n)
+                .filter(|&w| results[w].is_none() && failures[w].is_none())
+                .collect();
+            // The keys are deleted once every worker has said it stopped: running workers
+            // see the abort flag within about a second of their next wait, and any later
+            // invocation sees it when it starts, so each says so within an invocation. A
+            // stalled job's silent workers are presumed gone.
+            let settle_limit = Duration::from_secs_f64(spec.config.invocation_timeout + 10.0);
+            if unsettled.is_empty() || stalled || at.elapsed() > settle_limit {
+                if !unsettled.is_empty() && !stalled {
+                    tracing::warn!(
+                        workers = ?unsettled,
+                        "workers did not say they stopped within {:.0} s of the abort; what \
+                         they write later is left behind (it expires on caches)",
+                        settle_limit.as_secs_f64()
+                    );
+                }
                 let residual = failures
                     .iter()
                     .flatten()
@@ -310,11 +329,8 @@ async fn follow(spec: &JobSpec, ch: &dyn Channel, ui: &dyn JobProgress) -> Follo
                 let error = match failures.iter().flatten().find(|f| !is_abort_echo(f)) {
                     Some(f) => anyhow::anyhow!("worker {} failed: {}", f.worker, f.message),
                     None => {
-                        let silent: Vec<usize> = (0..n)
-                            .filter(|&w| results[w].is_none() && failures[w].is_none())
-                            .collect();
                         anyhow::anyhow!(
-                            "no progress for {:.0} s from workers {silent:?}: they stopped \
+                            "no progress for {:.0} s from workers {unsettled:?}: they stopped \
                              without reporting (killed or crashed?)",
                             stall_limit.as_secs_f64()
                         )
@@ -390,11 +406,15 @@ const FIRST_CONTACT: channel::RetryPolicy = channel::RetryPolicy {
     quiet: true,
 };
 
-/// Channel operations are retried for as long as a worker would wait for a peer.
-pub fn retry_policy(cfg: &JobConfig) -> channel::RetryPolicy {
-    channel::RetryPolicy {
-        budget: Duration::from_secs_f64(cfg.wait_timeout),
-        ..Default::default()
+/// How the driver and the workers open the job's channel: operations are retried for as
+/// long as a worker would wait for a peer, and keys expire past the job's longest life.
+pub fn channel_options(cfg: &JobConfig) -> channel::OpenOptions {
+    channel::OpenOptions {
+        retry: channel::RetryPolicy {
+            budget: Duration::from_secs_f64(cfg.wait_timeout),
+            ..Default::default()
+        },
+        expiry: Some(cfg.key_expiry()),
     }
 }
 

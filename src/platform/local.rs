@@ -1,10 +1,16 @@
 //! Local platform: each invocation is a process of the `lambdaml` binary (`lambdaml worker`),
 //! given its event on stdin and its deadline in the environment.
+//!
+//! As Lambda watches a function from outside, each invocation runs under a small supervisor
+//! process (`lambdaml supervise`, see [`supervise`]): it holds the invocation to its memory
+//! (ending it, as Lambda does, when it uses more than the function's memory) and says how it
+//! ended (a signal, the memory, the deadline), so that a worker killed without a word is
+//! still reported.
 
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{DEADLINE_ENV, Platform, PlatformError};
@@ -12,18 +18,29 @@ use super::{DEADLINE_ENV, Platform, PlatformError};
 /// Runs invocations as local processes.
 #[derive(Debug, Clone)]
 pub struct LocalPlatform {
+    supervisor: PathBuf,
     exe: PathBuf,
     log_dir: PathBuf,
     timeout: Duration,
+    memory_mb: u32,
 }
 
 impl LocalPlatform {
-    /// Invocations run `exe worker`, log to `log_dir/NAME.log` and get `timeout` each.
-    pub fn new(exe: PathBuf, log_dir: PathBuf, timeout: Duration) -> Self {
+    /// Invocations run `exe worker` under `supervisor supervise` (the `lambdaml` binary),
+    /// log to `log_dir/NAME.log`, get `timeout` and `memory_mb` each.
+    pub fn new(
+        supervisor: PathBuf,
+        exe: PathBuf,
+        log_dir: PathBuf,
+        timeout: Duration,
+        memory_mb: u32,
+    ) -> Self {
         LocalPlatform {
+            supervisor,
             exe,
             log_dir,
             timeout,
+            memory_mb,
         }
     }
 }
@@ -50,14 +67,20 @@ impl Platform for LocalPlatform {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis())
             .unwrap_or_default();
-        let mut child = Command::new(&self.exe)
-            .arg("worker")
+        let mut child = Command::new(&self.supervisor)
+            .arg("supervise")
+            .arg("--exe")
+            .arg(&self.exe)
+            .arg("--log")
+            .arg(&log_path)
+            .arg("--memory-mb")
+            .arg(self.memory_mb.to_string())
             .env(DEADLINE_ENV, deadline_ms.to_string())
             .stdin(Stdio::piped())
             .stdout(log)
             .stderr(err_log)
             .spawn()
-            .map_err(|e| fail(format!("cannot start {}: {e}", self.exe.display())))?;
+            .map_err(|e| fail(format!("cannot start {}: {e}", self.supervisor.display())))?;
         let mut stdin = child.stdin.take().expect("stdin was piped");
         stdin
             .write_all(payload)
@@ -72,19 +95,177 @@ impl Platform for LocalPlatform {
     }
 }
 
+/// The deadline of the invocation this process serves, from the environment.
+pub fn deadline() -> Option<SystemTime> {
+    let ms: u64 = std::env::var(DEADLINE_ENV).ok()?.parse().ok()?;
+    Some(UNIX_EPOCH + Duration::from_millis(ms))
+}
+
 /// Called by a process the local platform started (`lambdaml worker`): the invocation's
 /// deadline from the environment, with a watchdog that ends the process at that deadline
 /// whatever it is doing, as Lambda ends an invocation (the worker is expected to have
 /// checkpointed before). `None` when the process was not started with a deadline.
 pub fn enter_invocation() -> Option<SystemTime> {
-    let ms: u64 = std::env::var(DEADLINE_ENV).ok()?.parse().ok()?;
-    let deadline = UNIX_EPOCH + Duration::from_millis(ms);
+    let deadline = deadline()?;
     std::thread::spawn(move || {
         if let Ok(left) = deadline.duration_since(SystemTime::now()) {
             std::thread::sleep(left);
         }
         eprintln!("invocation deadline passed: terminated by the platform");
-        std::process::exit(137);
+        std::process::exit(DEADLINE_EXIT);
     });
     Some(deadline)
+}
+
+/// Exit status of an invocation ended by its deadline watchdog.
+const DEADLINE_EXIT: i32 = 124;
+/// How often the supervisor looks at its invocation's memory.
+const WATCH_EVERY: Duration = Duration::from_millis(50);
+
+/// How a supervised invocation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ended {
+    /// The process's exit status.
+    pub status: ExitStatus,
+    /// The most memory (resident set) it was seen to use, in MB.
+    pub peak_mb: u64,
+    /// True when the supervisor ended it for using more than its memory.
+    pub over_memory: bool,
+    /// The memory it was allowed, in MB.
+    pub memory_mb: u32,
+    /// True when it ended after its deadline.
+    pub past_deadline: bool,
+}
+
+impl Ended {
+    /// Why the invocation failed, in words; `None` when it exited cleanly.
+    pub fn failure(&self) -> Option<String> {
+        use std::os::unix::process::ExitStatusExt;
+        let peak = self.peak_mb;
+        let limit = self.memory_mb;
+        if self.over_memory {
+            return Some(format!(
+                "ran out of memory: it used {peak} MB, more than its memory_mb of {limit} MB, \
+                 and was ended as Lambda ends such a function. Give it more (--memory-mb), \
+                 or make each worker's share smaller (more --workers, fewer --features, a \
+                 sparse model)"
+            ));
+        }
+        if let Some(signal) = self.status.signal() {
+            let name = signal_name(signal);
+            return Some(if signal == 9 {
+                format!(
+                    "was killed by signal 9 ({name}) after using up to {peak} MB: most often \
+                     the kernel's out-of-memory killer (memory_mb is {limit} MB), or someone \
+                     killed it"
+                )
+            } else {
+                format!("was killed by signal {signal} ({name}) after using up to {peak} MB")
+            });
+        }
+        match self.status.code() {
+            Some(0) => None,
+            Some(DEADLINE_EXIT) if self.past_deadline => Some(
+                "ran past its deadline (--invocation-timeout) without checkpointing: the \
+                 invocation is too short for loading the data plus one round; raise \
+                 --invocation-timeout or --reinvoke-margin"
+                    .to_string(),
+            ),
+            Some(code) => Some(format!("exited with status {code}")),
+            None => Some("ended without an exit status".to_string()),
+        }
+    }
+}
+
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        1 => "SIGHUP",
+        2 => "SIGINT",
+        4 => "SIGILL",
+        6 => "SIGABRT",
+        7 => "SIGBUS",
+        8 => "SIGFPE",
+        9 => "SIGKILL",
+        11 => "SIGSEGV",
+        13 => "SIGPIPE",
+        15 => "SIGTERM",
+        _ => "a signal",
+    }
+}
+
+/// Runs `exe worker` with `payload` on its stdin and its output on this process's, watches
+/// its memory (ending it when it uses more than `memory_mb`, as Lambda does) and waits for
+/// it to end.
+pub fn supervise(exe: &Path, payload: &[u8], memory_mb: u32) -> std::io::Result<Ended> {
+    let mut child = Command::new(exe)
+        .arg("worker")
+        .stdin(Stdio::piped())
+        .spawn()?;
+    let mut stdin = child.stdin.take().expect("stdin was piped");
+    // A child that dies before reading its event closes the pipe: its end says why.
+    let _ = stdin.write_all(payload);
+    drop(stdin);
+    let limit_kb = u64::from(memory_mb) * 1024;
+    let mut peak_kb = 0;
+    let mut over_memory = false;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if let Some(m) = memory_of(&child) {
+            peak_kb = peak_kb.max(m.peak_kb).max(m.resident_kb);
+            if m.resident_kb > limit_kb && !over_memory {
+                over_memory = true;
+                let _ = child.kill();
+            }
+        }
+        std::thread::sleep(WATCH_EVERY);
+    };
+    let past_deadline = deadline().is_some_and(|d| SystemTime::now() >= d);
+    Ok(Ended {
+        status,
+        peak_mb: peak_kb.div_ceil(1024),
+        over_memory,
+        memory_mb,
+        past_deadline,
+    })
+}
+
+struct Memory {
+    resident_kb: u64,
+    peak_kb: u64,
+}
+
+/// The child's resident memory now and at its peak, from `/proc` (Linux); `None` elsewhere.
+fn memory_of(child: &Child) -> Option<Memory> {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        line[name.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()
+    };
+    Some(Memory {
+        resident_kb: field("VmRSS:")?,
+        peak_kb: field("VmHWM:").unwrap_or(0),
+    })
+}
+
+/// The last `n` lines of the file at `path` (what an invocation logged last), read from
+/// its last 64 KB at most.
+pub fn log_tail(path: &Path, n: usize) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map_or(0, |m| m.len());
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)));
+    let mut bytes = Vec::new();
+    let _ = f.read_to_end(&mut bytes);
+    let text = String::from_utf8_lossy(&bytes);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }

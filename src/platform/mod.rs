@@ -72,29 +72,44 @@ impl std::fmt::Display for PlatformChoice {
 pub enum PlatformSpec {
     /// Local processes of the `lambdaml` binary.
     Local {
+        /// The `lambdaml` binary that supervises each invocation (`lambdaml supervise`).
+        supervisor: std::path::PathBuf,
         /// The binary to run (`lambdaml worker`).
         exe: std::path::PathBuf,
         /// Where each invocation's stdout/stderr goes.
         log_dir: std::path::PathBuf,
         /// Seconds each invocation may run.
         timeout_s: f64,
+        /// Memory of each invocation, in MB: one that uses more is ended.
+        memory_mb: u32,
     },
 }
 
+/// What every platform needs to know about the function it invokes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FunctionSpec {
+    /// The `lambdaml` binary of this process (it supervises local invocations).
+    pub supervisor: std::path::PathBuf,
+    /// The binary an invocation runs (`lambdaml worker`; a wrapper in tests).
+    pub exe: std::path::PathBuf,
+    /// Where each invocation's stdout/stderr goes.
+    pub log_dir: std::path::PathBuf,
+    /// Seconds each invocation may run.
+    pub timeout_s: f64,
+    /// Memory of each invocation, in MB.
+    pub memory_mb: u32,
+}
+
 impl PlatformSpec {
-    /// The spec of `choice` for a job whose workers run `exe`, log under `log_dir` and get
-    /// `timeout_s` seconds an invocation.
-    pub fn new(
-        choice: PlatformChoice,
-        exe: std::path::PathBuf,
-        log_dir: std::path::PathBuf,
-        timeout_s: f64,
-    ) -> Self {
+    /// The spec of `choice` for the function `f`.
+    pub fn new(choice: PlatformChoice, f: FunctionSpec) -> Self {
         match choice {
             PlatformChoice::Local => PlatformSpec::Local {
-                exe,
-                log_dir,
-                timeout_s,
+                supervisor: f.supervisor,
+                exe: f.exe,
+                log_dir: f.log_dir,
+                timeout_s: f.timeout_s,
+                memory_mb: f.memory_mb,
             },
         }
     }
@@ -103,13 +118,17 @@ impl PlatformSpec {
     pub fn build(&self) -> Box<dyn Platform> {
         match self {
             PlatformSpec::Local {
+                supervisor,
                 exe,
                 log_dir,
                 timeout_s,
+                memory_mb,
             } => Box::new(LocalPlatform::new(
+                supervisor.clone(),
                 exe.clone(),
                 log_dir.clone(),
                 Duration::from_secs_f64(*timeout_s),
+                *memory_mb,
             )),
         }
     }

@@ -11,6 +11,7 @@ mod bad_input;
 mod channel_conformance;
 mod collective_conformance;
 mod examples;
+mod lost_workers;
 mod metrics;
 mod ps;
 mod quickstart;

@@ -66,34 +66,6 @@ fn grad_avg_reduce_scatter_survives_reinvocation() {
     interrupted_equals_uninterrupted("svm", "reduce_scatter");
 }
 
-/// Runs `lambdaml train` expecting failure, with the workers started through `exe`;
-/// returns stderr and the run folder's worker logs.
-fn failing_job(
-    dir: &std::path::Path,
-    exe: Option<&std::path::Path>,
-    args: &[&str],
-) -> (String, String) {
-    let mut cmd = lambdaml();
-    if let Some(exe) = exe {
-        cmd.env("LAMBDAML_WORKER_EXE", exe);
-    }
-    let out = output(
-        cmd.current_dir(dir)
-            .args(["train", "--quiet", "--runs-dir"])
-            .arg(dir.join("runs"))
-            .args(args),
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!out.status.success(), "the job succeeded:\n{stderr}");
-    let mut logs = String::new();
-    for f in files_under(&dir.join("runs")) {
-        if f.extension().is_some_and(|e| e == "log") {
-            logs.push_str(&std::fs::read_to_string(&f).unwrap_or_default());
-        }
-    }
-    (stderr, logs)
-}
-
 /// A worker whose peer is dead used to wait out each invocation, re-invoke itself and wait
 /// again from zero, forever, when its invocations were shorter than the wait timeout. Its
 /// waiting is counted across invocations: after `wait_timeout` in all, the job fails naming
@@ -102,18 +74,7 @@ fn failing_job(
 fn waiting_for_a_dead_peer_is_counted_across_reinvocations() {
     let dir = scratch();
     // Worker 1's first invocation dies at once without a word; everything else runs.
-    let exe = dir.path().join("flaky-worker.sh");
-    std::fs::write(
-        &exe,
-        format!(
-            "#!/bin/sh\nev=$(cat)\ncase \"$ev\" in *'\"worker\":1,\"invocation\":0,'*) exit 0;; esac\n\
-             printf '%s' \"$ev\" | exec '{}' \"$@\"\n",
-            env!("CARGO_BIN_EXE_lambdaml")
-        ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let exe = worker_wrapper(dir.path(), r#"*'"worker":1,"invocation":0,'*"#, "exit 0");
     let (err, logs) = failing_job(
         dir.path(),
         Some(&exe),

@@ -91,9 +91,16 @@ fn a_server_paused_for_5_seconds_does_not_fail_the_job() {
     for server in [Server::memcached(None), Server::redis()] {
         let dir = scratch();
         let job = start_job(dir.path(), &server.url, "60");
-        // Pause once the workers are exchanging data through the server.
+        // Pause once the workers are exchanging data through the server (not during the
+        // driver's probe of the channel, before the job's clock starts).
         let started = Instant::now();
-        while server.items() == 0 {
+        let training = || {
+            files_under(&dir.path().join("runs")).iter().any(|f| {
+                f.ends_with("logs/worker-0.log")
+                    && std::fs::read_to_string(f).is_ok_and(|log| log.contains("worker started"))
+            })
+        };
+        while !training() || server.items() == 0 {
             assert!(
                 started.elapsed() < Duration::from_secs(60),
                 "the job never used the server"

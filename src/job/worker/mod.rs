@@ -33,7 +33,7 @@ pub enum Outcome {
     Finished,
     /// The deadline was near: checkpointed and re-invoked.
     Reinvoked,
-    /// A re-invocation found the job aborted and stopped without doing anything.
+    /// The invocation found the job aborted and stopped without training.
     Aborted,
 }
 
@@ -43,16 +43,25 @@ pub async fn run(event: WorkerEvent, deadline: Option<SystemTime>) -> anyhow::Re
     let usage_base = meter::snapshot();
     let spec = &event.job;
     let channel =
-        channel::open_with(&spec.channel, super::driver::retry_policy(&spec.config)).await?;
-    // A re-invocation of an aborted job stops here: its predecessor may have been cut off
-    // before it could see the flag (short invocations rarely wait long enough to look).
-    if event.resume
-        && channel
-            .get(&crate::comm::Keys::new(&spec.job_id).abort())
-            .await?
-            .is_some()
-    {
+        channel::open_with(&spec.channel, super::driver::channel_options(&spec.config)).await?;
+    // An invocation of an aborted job stops here, and says so, so that the driver knows it
+    // has stopped before it deletes the job's keys: a re-invocation whose predecessor was cut
+    // off before it could see the flag (short invocations rarely wait long enough to look),
+    // or a first invocation that started late.
+    let abort_key = crate::comm::Keys::new(&spec.job_id).abort();
+    if channel.get(&abort_key).await?.is_some() {
         tracing::info!("the job was aborted: not resuming");
+        let stopped = WorkerFailure {
+            worker: event.worker,
+            message: format!(
+                "{}: invocation {} stopped",
+                CommError::Aborted,
+                event.invocation
+            ),
+            residual_keys: Vec::new(),
+        };
+        let key = records::key(&spec.job_id, records::FAILURE, event.worker);
+        records::put(channel.as_ref(), &key, &stopped).await?;
         return Ok(Outcome::Aborted);
     }
     let mut session = None;
@@ -77,6 +86,44 @@ pub async fn run(event: WorkerEvent, deadline: Option<SystemTime>) -> anyhow::Re
         }
     }
     result
+}
+
+/// Reports an invocation that ended without a word (killed, out of memory, past its
+/// deadline), as its platform saw it: `why` and the last lines of its log become the
+/// worker's failure record, unless the worker left a result or a failure of its own.
+pub async fn report_lost(event: &WorkerEvent, why: &str, log_tail: &str) -> anyhow::Result<()> {
+    let spec = &event.job;
+    let options = channel::OpenOptions {
+        retry: channel::RetryPolicy {
+            budget: Duration::from_secs(30),
+            ..Default::default()
+        },
+        ..super::driver::channel_options(&spec.config)
+    };
+    let channel = channel::open_with(&spec.channel, options).await?;
+    let w = event.worker;
+    for what in [records::RESULT, records::FAILURE] {
+        if channel
+            .get(&records::key(&spec.job_id, what, w))
+            .await?
+            .is_some()
+        {
+            return Ok(());
+        }
+    }
+    let mut message = format!("invocation {} of worker {w} {why}", event.invocation);
+    if !log_tail.is_empty() {
+        message.push_str("; the last lines of its log:\n");
+        message.push_str(log_tail);
+    }
+    let failure = WorkerFailure {
+        worker: w,
+        message,
+        residual_keys: Vec::new(),
+    };
+    let key = records::key(&spec.job_id, records::FAILURE, w);
+    records::put(channel.as_ref(), &key, &failure).await?;
+    Ok(())
 }
 
 /// The machinery of one invocation, shared by every model.

@@ -121,6 +121,54 @@ pub fn partitions_with_a_bad_line(dir: &Path) -> PathBuf {
     parts
 }
 
+/// Runs `lambdaml train` expecting failure, with the workers started through `exe`;
+/// returns stderr and the run folder's worker logs.
+pub fn failing_job(
+    dir: &std::path::Path,
+    exe: Option<&std::path::Path>,
+    args: &[&str],
+) -> (String, String) {
+    let mut cmd = lambdaml();
+    if let Some(exe) = exe {
+        cmd.env("LAMBDAML_WORKER_EXE", exe);
+    }
+    let out = output(
+        cmd.current_dir(dir)
+            .args(["train", "--quiet", "--runs-dir"])
+            .arg(dir.join("runs"))
+            .args(args),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "the job succeeded:\n{stderr}");
+    let mut logs = String::new();
+    for f in files_under(&dir.join("runs")) {
+        if f.extension().is_some_and(|e| e == "log") {
+            logs.push_str(&std::fs::read_to_string(&f).unwrap_or_default());
+        }
+    }
+    (stderr, logs)
+}
+
+/// A worker binary for `LAMBDAML_WORKER_EXE` (written to `dir/worker.sh`): invocations
+/// whose event contains `matching` (a shell `case` pattern, e.g.
+/// `*'"worker":1,"invocation":0,'*`) run `then` (a shell command; the event is in `$ev`),
+/// every other runs the real `lambdaml`.
+pub fn worker_wrapper(dir: &Path, matching: &str, then: &str) -> PathBuf {
+    let exe = dir.join("worker.sh");
+    std::fs::write(
+        &exe,
+        format!(
+            "#!/bin/sh\nev=$(cat)\ncase \"$ev\" in {matching}) {then};; esac\n\
+             printf '%s' \"$ev\" | exec '{}' \"$@\"\n",
+            env!("CARGO_BIN_EXE_lambdaml")
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    exe
+}
+
 /// A finished training run.
 pub struct Run {
     pub summary: Value,
@@ -194,4 +242,81 @@ pub fn files_under(root: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// A mark in the environment of a driver, inherited by every process it starts (supervisors,
+/// workers, their re-invocations), so that a test can find and kill all of one job's
+/// processes without touching other tests'.
+pub struct ProcessMark(String);
+
+impl ProcessMark {
+    const VAR: &'static str = "LAMBDAML_TEST_PROCESS_MARK";
+
+    /// A fresh mark.
+    pub fn new() -> Self {
+        ProcessMark(format!("{:016x}", rand::random::<u64>()))
+    }
+
+    /// Marks `cmd` (and everything it starts).
+    pub fn apply<'c>(&self, cmd: &'c mut Command) -> &'c mut Command {
+        cmd.env(Self::VAR, &self.0)
+    }
+
+    /// The live processes carrying the mark.
+    pub fn pids(&self) -> Vec<u32> {
+        let needle = format!("{}={}", Self::VAR, self.0);
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/environ"))
+                    .is_ok_and(|env| env.split(|&b| b == 0).any(|var| var == needle.as_bytes()))
+            })
+            // A zombie keeps its environment readable until it is reaped, but runs nothing.
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                    !stat
+                        .rsplit(')')
+                        .next()
+                        .unwrap_or("")
+                        .trim_start()
+                        .starts_with('Z')
+                })
+            })
+            .collect()
+    }
+
+    /// SIGKILLs every marked process, again and again until none is left (a process may be
+    /// starting another as it is killed).
+    pub fn kill_all(&self) {
+        let mut quiet_scans = 0;
+        while quiet_scans < 3 {
+            let pids = self.pids();
+            if pids.is_empty() {
+                quiet_scans += 1;
+            } else {
+                quiet_scans = 0;
+                let _ = Command::new("kill")
+                    .arg("-9")
+                    .args(pids.iter().map(u32::to_string))
+                    .status();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
+    /// Waits up to `limit` for every marked process to end; false if some are still running.
+    pub fn wait_gone(&self, limit: std::time::Duration) -> bool {
+        let until = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < until {
+            if self.pids().is_empty() {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        self.pids().is_empty()
+    }
 }

@@ -137,6 +137,20 @@ impl Server {
 }
 
 impl Server {
+    /// Has the server drop the items whose expiry has passed now, rather than when it next
+    /// comes across them (memcached's LRU crawler; Redis expires keys actively already).
+    pub fn drop_expired(&self) {
+        if self.url.starts_with("memcached") {
+            use std::io::{Read, Write};
+            let mut conn = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+            conn.write_all(b"lru_crawler crawl all\r\n").unwrap();
+            let mut reply = [0u8; 64];
+            let n = conn.read(&mut reply).unwrap();
+            let reply = String::from_utf8_lossy(&reply[..n]);
+            assert!(reply.starts_with("OK") || reply.contains("BUSY"), "{reply}");
+        }
+    }
+
     /// Data requests the server has served so far, by its own counters: memcached `stats`
     /// (`cmd_get` counts every key of a multi-get, plus `cmd_set`, `cmd_touch` and deletes),
     /// Redis `INFO commandstats` (every command but connection handshakes and `INFO`).
