@@ -3,7 +3,7 @@
 mod progress;
 
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -90,6 +90,9 @@ pub enum PsCommand {
         /// Token every call must carry (workers: --ps-token).
         #[arg(long, env = "LAMBDAML_PS_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// Read the token from this file (kept out of `ps` listings and shell history).
+        #[arg(long, conflicts_with = "token")]
+        token_file: Option<PathBuf>,
         /// Largest model the server accepts, in MiB of f32 values.
         #[arg(long, default_value_t = 1024)]
         max_model_mb: u64,
@@ -105,6 +108,9 @@ pub enum PsCommand {
         /// The server's token.
         #[arg(long, env = "LAMBDAML_PS_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// Read the token from this file.
+        #[arg(long, conflicts_with = "token")]
+        token_file: Option<PathBuf>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -134,6 +140,9 @@ pub enum BenchCommand {
         /// The parameter server's token.
         #[arg(long, env = "LAMBDAML_PS_TOKEN", hide_env_values = true)]
         ps_token: Option<String>,
+        /// Read the parameter server's token from this file.
+        #[arg(long, conflicts_with = "ps_token")]
+        ps_token_file: Option<PathBuf>,
         /// Where the bench workers run.
         #[arg(long, default_value = "local")]
         platform: PlatformChoice,
@@ -292,6 +301,9 @@ pub struct TrainArgs {
     /// `--sync ps`: the parameter server's token.
     #[arg(long, env = "LAMBDAML_PS_TOKEN", hide_env_values = true)]
     pub ps_token: Option<String>,
+    /// `--sync ps`: read the parameter server's token from this file.
+    #[arg(long, conflicts_with = "ps_token")]
+    pub ps_token_file: Option<PathBuf>,
 }
 
 impl TrainArgs {
@@ -335,6 +347,9 @@ impl TrainArgs {
             ps_token,
             prices
         );
+        if let Some(path) = &self.ps_token_file {
+            c.ps_token = Some(read_token_file(path)?);
+        }
         Ok(c)
     }
 }
@@ -433,10 +448,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             rounds,
             ps_addr,
             ps_token,
+            ps_token_file,
             platform,
             json,
         }) => {
             let exe = std::env::current_exe().context("locating the lambdaml binary")?;
+            let ps_token = token_from(ps_token, ps_token_file.as_deref())?;
             let ps = ps_addr.map(|a| (a, ps_token));
             let report = runtime()?.block_on(bench::run(
                 &channel, workers, size, rounds, ps, platform, exe,
@@ -467,9 +484,11 @@ fn ps_command(cmd: PsCommand) -> anyhow::Result<()> {
             expired,
             dir,
             token,
+            token_file,
             max_model_mb,
             max_memory_mb,
         } => {
+            let token = token_from(token, token_file.as_deref())?;
             // Checked before they become Durations (which panic on absurd values).
             anyhow::ensure!(
                 interval > 0.0 && interval <= 86_400.0,
@@ -497,7 +516,13 @@ fn ps_command(cmd: PsCommand) -> anyhow::Result<()> {
                     let _ = std::io::stdout().flush();
                 }))
         }
-        PsCommand::Status { addr, token, json } => runtime()?.block_on(async {
+        PsCommand::Status {
+            addr,
+            token,
+            token_file,
+            json,
+        } => runtime()?.block_on(async {
+            let token = token_from(token, token_file.as_deref())?;
             let mut c = client::PsClient::connect(&addr, token.as_deref()).await?;
             let s = c.status().await?;
             if json {
@@ -562,6 +587,38 @@ fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     let outcome = runtime()?.block_on(worker::run(event, deadline))?;
     tracing::info!(?outcome, "invocation ends");
     Ok(())
+}
+
+/// The token given on the command line or in the environment, else the one in `file`.
+fn token_from(token: Option<String>, file: Option<&Path>) -> anyhow::Result<Option<String>> {
+    match (token, file) {
+        (Some(t), _) => Ok(Some(t)),
+        (None, Some(path)) => read_token_file(path).map(Some),
+        (None, None) => Ok(None),
+    }
+}
+
+/// A token from a file: its one line, without the line break; at most 4 KiB, checked
+/// before it is read.
+fn read_token_file(path: &Path) -> anyhow::Result<String> {
+    const MAX: u64 = 4096;
+    let len = std::fs::metadata(path)
+        .with_context(|| format!("reading the token file {}", path.display()))?
+        .len();
+    anyhow::ensure!(
+        len <= MAX,
+        "the token file {} holds {len} bytes; a token is at most {MAX}",
+        path.display()
+    );
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the token file {}", path.display()))?;
+    let token = text.trim_end_matches(['\n', '\r']);
+    anyhow::ensure!(
+        !token.is_empty() && !token.contains(['\n', '\r']),
+        "the token file {} must hold one non-empty line",
+        path.display()
+    );
+    Ok(token.to_string())
 }
 
 fn supervise(args: SuperviseArgs) -> anyhow::Result<()> {

@@ -272,6 +272,64 @@ fn a_wrong_or_missing_token_is_rejected() {
     }
 }
 
+/// A token can come from a file (kept out of `ps` listings and shell history) for the
+/// server, `ps status` and the workers; an oversized token file is refused before reading.
+#[test]
+fn tokens_can_come_from_files() {
+    let dir = scratch();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "from-a-file\n").unwrap();
+    let token_arg = token_file.to_str().unwrap();
+    let server = PsServer::start(&["--token-file", token_arg]);
+    let status = output(
+        lambdaml()
+            .args([
+                "ps",
+                "status",
+                "--addr",
+                &server.addr,
+                "--token-file",
+                token_arg,
+            ])
+            .env_remove("LAMBDAML_PS_TOKEN"),
+    );
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let out = output(
+        lambdaml()
+            .current_dir(dir.path())
+            .args(["train", "--quiet", "--epochs", "1", "--data"])
+            .arg(dense_data())
+            .args(["--sync", "ps", "--ps-addr", &server.addr])
+            .args(["--ps-token-file", token_arg, "--runs-dir"])
+            .arg(dir.path().join("runs"))
+            .env_remove("LAMBDAML_PS_TOKEN"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let huge = dir.path().join("huge");
+    std::fs::write(&huge, vec![b'x'; 1 << 20]).unwrap();
+    let out = output(lambdaml().args([
+        "ps",
+        "status",
+        "--addr",
+        &server.addr,
+        "--token-file",
+        huge.to_str().unwrap(),
+    ]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("a token is at most 4096"),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_restarted_server_serves_its_snapshots() {
     let dir = scratch();
