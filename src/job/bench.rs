@@ -37,6 +37,10 @@ pub struct BenchEvent {
     /// Its token.
     #[serde(default)]
     pub ps_token: Option<String>,
+    /// Seed of the vectors every worker contributes (new for every bench run, so a value
+    /// left by another run cannot pass for this one's).
+    #[serde(default)]
+    pub seed: u64,
 }
 
 /// One worker's measurements, in milliseconds.
@@ -46,7 +50,13 @@ pub struct BenchSamples {
     get_ms: Vec<f64>,
     /// Round times per sync mode (`reduce`, `reduce_scatter`, `ps`).
     round_ms: std::collections::BTreeMap<String, Vec<f64>>,
+    /// Channel requests of this worker in the measured rounds, per sync mode.
+    #[serde(default)]
+    requests: std::collections::BTreeMap<String, u64>,
     residual_keys: Vec<String>,
+    /// The first round whose mean was not the exact mean, in words.
+    #[serde(default)]
+    wrong: Option<String>,
 }
 
 /// Median and 95th percentile, in milliseconds.
@@ -77,6 +87,9 @@ pub struct BenchReport {
     pub round_ms: std::collections::BTreeMap<String, Stat>,
     /// Median of `round_ms`, per sync mode.
     pub round_ms_median: std::collections::BTreeMap<String, f64>,
+    /// Channel requests of all workers together per round, per sync mode (the parameter
+    /// server's calls are not channel requests).
+    pub requests_per_round: std::collections::BTreeMap<String, f64>,
 }
 
 fn stat(mut v: Vec<f64>) -> Stat {
@@ -126,6 +139,7 @@ pub async fn run(
         memory_mb: 10_240,
     };
     let platform = PlatformSpec::new(platform, function).build();
+    let seed: u64 = rand::random::<u32>().into();
     for w in 0..workers {
         let event = Invocation::BenchChannel(BenchEvent {
             job_id: job_id.clone(),
@@ -136,6 +150,7 @@ pub async fn run(
             rounds,
             ps_addr: ps.as_ref().map(|p| p.0.clone()),
             ps_token: ps.as_ref().and_then(|p| p.1.clone()),
+            seed,
         });
         platform.invoke(&format!("bench-{w}"), &serde_json::to_vec(&event)?)?;
     }
@@ -153,6 +168,10 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let samples: Vec<BenchSamples> = samples.into_iter().flatten().collect();
+    let wrong = samples
+        .iter()
+        .enumerate()
+        .find_map(|(w, s)| Some((w, s.wrong.clone()?)));
     let mut keys: Vec<String> = (0..workers).map(|w| result_key(&job_id, w)).collect();
     keys.extend(samples.iter().flat_map(|s| s.residual_keys.clone()));
     if let Some(listed) = ch.list(&Keys::new(&job_id).prefix()).await? {
@@ -163,6 +182,9 @@ pub async fn run(
     if let Some((addr, token)) = &ps {
         let mut c = crate::ps::client::PsClient::connect(addr, token.as_deref()).await?;
         c.drop_job(&job_id).await?;
+    }
+    if let Some((w, wrong)) = wrong {
+        anyhow::bail!("the bench's all-reduce gave a wrong result on worker {w}: {wrong}");
     }
     // Each round counts as long as its slowest worker took.
     let round_ms: std::collections::BTreeMap<String, Stat> = samples[0]
@@ -190,6 +212,13 @@ pub async fn run(
         round_ms_median: round_ms
             .iter()
             .map(|(k, v)| (k.clone(), v.median))
+            .collect(),
+        requests_per_round: round_ms
+            .keys()
+            .map(|mode| {
+                let all: u64 = samples.iter().filter_map(|s| s.requests.get(mode)).sum();
+                (mode.clone(), all as f64 / rounds as f64)
+            })
             .collect(),
         round_ms,
     })
@@ -241,21 +270,65 @@ pub async fn worker(e: BenchEvent) -> anyhow::Result<()> {
     for mode in modes {
         let mut collective = comm::open(mode, ps.as_ref(), member.clone()).await?;
         let mut times = Vec::with_capacity(e.rounds);
+        let mut requests = 0;
         for i in 0..WARMUP + e.rounds {
+            let mine = contribution(e.seed, round, e.worker, values.len());
             comm.barrier(round).await?;
+            let before = crate::channel::meter::snapshot();
             let t = Instant::now();
-            collective.mean(round, &values).await?;
+            let mean = collective.mean(round, &mine).await?;
             if i >= WARMUP {
                 times.push(ms(t));
+                requests += (crate::channel::meter::snapshot() - before).requests();
+            }
+            if s.wrong.is_none() {
+                s.wrong = check_mean(e.seed, round, e.workers, &mean)
+                    .err()
+                    .map(|why| format!("{mode}, round {i}: {why}"));
             }
             round += 1;
         }
         s.residual_keys.extend(collective.residual_keys());
         s.round_ms.insert(mode.to_string(), times);
+        s.requests.insert(mode.to_string(), requests);
     }
     comm.barrier(round).await?;
     s.residual_keys.extend(comm.residual_keys());
     records::put(ch.as_ref(), &result_key(&e.job_id, e.worker), &s).await?;
+    Ok(())
+}
+
+/// Worker `w`'s vector in round `round`: values that differ by worker, round and index,
+/// so that a mean made of the wrong contributions (another round's, a missing worker's, a
+/// chunk out of place) cannot pass for the right one. Multiples of 1/1024, so every sum is
+/// exact in `f32` and the mean is off by at most one rounding.
+fn contribution(seed: u64, round: u64, w: usize, len: usize) -> Vec<f32> {
+    let base = seed
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add(round.wrapping_mul(1_000_003))
+        .wrapping_add(w as u64 * 7919);
+    (0..len as u64)
+        .map(|i| (base.wrapping_add(i.wrapping_mul(2_654_435_761)) % 4096) as f32 / 1024.0)
+        .collect()
+}
+
+/// Checks `mean` against the exact mean of the round's contributions.
+fn check_mean(seed: u64, round: u64, workers: usize, mean: &[f32]) -> Result<(), String> {
+    let mut exact = vec![0f64; mean.len()];
+    for w in 0..workers {
+        for (e, v) in exact
+            .iter_mut()
+            .zip(contribution(seed, round, w, mean.len()))
+        {
+            *e += f64::from(v);
+        }
+    }
+    for (i, (&got, sum)) in mean.iter().zip(&exact).enumerate() {
+        let want = sum / workers as f64;
+        if (f64::from(got) - want).abs() > 1e-6 * want.abs().max(1.0) {
+            return Err(format!("value {i} is {got}, the exact mean is {want}"));
+        }
+    }
     Ok(())
 }
 
@@ -276,5 +349,10 @@ pub fn render(r: &BenchReport) -> String {
             _ => row(&format!("all-reduce ({mode})"), s),
         }
     }
+    out.push_str("every round's result checked against the exact mean\nchannel requests per round (all workers):");
+    for (mode, n) in &r.requests_per_round {
+        out.push_str(&format!(" {mode} {n:.1}"));
+    }
+    out.push('\n');
     out
 }

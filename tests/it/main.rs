@@ -8,6 +8,7 @@ mod common;
 
 mod admm_kmeans;
 mod bad_input;
+mod bench;
 mod channel_conformance;
 mod collective_conformance;
 mod examples;
