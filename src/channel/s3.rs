@@ -125,6 +125,12 @@ impl Channel for S3Channel {
         .await
     }
 
+    /// S3 has no multi-get: the objects are fetched concurrently, so a poll of N keys takes
+    /// about one request's latency instead of N.
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, ChannelError> {
+        futures_util::future::try_join_all(keys.iter().map(|k| self.get(k))).await
+    }
+
     async fn delete(&self, keys: &[String]) -> Result<(), ChannelError> {
         for chunk in keys.chunks(1000) {
             let mut objects = Vec::with_capacity(chunk.len());

@@ -102,9 +102,10 @@ pub struct TimeSplit {
     pub load_s: f64,
     /// Computing (gradients, steps, assignments, validation).
     pub compute_s: f64,
-    /// Moving data in collectives.
-    pub comm_s: f64,
-    /// Waiting for peers inside collectives.
+    /// Moving data in collectives, waiting excluded (`metrics.jsonl`'s `comm_s` minus its
+    /// `wait_s`).
+    pub transfer_s: f64,
+    /// Waiting for peers inside collectives (as `wait_s` in `metrics.jsonl`).
     pub wait_s: f64,
     /// The rest of the epochs (records, checkpoints, bookkeeping).
     pub other_s: f64,
@@ -113,11 +114,10 @@ pub struct TimeSplit {
 impl TimeSplit {
     /// The split of one epoch record.
     pub fn of(r: &EpochRecord) -> TimeSplit {
-        let comm = (r.comm_s - r.wait_s).max(0.0);
         TimeSplit {
             load_s: r.load_s,
             compute_s: r.compute_s,
-            comm_s: comm,
+            transfer_s: (r.comm_s - r.wait_s).max(0.0),
             wait_s: r.wait_s,
             other_s: (r.epoch_s - r.compute_s - r.comm_s).max(0.0),
         }

@@ -146,7 +146,7 @@ pub fn loss_vs_cost(runs: &[Run], path: &Path) -> anyhow::Result<()> {
     )
 }
 
-/// One stacked bar per worker of every run: load, compute, communication, waiting, other.
+/// One stacked bar per worker of every run: load, compute, transfer, waiting, other.
 pub fn time_breakdown(runs: &[Run], path: &Path) -> anyhow::Result<()> {
     register_font();
     let mut bars: Vec<(String, [f64; 5])> = Vec::new();
@@ -154,7 +154,7 @@ pub fn time_breakdown(runs: &[Run], path: &Path) -> anyhow::Result<()> {
         for (w, t) in run.time_per_worker().iter().enumerate() {
             bars.push((
                 format!("{} w{w}", i + 1),
-                [t.load_s, t.compute_s, t.comm_s, t.wait_s, t.other_s],
+                [t.load_s, t.compute_s, t.transfer_s, t.wait_s, t.other_s],
             ));
         }
     }
@@ -184,7 +184,7 @@ pub fn time_breakdown(runs: &[Run], path: &Path) -> anyhow::Result<()> {
         .axis_desc_style((FONT, 16))
         .draw()
         .map_err(err)?;
-    let parts = ["load", "compute", "communication", "waiting", "other"];
+    let parts = ["load", "compute", "transfer", "waiting", "other"];
     let palette = [
         RGBColor(148, 103, 189),
         RGBColor(31, 119, 180),

@@ -185,7 +185,7 @@ pub fn table(runs: &[Run]) -> String {
 /// The cost breakdown and time split of every run, in markdown.
 fn breakdown(runs: &[Run]) -> String {
     let mut out = String::from(
-        "| # | Lambda compute | Lambda requests | S3 | DynamoDB | ElastiCache | PS VM | load s | compute s | comm s | wait s | other s |\n\
+        "| # | Lambda compute | Lambda requests | S3 | DynamoDB | ElastiCache | PS VM | load s | compute s | transfer s | wait s | other s |\n\
          |---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for (i, r) in runs.iter().enumerate() {
@@ -201,7 +201,7 @@ fn breakdown(runs: &[Run]) -> String {
             c.parameter_server,
             t.load_s,
             t.compute_s,
-            t.comm_s,
+            t.transfer_s,
             t.wait_s,
             t.other_s
         ));

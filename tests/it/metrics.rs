@@ -45,16 +45,34 @@ fn reported_requests_match_the_server(server: &Server, data: &str) -> Run {
     );
     // Every epoch record carries its share.
     let text = std::fs::read_to_string(run.run_dir.join("metrics.jsonl")).unwrap();
+    let (mut comm_s, mut wait_s) = (0.0, 0.0);
     let per_epoch: u64 = text
         .lines()
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
             assert!(v["wait_s"].as_f64().unwrap() <= v["comm_s"].as_f64().unwrap() + 1e-9);
             assert!(v["compute_s"].as_f64().unwrap() > 0.0);
+            comm_s += v["comm_s"].as_f64().unwrap();
+            wait_s += v["wait_s"].as_f64().unwrap();
             request_count(&v["usage"])
         })
         .sum();
     assert!(per_epoch > 0 && per_epoch <= reported);
+    // `wait_s` means the same in both files; the summary splits `comm_s` into transfer and
+    // waiting.
+    let time = &run.summary["time"];
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-6 * b.abs().max(1.0);
+    assert!(
+        close(time["wait_s"].as_f64().unwrap(), wait_s),
+        "{time} vs {wait_s}"
+    );
+    assert!(
+        close(
+            time["transfer_s"].as_f64().unwrap() + time["wait_s"].as_f64().unwrap(),
+            comm_s
+        ),
+        "{time} vs {comm_s}"
+    );
     // ElastiCache for the job's duration, Lambda for the workers' seconds.
     let cost = &run.summary["cost"];
     assert!(cost["elasticache"].as_f64().unwrap() > 0.0);
