@@ -70,6 +70,11 @@ pub enum StepSync {
         /// Learning rate.
         lr: f32,
     },
+    /// The mean of the workers' gradients, handed to
+    /// [`Learner::apply_mean_gradient`], which steps: for step rules whose state must
+    /// follow the averaged gradient (AdaGrad, so that a rare feature seen by one worker is
+    /// not stepped a worker-count times too little).
+    MeanGradient,
 }
 
 /// One local step's outcome.
@@ -168,6 +173,11 @@ pub trait Learner: Send {
     /// this one's.
     fn converged(&self, previous: Option<&Metrics>, current: &Metrics) -> bool;
 
+    /// Steps `state` with the workers' mean gradient (after a [`StepSync::MeanGradient`]).
+    fn apply_mean_gradient(&self, _state: &mut LearnerState, _mean: &mut [f32]) {
+        unreachable!("a learner that asks for the mean gradient applies it")
+    }
+
     /// A last vector to average once training is over (ADMM: the final primal residual).
     fn closing_vector(&self, _state: &LearnerState) -> Option<Vec<f32>> {
         None
@@ -201,8 +211,10 @@ pub struct TrainSpec {
     pub n_features: usize,
     /// Raw label values of the two classes (classifiers).
     pub labels: Option<BinaryLabels>,
-    /// SGD learning rate.
+    /// Learning rate.
     pub lr: f32,
+    /// How a gradient becomes a step.
+    pub step: super::StepRule,
     /// Regularisation strength.
     pub lam: f32,
     /// Regulariser.

@@ -97,6 +97,27 @@ pub enum OptimKind {
     Admm,
 }
 
+/// How a gradient becomes a step, whatever the optimizer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+#[clap(rename_all = "snake_case")]
+pub enum StepRule {
+    /// `w -= lr * g`: suits dense features of similar scales.
+    Sgd,
+    /// AdaGrad: each coordinate's step divided by the root of its summed squared gradients,
+    /// so rare features (most of a sparse model's) learn as fast as frequent ones.
+    Adagrad,
+}
+
+impl std::fmt::Display for StepRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StepRule::Sgd => "sgd",
+            StepRule::Adagrad => "adagrad",
+        })
+    }
+}
+
 impl std::fmt::Display for OptimKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {

@@ -6,13 +6,19 @@
 //! | `grad_avg` | gradient, then a synchronous step through the collective | nothing |
 //! | `model_avg` | gradient and a local SGD step | the models averaged |
 //! | `admm` | gradient of the loss plus the proximal term, a local SGD step, `local_epochs` passes | `mean(w_i + u_i)`, then the z- and u-updates ([`super::admm`]) |
+//!
+//! With the AdaGrad step rule every worker preconditions its gradient by its own running
+//! sum of squared gradients before the gradient is used (sent to the collective, or
+//! stepped locally): in grad_avg all workers then apply the same mean of preconditioned
+//! gradients, so their models stay identical. The sums live in `aux` after the optimizer's
+//! own state, so checkpoints carry them.
 
 use super::admm;
 use super::learner::{
     EpochSync, Init, Learner, LearnerState, Metrics, ModelError, Segment, Step, StepSync,
 };
 use super::sgd;
-use super::{OptimKind, learner::TrainSpec};
+use super::{OptimKind, StepRule, learner::TrainSpec};
 
 /// A model trained by minibatch gradients on its own partition.
 pub trait Differentiable: Send {
@@ -33,6 +39,7 @@ pub trait Differentiable: Send {
 pub struct Optimized<M> {
     model: M,
     optim: OptimKind,
+    rule: StepRule,
     lr: f32,
     lam: f32,
     reg: admm::Reg,
@@ -63,6 +70,7 @@ impl<M: Differentiable> Optimized<M> {
         Optimized {
             model,
             optim: spec.optim,
+            rule: spec.step,
             lr: spec.lr,
             lam: spec.lam,
             reg: spec.reg,
@@ -80,7 +88,8 @@ impl<M: Differentiable> Optimized<M> {
     }
 }
 
-/// ADMM's state in `aux`: `[z (p), u (p), ||w_i - z|| of the last round (1)]`.
+/// ADMM's state in `aux`: `[z (p), u (p), ||w_i - z|| of the last round (1)]` (then, with
+/// AdaGrad, its sums).
 struct AdmmState<'s> {
     z: &'s mut [f32],
     u: &'s mut [f32],
@@ -97,6 +106,24 @@ fn split_admm(aux: &mut [f32], p: usize) -> AdmmState<'_> {
     }
 }
 
+impl<M: Differentiable> Optimized<M> {
+    /// With AdaGrad, divides `grad` coordinate-wise by the root of its running sum of
+    /// squares (kept at the end of `aux`, so checkpoints carry it).
+    fn precondition(&self, state: &mut LearnerState, grad: &mut [f32]) {
+        if self.rule == StepRule::Adagrad {
+            let sums = state.aux.len() - state.params.len();
+            sgd::adagrad(grad, &mut state.aux[sums..]);
+        }
+    }
+
+    /// model_avg and ADMM: a step of this worker's own (preconditioned) gradient.
+    fn local_step(&self, state: &mut LearnerState, grad: &mut [f32]) -> StepSync {
+        self.precondition(state, grad);
+        sgd::step(&mut state.params, grad, self.lr);
+        StepSync::Local
+    }
+}
+
 impl<M: Differentiable> Learner for Optimized<M> {
     fn segments(&self) -> Vec<Segment> {
         self.model.segments()
@@ -104,10 +131,13 @@ impl<M: Differentiable> Learner for Optimized<M> {
 
     fn init(&self) -> Result<Init, ModelError> {
         let params = self.model.initial_params();
-        let aux = match self.optim {
+        let mut aux = match self.optim {
             OptimKind::Admm => vec![0.0; 2 * params.len() + 1],
             OptimKind::GradAvg | OptimKind::ModelAvg => Vec::new(),
         };
+        if self.rule == StepRule::Adagrad {
+            aux.resize(aux.len() + params.len(), 0.0);
+        }
         Ok(Init::Ready(LearnerState { params, aux }))
     }
 
@@ -132,20 +162,21 @@ impl<M: Differentiable> Learner for Optimized<M> {
         let order = &self.order.as_ref().expect("order set above").1;
         let rows = &order[sgd::batch_bounds(order.len(), self.steps, step % self.steps)];
         let loss = self.model.gradient(&state.params, rows, grad);
-        let sync = match self.optim {
-            OptimKind::GradAvg => StepSync::Gradient { lr: self.lr },
-            OptimKind::ModelAvg => {
-                sgd::step(&mut state.params, grad, self.lr);
-                StepSync::Local
-            }
-            OptimKind::Admm => {
-                let a = split_admm(&mut state.aux, p);
-                admm::add_proximal_gradient(grad, &state.params, a.z, a.u, self.rho);
-                sgd::step(&mut state.params, grad, self.lr);
-                StepSync::Local
-            }
+        if self.optim == OptimKind::Admm {
+            let a = split_admm(&mut state.aux, p);
+            admm::add_proximal_gradient(grad, &state.params, a.z, a.u, self.rho);
+        }
+        let sync = match (self.optim, self.rule) {
+            (OptimKind::GradAvg, StepRule::Sgd) => StepSync::Gradient { lr: self.lr },
+            (OptimKind::GradAvg, StepRule::Adagrad) => StepSync::MeanGradient,
+            (OptimKind::ModelAvg | OptimKind::Admm, _) => self.local_step(state, grad),
         };
         Step { loss, sync }
+    }
+
+    fn apply_mean_gradient(&self, state: &mut LearnerState, mean: &mut [f32]) {
+        self.precondition(state, mean);
+        sgd::step(&mut state.params, mean, self.lr);
     }
 
     fn syncs_each_epoch(&self) -> bool {

@@ -11,6 +11,18 @@ pub fn step(params: &mut [f32], grad: &[f32], lr: f32) {
     }
 }
 
+/// AdaGrad's preconditioning: `sum_sq += g^2`, then `g /= sqrt(sum_sq) + eps`, coordinate by
+/// coordinate, so a rare feature's step is not drowned by the frequent ones'.
+pub fn adagrad(grad: &mut [f32], sum_sq: &mut [f32]) {
+    const EPS: f32 = 1e-8;
+    for (g, s) in grad.iter_mut().zip(sum_sq) {
+        if *g != 0.0 {
+            *s += *g * *g;
+            *g /= s.sqrt() + EPS;
+        }
+    }
+}
+
 /// The order in which worker `worker` visits `rows` in `epoch`: a permutation derived from
 /// (seed, worker, epoch) alone, so a resumed invocation recomputes exactly the same batches
 /// without storing any RNG state.
@@ -55,6 +67,19 @@ mod tests {
         let mut sorted = a.clone();
         sorted.sort();
         assert_eq!(sorted, rows);
+    }
+
+    #[test]
+    fn adagrad_steps_rare_and_small_coordinates_as_far_as_large_ones() {
+        let mut sums = vec![0.0; 3];
+        let mut g = vec![0.001, 100.0, 0.0];
+        adagrad(&mut g, &mut sums);
+        assert!((g[0] - 1.0).abs() < 1e-4 && (g[1] - 1.0).abs() < 1e-6, "{g:?}");
+        assert_eq!(g[2], 0.0, "a coordinate without gradient does not move");
+        let mut again = vec![0.001, 100.0, 0.0];
+        adagrad(&mut again, &mut sums);
+        // The second step of the same size is 1/sqrt(2) of the first.
+        assert!((again[1] - std::f32::consts::FRAC_1_SQRT_2).abs() < 1e-6, "{again:?}");
     }
 
     #[test]

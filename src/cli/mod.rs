@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-use crate::algo::{ModelKind, OptimKind};
+use crate::algo::{ModelKind, OptimKind, StepRule};
 use crate::channel::ChannelUrl;
 use crate::comm::SyncMode;
 use crate::data::synth::{self, SynthKind};
@@ -244,7 +244,11 @@ pub struct TrainArgs {
     /// Learning rate.
     #[arg(long)]
     pub lr: Option<f32>,
-    /// L2 regularisation strength.
+    /// How a gradient becomes a step (default: adagrad for sparse models, sgd for dense).
+    #[arg(long, value_enum)]
+    pub step: Option<StepRule>,
+    /// Regularisation strength (default: 1e-4 for dense models, 1 / training rows for
+    /// sparse ones).
     #[arg(long)]
     pub lam: Option<f32>,
     /// Regulariser (l1 with --optim admm only).
@@ -320,7 +324,7 @@ impl TrainArgs {
             ($($f:ident),*) => { $(if let Some(v) = &self.$f { c.$f = Some(v.clone()); })* };
         }
         set!(
-            synth, synth_rows, workers, model, optim, sync, epochs, batch_size, lr, lam, seed
+            synth, synth_rows, workers, model, optim, sync, epochs, batch_size, seed
         );
         set!(
             val_ratio,
@@ -338,6 +342,9 @@ impl TrainArgs {
             max_job_seconds
         );
         set_opt!(
+            lr,
+            lam,
+            step,
             data,
             features,
             channel,

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::algo::admm::Reg;
-use crate::algo::{ModelKind, OptimKind};
+use crate::algo::{ModelKind, OptimKind, StepRule};
 use crate::channel::ChannelUrl;
 use crate::comm::SyncMode;
 use crate::data::DataLocation;
@@ -43,10 +43,15 @@ pub struct JobConfig {
     pub epochs: u32,
     /// Rows per minibatch on each worker.
     pub batch_size: usize,
-    /// SGD learning rate.
-    pub lr: f32,
-    /// L2 regularisation strength.
-    pub lam: f32,
+    /// Learning rate (default: 0.1 with the SGD step rule, 0.5 with AdaGrad, whose steps
+    /// shrink by themselves).
+    pub lr: Option<f32>,
+    /// How a gradient becomes a step: `sgd` or `adagrad` (default: `adagrad` for sparse
+    /// models, `sgd` for dense ones; KMeans has no gradient).
+    pub step: Option<StepRule>,
+    /// Regularisation strength (default: 1e-4 for dense models; for sparse ones 1 / the
+    /// training rows, the regularisation of liblinear's default `C = 1`).
+    pub lam: Option<f32>,
     /// Regulariser: `l2` (`lam/2 ||w||^2`) or, with ADMM, `l1` (`lam ||w||_1`).
     pub reg: Reg,
     /// ADMM penalty parameter.
@@ -110,8 +115,9 @@ impl Default for JobConfig {
             channel: None,
             epochs: 5,
             batch_size: 1000,
-            lr: 0.1,
-            lam: 1e-4,
+            lr: None,
+            step: None,
+            lam: None,
             reg: Reg::L2,
             rho: 1.0,
             local_epochs: 1,
@@ -222,10 +228,12 @@ impl JobConfig {
         if let Some(n) = self.features {
             in_range("features", n, 1, 1_000_000_000)?;
         }
-        positive("lr", self.lr as f64)?;
+        positive("lr", self.learning_rate() as f64)?;
         positive("rho", self.rho as f64)?;
-        if !(self.lam.is_finite() && self.lam >= 0.0) {
-            return Err(field("lam", format!("must be >= 0, got {}", self.lam)));
+        if let Some(lam) = self.lam
+            && !(lam.is_finite() && lam >= 0.0)
+        {
+            return Err(field("lam", format!("must be >= 0, got {lam}")));
         }
         if !(self.tol.is_finite() && self.tol >= 0.0) {
             return Err(field("tol", format!("must be >= 0, got {}", self.tol)));
@@ -329,6 +337,34 @@ impl JobConfig {
         self.longest_life() + KEY_EXPIRY_SLACK
     }
 
+    /// The step rule: as given, else AdaGrad for sparse models (whose rare features plain
+    /// SGD barely moves) and SGD for dense ones.
+    pub fn step_rule(&self) -> StepRule {
+        self.step.unwrap_or(if self.model.is_sparse() {
+            StepRule::Adagrad
+        } else {
+            StepRule::Sgd
+        })
+    }
+
+    /// The learning rate: as given, else the default of the step rule.
+    pub fn learning_rate(&self) -> f32 {
+        self.lr.unwrap_or(match self.step_rule() {
+            StepRule::Sgd => 0.1,
+            StepRule::Adagrad => 0.5,
+        })
+    }
+
+    /// The regularisation strength for `training_rows` rows: as given, else the model's
+    /// default.
+    pub fn regularisation(&self, training_rows: usize) -> f32 {
+        self.lam.unwrap_or(if self.model.is_sparse() {
+            1.0 / training_rows.max(1) as f32
+        } else {
+            1e-4
+        })
+    }
+
     /// The channel URL, defaulting to a directory inside the runs folder.
     pub fn channel_url(&self) -> ChannelUrl {
         self.channel
@@ -363,7 +399,7 @@ mod tests {
     #[test]
     fn validation_names_the_field() {
         let cfg = JobConfig {
-            lr: -1.0,
+            lr: Some(-1.0),
             ..JobConfig::default()
         };
         assert!(

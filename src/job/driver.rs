@@ -60,6 +60,11 @@ pub async fn run(mut cfg: JobConfig, ui: &dyn JobProgress) -> anyhow::Result<Job
     if let Some(c) = &cfg.init_centroids {
         cfg.init_centroids = Some(absolute(Path::new(c))?.display().to_string());
     }
+    // Recorded resolved, so the run folder says which rule trained the model.
+    if !cfg.model.is_clustering() {
+        cfg.lr = Some(cfg.learning_rate());
+        cfg.step = Some(cfg.step_rule());
+    }
     let channel_url = cfg
         .channel_url()
         .absolute()

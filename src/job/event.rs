@@ -48,8 +48,9 @@ impl JobSpec {
             optim: c.optim,
             n_features: self.n_features,
             labels: self.labels,
-            lr: c.lr,
-            lam: c.lam,
+            lr: c.learning_rate(),
+            step: c.step_rule(),
+            lam: c.regularisation(self.training_rows()),
             reg: c.reg,
             rho: c.rho,
             local_epochs: c.local_epochs,
@@ -63,6 +64,11 @@ impl JobSpec {
             steps_per_epoch: self.steps_per_epoch,
             total_rows: self.total_rows,
         }
+    }
+
+    /// Rows all workers train on (validation rows held out).
+    pub fn training_rows(&self) -> usize {
+        (self.total_rows as f64 * (1.0 - self.config.val_ratio)).round() as usize
     }
 
     /// The parameter server of `--sync ps`, with its token.

@@ -36,6 +36,9 @@ pub struct Summary {
     pub steps_per_epoch: usize,
     /// Learning rate.
     pub lr: f32,
+    /// How gradients became steps (`sgd`, `adagrad`; none for KMeans).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<crate::algo::StepRule>,
     /// L2 strength.
     pub lam: f32,
     /// Seed.
@@ -240,8 +243,9 @@ pub fn summarize(
         epochs: cfg.epochs,
         batch_size: cfg.batch_size,
         steps_per_epoch: spec.steps_per_epoch,
-        lr: cfg.lr,
-        lam: cfg.lam,
+        lr: cfg.learning_rate(),
+        step: (!cfg.model.is_clustering()).then(|| cfg.step_rule()),
+        lam: cfg.regularisation(spec.training_rows()),
         seed: cfg.seed,
         n_features: spec.n_features,
         rows,

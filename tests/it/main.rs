@@ -18,4 +18,5 @@ mod ps;
 mod quickstart;
 mod reinvocation;
 mod remote;
+mod sparse_convergence;
 mod train_matrix;

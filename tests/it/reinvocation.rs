@@ -61,6 +61,12 @@ fn grad_avg_reduce_survives_reinvocation() {
     interrupted_equals_uninterrupted("lr", "reduce");
 }
 
+/// AdaGrad (sparse models' default) keeps its running sums in the checkpoint.
+#[test]
+fn adagrad_on_the_mean_gradient_survives_reinvocation() {
+    interrupted_equals_uninterrupted("sparse_lr", "reduce");
+}
+
 #[test]
 fn grad_avg_reduce_scatter_survives_reinvocation() {
     interrupted_equals_uninterrupted("svm", "reduce_scatter");

@@ -45,10 +45,19 @@ pub(super) async fn train(
                     format!("the loss of step {} is {}", s.state.step + 1, step.loss),
                 ));
             }
-            if let StepSync::Gradient { lr } = step.sync
-                && s.grad_step(&grad, lr).await?.is_none()
-            {
-                return s.reinvoke().await;
+            match step.sync {
+                StepSync::Local => {}
+                StepSync::Gradient { lr } => {
+                    if s.grad_step(&grad, lr).await?.is_none() {
+                        return s.reinvoke().await;
+                    }
+                }
+                StepSync::MeanGradient => {
+                    let Some(mut mean) = s.mean(&grad).await? else {
+                        return s.reinvoke().await;
+                    };
+                    learner.apply_mean_gradient(&mut s.state.model, &mut mean);
+                }
             }
             let acc = &mut s.state.acc;
             acc.compute_s += compute;
