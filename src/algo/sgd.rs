@@ -74,12 +74,18 @@ mod tests {
         let mut sums = vec![0.0; 3];
         let mut g = vec![0.001, 100.0, 0.0];
         adagrad(&mut g, &mut sums);
-        assert!((g[0] - 1.0).abs() < 1e-4 && (g[1] - 1.0).abs() < 1e-6, "{g:?}");
+        assert!(
+            (g[0] - 1.0).abs() < 1e-4 && (g[1] - 1.0).abs() < 1e-6,
+            "{g:?}"
+        );
         assert_eq!(g[2], 0.0, "a coordinate without gradient does not move");
         let mut again = vec![0.001, 100.0, 0.0];
         adagrad(&mut again, &mut sums);
         // The second step of the same size is 1/sqrt(2) of the first.
-        assert!((again[1] - std::f32::consts::FRAC_1_SQRT_2).abs() < 1e-6, "{again:?}");
+        assert!(
+            (again[1] - std::f32::consts::FRAC_1_SQRT_2).abs() < 1e-6,
+            "{again:?}"
+        );
     }
 
     #[test]
