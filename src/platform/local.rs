@@ -117,6 +117,8 @@ pub fn enter_invocation() -> Option<SystemTime> {
     Some(deadline)
 }
 
+/// Exit status of a worker that failed and reported it (`lambdaml`'s error exit).
+const WORKER_ERROR_EXIT: i32 = 1;
 /// Exit status of an invocation ended by its deadline watchdog.
 const DEADLINE_EXIT: i32 = 124;
 /// How often the supervisor looks at its invocation's memory.
@@ -138,7 +140,9 @@ pub struct Ended {
 }
 
 impl Ended {
-    /// Why the invocation failed, in words; `None` when it exited cleanly.
+    /// Why the invocation failed, in words, when nobody else will say it; `None` when it
+    /// exited cleanly, or through the worker's own error path (status 1), which reports
+    /// itself: a second report could land after the driver's cleanup.
     pub fn failure(&self) -> Option<String> {
         use std::os::unix::process::ExitStatusExt;
         let peak = self.peak_mb;
@@ -171,6 +175,7 @@ impl Ended {
                  --invocation-timeout or --reinvoke-margin"
                     .to_string(),
             ),
+            Some(WORKER_ERROR_EXIT) => None,
             Some(code) => Some(format!("exited with status {code}")),
             None => Some("ended without an exit status".to_string()),
         }
