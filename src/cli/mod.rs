@@ -241,7 +241,7 @@ pub struct TrainArgs {
     /// Rows per minibatch per worker.
     #[arg(long)]
     pub batch_size: Option<usize>,
-    /// Learning rate.
+    /// Learning rate (default: 0.1 with the sgd step rule, 0.5 with adagrad).
     #[arg(long)]
     pub lr: Option<f32>,
     /// How a gradient becomes a step (default: adagrad for sparse models, sgd for dense).
