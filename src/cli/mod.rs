@@ -48,6 +48,8 @@ pub enum Command {
     /// Measure a channel: put/get latency and all-reduce rounds with N worker processes.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Remove what jobs that can no longer run left on a channel (channels that can list).
+    Gc(GcArgs),
     /// Look into a channel: list, read, write and delete keys.
     #[command(subcommand)]
     Channel(ChannelCommand),
@@ -369,6 +371,32 @@ pub struct WorkerArgs {
     pub event: Option<PathBuf>,
 }
 
+/// `lambdaml gc`.
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// Channel URL.
+    #[arg(long, env = "LAMBDAML_CHANNEL", hide_env_values = true)]
+    pub channel: ChannelUrl,
+    /// Only jobs that started more than this many seconds ago (default: any job past its
+    /// life; two days for jobs without a record).
+    #[arg(long, value_parser = parse_seconds)]
+    pub older_than: Option<std::time::Duration>,
+    /// Say what would be removed, remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_seconds(s: &str) -> Result<std::time::Duration, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if !(v.is_finite() && (0.0..=3.2e9).contains(&v)) {
+        return Err(format!("seconds must be between 0 and 3.2e9, got {s}"));
+    }
+    Ok(std::time::Duration::from_secs_f64(v))
+}
+
 /// `lambdaml supervise`.
 #[derive(Debug, Args)]
 pub struct SuperviseArgs {
@@ -428,6 +456,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Supervise(args) => supervise(args),
         Command::Data(cmd) => data(cmd),
         Command::Channel(cmd) => runtime()?.block_on(channel_command(cmd)),
+        Command::Gc(args) => runtime()?.block_on(async {
+            let ch = crate::channel::open(&args.channel).await?;
+            let report = crate::job::gc::run(ch.as_ref(), args.older_than, args.dry_run).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", crate::job::gc::render(&report));
+            }
+            Ok(())
+        }),
         Command::Ps(cmd) => ps_command(cmd),
         Command::Report(args) => {
             use crate::job::plan::DataProgress;

@@ -117,6 +117,8 @@ async fn run_prepared(
     probe(first_contact.as_ref(), job_id).await?;
     drop(first_contact);
     let channel = channel::open_with(channel_url, channel_options(cfg)).await?;
+    let started_unix_ms = super::event::unix_ms();
+
     let ps = match &cfg.ps_addr {
         Some(addr) => {
             let mut c = PsClient::connect(addr, cfg.ps_token.as_deref()).await?;
@@ -152,8 +154,16 @@ async fn run_prepared(
             },
         ),
         ps_token: cfg.ps_token.clone(),
-        started_unix_ms: super::event::unix_ms(),
+        started_unix_ms,
     };
+    // Deleted with the job's other keys once it ends; what `lambdaml gc` reads otherwise.
+    let job_record = records::JobRecord {
+        started_unix_ms,
+        ends_by_unix_ms: started_unix_ms + cfg.longest_life().as_millis() as u64,
+    };
+    records::put(channel.as_ref(), &records::job_key(job_id), &job_record)
+        .await
+        .context("writing the job's record")?;
     let started = Instant::now();
     let outcome = invoke_and_follow(&spec, channel.clone(), ui).await;
     let wall = started.elapsed().as_secs_f64();
@@ -382,7 +392,11 @@ async fn delete_job_keys(
     let keys_of = Keys::new(&spec.job_id);
     let mut keys: Vec<String> = (0..spec.config.workers)
         .flat_map(|w| records::ALL.map(|what| records::key(&spec.job_id, what, w)))
-        .chain([keys_of.abort(), format!("{}/control/probe", spec.job_id)])
+        .chain([
+            keys_of.abort(),
+            format!("{}/control/probe", spec.job_id),
+            records::job_key(&spec.job_id),
+        ])
         .collect();
     match outcome {
         Followed::Done(results) => {

@@ -6,6 +6,7 @@ pub mod config;
 pub mod data_source;
 pub mod driver;
 pub mod event;
+pub mod gc;
 pub mod plan;
 pub mod records;
 pub mod summary;

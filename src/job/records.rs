@@ -23,6 +23,22 @@ pub const RESULT: &str = "result";
 pub const FAILURE: &str = "failure";
 /// Checkpoint between invocations.
 pub const CHECKPOINT: &str = "checkpoint";
+/// Key of the job's own record ([`JobRecord`]).
+pub fn job_key(job: &str) -> String {
+    format!("{job}/control/job")
+}
+
+/// What the driver leaves on the channel about the job itself, so that anyone (`lambdaml
+/// gc`) can tell a job that may still run from one that cannot.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct JobRecord {
+    /// When the driver started the job (milliseconds since the Unix epoch).
+    pub started_unix_ms: u64,
+    /// After this no invocation of the job runs any more (its life bound plus one
+    /// invocation), whatever happened to its driver.
+    pub ends_by_unix_ms: u64,
+}
+
 /// Every record kind (for cleanup).
 pub const ALL: [&str; 4] = [PROGRESS, RESULT, FAILURE, CHECKPOINT];
 

@@ -12,6 +12,7 @@ mod bench;
 mod channel_conformance;
 mod collective_conformance;
 mod examples;
+mod gc;
 mod lost_workers;
 mod metrics;
 mod ps;
