@@ -21,8 +21,9 @@ const SMALL_JOB: [&str; 8] = [
 ];
 
 /// A worker that allocated gigabytes used to be killed by the kernel without a record, and
-/// the driver waited its whole stall limit (330 s by default). The local platform holds each
-/// invocation to its memory as Lambda does and reports the end.
+/// the job failed only when a peer gave up waiting for it (`wait_timeout`, 300 s by default)
+/// or the driver's stall limit passed. The local platform holds each invocation to its
+/// memory as Lambda does and reports the end.
 #[test]
 fn a_worker_over_its_memory_is_reported_as_out_of_memory() {
     let dir = scratch();
