@@ -225,7 +225,9 @@ pub fn check_memory(
         ", use a sparse model (e.g. --model sparse_lr)"
     };
     bail!(
-        "worker {w} would need about {:.1} GiB for its {} rows and model, more than          --memory-mb {} gives it.{wide} Pass --features to bound the model{sparse}, use          more workers, or give workers more memory (--memory-mb, at most 10240).",
+        "worker {w} would need about {:.1} GiB for its {} rows and model, more than \
+         --memory-mb {} gives it.{wide} Pass --features to bound the model{sparse}, use \
+         more workers, or give workers more memory (--memory-mb, at most 10240).",
         gib(need),
         manifest.rows.get(w).copied().unwrap_or(0),
         cfg.memory_mb
@@ -256,7 +258,8 @@ mod tests {
         assert!(
             err.contains("index 100000000 on line 3 of data.svm")
                 && err.contains("--features")
-                && err.contains("sparse_lr"),
+                && err.contains("sparse_lr")
+                && !err.contains("  "),
             "{err}"
         );
         // The same data as a sparse model needs its pairs and a 100M-value model: 3 GB.
