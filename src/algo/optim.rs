@@ -7,11 +7,11 @@
 //! | `model_avg` | gradient and a local SGD step | the models averaged |
 //! | `admm` | gradient of the loss plus the proximal term, a local SGD step, `local_epochs` passes | `mean(w_i + u_i)`, then the z- and u-updates ([`super::admm`]) |
 //!
-//! With the AdaGrad step rule every worker preconditions its gradient by its own running
-//! sum of squared gradients before the gradient is used (sent to the collective, or
-//! stepped locally): in grad_avg all workers then apply the same mean of preconditioned
-//! gradients, so their models stay identical. The sums live in `aux` after the optimizer's
-//! own state, so checkpoints carry them.
+//! With the AdaGrad step rule, grad_avg averages the raw gradients and every worker
+//! preconditions the mean by the running sum of squared means (the same on every worker, so
+//! their models stay identical, and a feature seen by one worker is stepped as far as on one
+//! worker); model_avg and ADMM precondition each worker's own gradient before its local
+//! step. The sums live in `aux` after the optimizer's own state, so checkpoints carry them.
 
 use super::admm;
 use super::learner::{

@@ -39,7 +39,7 @@ pub struct Summary {
     /// How gradients became steps (`sgd`, `adagrad`; none for KMeans).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<crate::algo::StepRule>,
-    /// L2 strength.
+    /// Regularisation strength (the model's default resolved when none was given).
     pub lam: f32,
     /// Seed.
     pub seed: u64,
@@ -106,7 +106,8 @@ pub struct TimeSplit {
     /// Computing (gradients, steps, assignments, validation).
     pub compute_s: f64,
     /// Moving data in collectives, waiting excluded (`metrics.jsonl`'s `comm_s` minus its
-    /// `wait_s`).
+    /// `wait_s`). Run folders written before the rename call it `comm_s`.
+    #[serde(alias = "comm_s")]
     pub transfer_s: f64,
     /// Waiting for peers inside collectives (as `wait_s` in `metrics.jsonl`).
     pub wait_s: f64,
@@ -360,4 +361,18 @@ pub fn render_table(summary: &Summary, results: &[WorkerResult]) -> String {
         summary.estimated_cost_usd
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_splits_of_earlier_run_folders_still_read() {
+        let old = r#"{"load_s":1,"compute_s":2,"comm_s":3,"wait_s":4,"other_s":5}"#;
+        let t: TimeSplit = serde_json::from_str(old).unwrap();
+        assert_eq!(t.transfer_s, 3.0);
+        let new = serde_json::to_string(&t).unwrap();
+        assert!(new.contains("\"transfer_s\":3.0"), "{new}");
+    }
 }
