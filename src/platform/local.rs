@@ -9,39 +9,23 @@
 
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::{DEADLINE_ENV, Platform, PlatformError};
+use super::{DEADLINE_ENV, FunctionSpec, Platform, PlatformError};
 
 /// Runs invocations as local processes.
 #[derive(Debug, Clone)]
 pub struct LocalPlatform {
-    supervisor: PathBuf,
-    exe: PathBuf,
-    log_dir: PathBuf,
-    timeout: Duration,
-    memory_mb: u32,
+    f: FunctionSpec,
 }
 
 impl LocalPlatform {
-    /// Invocations run `exe worker` under `supervisor supervise` (the `lambdaml` binary),
-    /// log to `log_dir/NAME.log`, get `timeout` and `memory_mb` each.
-    pub fn new(
-        supervisor: PathBuf,
-        exe: PathBuf,
-        log_dir: PathBuf,
-        timeout: Duration,
-        memory_mb: u32,
-    ) -> Self {
-        LocalPlatform {
-            supervisor,
-            exe,
-            log_dir,
-            timeout,
-            memory_mb,
-        }
+    /// Invocations run `f.exe worker` under `f.supervisor supervise` (the `lambdaml`
+    /// binary), log to `f.log_dir/NAME.log`, get `f.timeout_s` and `f.memory_mb` each.
+    pub fn new(f: FunctionSpec) -> Self {
+        LocalPlatform { f }
     }
 }
 
@@ -51,9 +35,10 @@ impl Platform for LocalPlatform {
             name: name.to_string(),
             message,
         };
-        std::fs::create_dir_all(&self.log_dir)
-            .map_err(|e| fail(format!("{}: {e}", self.log_dir.display())))?;
-        let log_path = self.log_dir.join(format!("{name}.log"));
+        let f = &self.f;
+        std::fs::create_dir_all(&f.log_dir)
+            .map_err(|e| fail(format!("{}: {e}", f.log_dir.display())))?;
+        let log_path = f.log_dir.join(format!("{name}.log"));
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -62,25 +47,25 @@ impl Platform for LocalPlatform {
         let err_log = log
             .try_clone()
             .map_err(|e| fail(format!("{}: {e}", log_path.display())))?;
-        let deadline = SystemTime::now() + self.timeout;
+        let deadline = SystemTime::now() + Duration::from_secs_f64(f.timeout_s);
         let deadline_ms = deadline
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis())
             .unwrap_or_default();
-        let mut child = Command::new(&self.supervisor)
+        let mut child = Command::new(&f.supervisor)
             .arg("supervise")
             .arg("--exe")
-            .arg(&self.exe)
+            .arg(&f.exe)
             .arg("--log")
             .arg(&log_path)
             .arg("--memory-mb")
-            .arg(self.memory_mb.to_string())
+            .arg(f.memory_mb.to_string())
             .env(DEADLINE_ENV, deadline_ms.to_string())
             .stdin(Stdio::piped())
             .stdout(log)
             .stderr(err_log)
             .spawn()
-            .map_err(|e| fail(format!("cannot start {}: {e}", self.supervisor.display())))?;
+            .map_err(|e| fail(format!("cannot start {}: {e}", f.supervisor.display())))?;
         let mut stdin = child.stdin.take().expect("stdin was piped");
         stdin
             .write_all(payload)

@@ -4,8 +4,6 @@
 
 pub mod local;
 
-use std::time::Duration;
-
 use serde::{Deserialize, Serialize};
 use serde_with::{DeserializeFromStr, SerializeDisplay};
 
@@ -71,22 +69,11 @@ impl std::fmt::Display for PlatformChoice {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum PlatformSpec {
     /// Local processes of the `lambdaml` binary.
-    Local {
-        /// The `lambdaml` binary that supervises each invocation (`lambdaml supervise`).
-        supervisor: std::path::PathBuf,
-        /// The binary to run (`lambdaml worker`).
-        exe: std::path::PathBuf,
-        /// Where each invocation's stdout/stderr goes.
-        log_dir: std::path::PathBuf,
-        /// Seconds each invocation may run.
-        timeout_s: f64,
-        /// Memory of each invocation, in MB: one that uses more is ended.
-        memory_mb: u32,
-    },
+    Local(FunctionSpec),
 }
 
 /// What every platform needs to know about the function it invokes.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct FunctionSpec {
     /// The `lambdaml` binary of this process (it supervises local invocations).
     pub supervisor: std::path::PathBuf,
@@ -96,7 +83,7 @@ pub struct FunctionSpec {
     pub log_dir: std::path::PathBuf,
     /// Seconds each invocation may run.
     pub timeout_s: f64,
-    /// Memory of each invocation, in MB.
+    /// Memory of each invocation, in MB: one that uses more is ended.
     pub memory_mb: u32,
 }
 
@@ -104,32 +91,14 @@ impl PlatformSpec {
     /// The spec of `choice` for the function `f`.
     pub fn new(choice: PlatformChoice, f: FunctionSpec) -> Self {
         match choice {
-            PlatformChoice::Local => PlatformSpec::Local {
-                supervisor: f.supervisor,
-                exe: f.exe,
-                log_dir: f.log_dir,
-                timeout_s: f.timeout_s,
-                memory_mb: f.memory_mb,
-            },
+            PlatformChoice::Local => PlatformSpec::Local(f),
         }
     }
 
     /// Builds the platform this spec describes.
     pub fn build(&self) -> Box<dyn Platform> {
         match self {
-            PlatformSpec::Local {
-                supervisor,
-                exe,
-                log_dir,
-                timeout_s,
-                memory_mb,
-            } => Box::new(LocalPlatform::new(
-                supervisor.clone(),
-                exe.clone(),
-                log_dir.clone(),
-                Duration::from_secs_f64(*timeout_s),
-                *memory_mb,
-            )),
+            PlatformSpec::Local(f) => Box::new(LocalPlatform::new(f.clone())),
         }
     }
 }
