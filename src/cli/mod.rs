@@ -497,10 +497,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             platform,
             json,
         }) => {
-            let exe = match std::env::var_os(driver::WORKER_EXE_ENV) {
-                Some(p) => PathBuf::from(p),
-                None => std::env::current_exe().context("locating the lambdaml binary")?,
-            };
+            let exe = driver::worker_exe()?;
             let ps_token = token_from(ps_token, ps_token_file.as_deref())?;
             let ps = ps_addr.map(|a| (a, ps_token));
             let report = runtime()?.block_on(bench::run(

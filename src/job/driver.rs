@@ -24,6 +24,14 @@ use crate::ps::client::PsClient;
 /// Environment variable naming the binary that runs `lambdaml worker` (default: this one).
 pub const WORKER_EXE_ENV: &str = "LAMBDAML_WORKER_EXE";
 
+/// The binary that runs `lambdaml worker`: [`WORKER_EXE_ENV`], else this one.
+pub fn worker_exe() -> anyhow::Result<PathBuf> {
+    match std::env::var_os(WORKER_EXE_ENV) {
+        Some(p) => Ok(PathBuf::from(p)),
+        None => std::env::current_exe().context("locating the lambdaml binary"),
+    }
+}
+
 /// How the driver reports while it runs.
 pub trait JobProgress: DataProgress {
     /// Training starts: `total` worker-epochs.
@@ -130,10 +138,7 @@ async fn run_prepared(
     };
 
     let supervisor = std::env::current_exe().context("locating the lambdaml binary")?;
-    let exe = match std::env::var_os(WORKER_EXE_ENV) {
-        Some(p) => PathBuf::from(p),
-        None => supervisor.clone(),
-    };
+    let exe = worker_exe()?;
     let spec = JobSpec {
         job_id: job_id.to_string(),
         config: cfg.clone(),
@@ -268,6 +273,8 @@ async fn follow(spec: &JobSpec, ch: &dyn Channel, ui: &dyn JobProgress) -> Follo
     let stall_limit = Duration::from_secs_f64(
         spec.config.wait_timeout.max(spec.config.invocation_timeout) + 30.0,
     );
+    // After an abort, every invocation says it stopped within one invocation.
+    let settle_limit = Duration::from_secs_f64(spec.config.invocation_timeout + 10.0);
     let mut aborted_at: Option<Instant> = None;
     let poll = ch.poll_policy().max.max(Duration::from_millis(50));
     loop {
@@ -320,7 +327,6 @@ async fn follow(spec: &JobSpec, ch: &dyn Channel, ui: &dyn JobProgress) -> Follo
             // see the abort flag within about a second of their next wait, and any later
             // invocation sees it when it starts, so each says so within an invocation. A
             // stalled job's silent workers are presumed gone.
-            let settle_limit = Duration::from_secs_f64(spec.config.invocation_timeout + 10.0);
             if unsettled.is_empty() || stalled || at.elapsed() > settle_limit {
                 if !unsettled.is_empty() && !stalled {
                     tracing::warn!(
