@@ -210,11 +210,7 @@ fn a_diverged_model_fails_the_job() {
 #[test]
 fn an_unreachable_channel_fails_at_start_with_one_message() {
     let dir = scratch();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::common::services::free_port();
     for url in [
         format!("redis://127.0.0.1:{port}"),
         format!("memcached://127.0.0.1:{port}"),
