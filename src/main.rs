@@ -8,10 +8,19 @@ use lambdaml::cli::{Cli, Command, PsCommand};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    // Started by Lambda (or a local Lambda): serve worker events, whatever the arguments.
+    if std::env::var_os(lambdaml::cli::lambda::RUNTIME_API_ENV).is_some() {
+        init_logs("info");
+        return exit(lambdaml::cli::lambda::serve_runtime());
+    }
     let cli = Cli::parse();
     // Workers and the parameter server log what they do (their stderr is their log); the
     // driver stays quiet unless asked, so its table and progress bar are readable.
-    let serving = matches!(&cli.command, Command::Ps(PsCommand::Serve { .. }));
+    let serving = matches!(
+        &cli.command,
+        Command::Ps(PsCommand::Serve { .. })
+            | Command::Lambda(lambdaml::cli::lambda::LambdaCommand::Emulate { .. })
+    );
     let default = match (&cli.command, cli.verbose) {
         (Command::Worker(_) | Command::Supervise(_), 0) => "info",
         (_, 0) if serving => "info",
@@ -19,17 +28,28 @@ fn main() -> ExitCode {
         (_, 1) => "info",
         _ => "debug",
     };
+    init_logs(default);
+    exit(lambdaml::cli::run(cli))
+}
+
+/// Logs to stderr (a worker's log file; CloudWatch on Lambda) at `default` level unless
+/// `LAMBDAML_LOG` says otherwise.
+fn init_logs(default: &str) {
     // r2d2 (memcached's pools) logs every failed background connection at error level;
-    // the channel reports the failure once, with the key and the channel.
+    // the channel reports the failure once, with the key and the channel. aws_config warns
+    // at every load off EC2 that the instance metadata service is out of reach.
     let filter = EnvFilter::try_from_env("LAMBDAML_LOG")
-        .unwrap_or_else(|_| EnvFilter::new(format!("{default},r2d2=off")));
+        .unwrap_or_else(|_| EnvFilter::new(format!("{default},r2d2=off,aws_config=error")));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         // Colours only on a terminal: logs go to files and into failure reports.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
-    match lambdaml::cli::run(cli) {
+}
+
+fn exit(result: anyhow::Result<()>) -> ExitCode {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -1,5 +1,6 @@
 //! Command-line interface: `train`, `worker`, `data synth`, `data split`.
 
+pub mod lambda;
 mod progress;
 
 use std::io::Read;
@@ -56,6 +57,9 @@ pub enum Command {
     /// The parameter server of hybrid mode (`--sync ps`): serve, or show what one holds.
     #[command(subcommand)]
     Ps(PsCommand),
+    /// AWS Lambda: a local Lambda for tests and trials (`emulate`).
+    #[command(subcommand)]
+    Lambda(lambda::LambdaCommand),
     /// Compare finished runs: PNG charts (loss vs time, loss vs cost, time per worker) and a
     /// markdown table.
     Report(ReportArgs),
@@ -467,6 +471,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }),
         Command::Ps(cmd) => ps_command(cmd),
+        Command::Lambda(cmd) => lambda::command(cmd),
         Command::Report(args) => {
             use crate::job::plan::DataProgress;
             let ui = BarUi::new(true);
@@ -513,7 +518,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -627,6 +632,11 @@ fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     let event = match event {
         Invocation::Train(e) => *e,
         Invocation::BenchChannel(e) => return runtime()?.block_on(bench::worker(e)),
+        Invocation::Ping(p) => {
+            let pong = runtime()?.block_on(p.answer(1))?;
+            println!("{}", serde_json::to_string(&pong)?);
+            return Ok(());
+        }
     };
     let deadline = platform::local::enter_invocation();
     let outcome = runtime()?.block_on(worker::run(event, deadline))?;

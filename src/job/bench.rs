@@ -138,7 +138,7 @@ pub async fn run(
         timeout_s: 900.0,
         memory_mb: 10_240,
     };
-    let platform = PlatformSpec::new(platform, function).build();
+    let platform = PlatformSpec::new(&platform, function).connect().await;
     let seed: u64 = rand::random::<u32>().into();
     for w in 0..workers {
         let event = Invocation::BenchChannel(BenchEvent {
@@ -152,7 +152,9 @@ pub async fn run(
             ps_token: ps.as_ref().and_then(|p| p.1.clone()),
             seed,
         });
-        platform.invoke(&format!("bench-{w}"), &serde_json::to_vec(&event)?)?;
+        platform
+            .invoke(&format!("bench-{w}"), &serde_json::to_vec(&event)?)
+            .await?;
     }
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut samples: Vec<Option<BenchSamples>> = vec![None; workers];

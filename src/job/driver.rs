@@ -90,6 +90,7 @@ pub async fn run(mut cfg: JobConfig, ui: &dyn JobProgress) -> anyhow::Result<Job
         let _ = std::fs::write(run_dir.join("config.toml"), text);
     }
 
+    adopt_function_settings(&mut cfg).await?;
     let data = plan::prepare_data(&cfg, &run_dir, ui).await?;
     let result = run_prepared(&cfg, &job_id, &run_dir, &channel_url, &data, &prices, ui).await;
     if let Some(dir) = data.location.local().filter(|_| data.temporary) {
@@ -149,7 +150,7 @@ async fn run_prepared(
         total_rows: data.manifest.total_rows(),
         steps_per_epoch,
         platform: PlatformSpec::new(
-            cfg.platform,
+            &cfg.platform,
             FunctionSpec {
                 supervisor,
                 exe,
@@ -224,6 +225,46 @@ async fn probe(ch: &dyn Channel, job_id: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Checks that the platform's function can run the job, and takes the invocation timeout
+/// and memory the function is configured with (what its invocations really get) when they
+/// differ from the job's.
+async fn adopt_function_settings(cfg: &mut JobConfig) -> anyhow::Result<()> {
+    let probe = FunctionSpec {
+        supervisor: PathBuf::new(),
+        exe: PathBuf::new(),
+        log_dir: PathBuf::new(),
+        timeout_s: cfg.invocation_timeout,
+        memory_mb: cfg.memory_mb,
+    };
+    let platform = PlatformSpec::new(&cfg.platform, probe).connect().await;
+    let Some(facts) = platform.check(cfg.workers).await? else {
+        return Ok(());
+    };
+    if facts.timeout_s != cfg.invocation_timeout {
+        tracing::info!(
+            "{} runs each invocation for up to {} s, not --invocation-timeout {} s: using {} s",
+            cfg.platform,
+            facts.timeout_s,
+            cfg.invocation_timeout,
+            facts.timeout_s
+        );
+        cfg.invocation_timeout = facts.timeout_s;
+    }
+    if facts.memory_mb != cfg.memory_mb {
+        tracing::info!(
+            "{} gives each invocation {} MB, not --memory-mb {}: using {} MB",
+            cfg.platform,
+            facts.memory_mb,
+            cfg.memory_mb,
+            facts.memory_mb
+        );
+        cfg.memory_mb = facts.memory_mb;
+    }
+    cfg.validate()
+        .context("the function's settings do not suit the job")?;
+    Ok(())
+}
+
 enum Followed {
     Done(Vec<WorkerResult>),
     Failed {
@@ -234,8 +275,10 @@ enum Followed {
 
 async fn invoke_and_follow(spec: &JobSpec, ch: Arc<dyn Channel>, ui: &dyn JobProgress) -> Followed {
     let n = spec.config.workers;
-    let platform = spec.platform.build();
-    for w in 0..n {
+    let platform = spec.platform.connect().await;
+    // All at once: on Lambda each Invoke is a round trip, and a job's workers must all run
+    // before any round can finish.
+    let invoked = futures_util::future::join_all((0..n).map(|w| {
         let event = Invocation::Train(Box::new(WorkerEvent {
             job: spec.clone(),
             worker: w,
@@ -243,16 +286,19 @@ async fn invoke_and_follow(spec: &JobSpec, ch: Arc<dyn Channel>, ui: &dyn JobPro
             resume: false,
         }));
         let payload = serde_json::to_vec(&event).expect("events serialise");
-        if let Err(e) = platform.invoke(&format!("worker-{w}"), &payload) {
-            // Workers already started will notice the abort flag and stop.
-            let _ = ch
-                .put(&Keys::new(&spec.job_id).abort(), bytes::Bytes::new())
-                .await;
-            return Followed::Failed {
-                error: e.into(),
-                residual: Vec::new(),
-            };
-        }
+        let platform = &platform;
+        async move { platform.invoke(&format!("worker-{w}"), &payload).await }
+    }))
+    .await;
+    if let Some(e) = invoked.into_iter().find_map(Result::err) {
+        // Workers already started will notice the abort flag and stop.
+        let _ = ch
+            .put(&Keys::new(&spec.job_id).abort(), bytes::Bytes::new())
+            .await;
+        return Followed::Failed {
+            error: e.into(),
+            residual: Vec::new(),
+        };
     }
     ui.training(n as u64 * spec.config.epochs as u64);
     let followed = follow(spec, ch.as_ref(), ui).await;

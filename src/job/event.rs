@@ -108,4 +108,57 @@ pub enum Invocation {
     Train(Box<WorkerEvent>),
     /// A `lambdaml bench channel` worker.
     BenchChannel(super::bench::BenchEvent),
+    /// A health check (`lambdaml lambda ping`): the function answers with a [`Pong`].
+    Ping(Ping),
+}
+
+/// Longest a ping may hold its invocation: Lambda's longest timeout.
+pub const MAX_PING_SLEEP_MS: u64 = 900_000;
+
+/// A health check of the worker function.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct Ping {
+    /// How long the function holds the invocation before answering, in milliseconds (at
+    /// most [`MAX_PING_SLEEP_MS`]): to try a platform's timeout.
+    #[serde(default)]
+    pub sleep_ms: u64,
+}
+
+/// What the worker function answers to a [`Ping`]: which binary runs, and whether the
+/// instance is a warm one.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Pong {
+    /// The `lambdaml` version of the function's code.
+    pub version: String,
+    /// The process serving the invocation (the same one across warm invocations).
+    pub pid: u32,
+    /// Invocations this process has served, this one included (1: a cold start).
+    pub served: u64,
+    /// The machine's architecture (`x86_64`, `aarch64`).
+    pub arch: String,
+    /// The function's memory, in MB, as the platform set it (Lambda's
+    /// `AWS_LAMBDA_FUNCTION_MEMORY_SIZE`).
+    pub memory_mb: Option<u32>,
+}
+
+impl Ping {
+    /// Answers the ping after holding it `sleep_ms`; `served` counts this process's
+    /// invocations.
+    pub async fn answer(&self, served: u64) -> anyhow::Result<Pong> {
+        anyhow::ensure!(
+            self.sleep_ms <= MAX_PING_SLEEP_MS,
+            "a ping may hold its invocation at most {MAX_PING_SLEEP_MS} ms, not {}",
+            self.sleep_ms
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(self.sleep_ms)).await;
+        Ok(Pong {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            pid: std::process::id(),
+            served,
+            arch: std::env::consts::ARCH.to_string(),
+            memory_mb: std::env::var("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
+                .ok()
+                .and_then(|m| m.parse().ok()),
+        })
+    }
 }

@@ -26,6 +26,10 @@ pub struct Summary {
     pub sync: String,
     /// Channel URL.
     pub channel: ChannelUrl,
+    /// Where the workers ran (`local`, `lambda:FUNCTION`); runs written before it was
+    /// recorded read as `local`.
+    #[serde(default)]
+    pub platform: crate::platform::PlatformChoice,
     /// Number of workers.
     pub workers: usize,
     /// Epochs trained.
@@ -240,6 +244,7 @@ pub fn summarize(
         },
         sync: cfg.sync.to_string(),
         channel: spec.channel.without_secrets(),
+        platform: cfg.platform.clone(),
         workers: cfg.workers,
         epochs: cfg.epochs,
         batch_size: cfg.batch_size,

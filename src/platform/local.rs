@@ -10,10 +10,10 @@
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::{DEADLINE_ENV, FunctionSpec, Platform, PlatformError};
+use super::{DEADLINE_ENV, FunctionFacts, FunctionSpec, Platform, PlatformError};
 
 /// Runs invocations as local processes.
 #[derive(Debug, Clone)]
@@ -29,8 +29,13 @@ impl LocalPlatform {
     }
 }
 
+#[async_trait::async_trait]
 impl Platform for LocalPlatform {
-    fn invoke(&self, name: &str, payload: &[u8]) -> Result<(), PlatformError> {
+    async fn check(&self, _workers: usize) -> Result<Option<FunctionFacts>, PlatformError> {
+        Ok(None)
+    }
+
+    async fn invoke(&self, name: &str, payload: &[u8]) -> Result<(), PlatformError> {
         let fail = |message: String| PlatformError::Invoke {
             name: name.to_string(),
             message,
@@ -202,7 +207,7 @@ pub fn supervise(exe: &Path, payload: &[u8], memory_mb: u32) -> std::io::Result<
         if let Some(status) = child.try_wait()? {
             break status;
         }
-        if let Some(m) = memory_of(&child) {
+        if let Some(m) = memory_of(child.id()) {
             peak_kb = peak_kb.max(m.peak_kb).max(m.resident_kb);
             if m.resident_kb > limit_kb && !over_memory {
                 over_memory = true;
@@ -221,14 +226,18 @@ pub fn supervise(exe: &Path, payload: &[u8], memory_mb: u32) -> std::io::Result<
     })
 }
 
-struct Memory {
-    resident_kb: u64,
-    peak_kb: u64,
+/// A process's memory, in kB.
+pub(crate) struct Memory {
+    /// Resident now.
+    pub resident_kb: u64,
+    /// Resident at its peak.
+    pub peak_kb: u64,
 }
 
-/// The child's resident memory now and at its peak, from `/proc` (Linux); `None` elsewhere.
-fn memory_of(child: &Child) -> Option<Memory> {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).ok()?;
+/// Process `pid`'s resident memory now and at its peak, from `/proc` (Linux); `None`
+/// elsewhere.
+pub(crate) fn memory_of(pid: u32) -> Option<Memory> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let field = |name: &str| -> Option<u64> {
         let line = status.lines().find(|l| l.starts_with(name))?;
         line[name.len()..]

@@ -2,11 +2,13 @@
 //! asynchronous `Invoke`. The driver never holds on to an invocation; it learns everything
 //! from the channel.
 
+pub mod lambda;
 pub mod local;
 
 use serde::{Deserialize, Serialize};
 use serde_with::{DeserializeFromStr, SerializeDisplay};
 
+pub use lambda::{LambdaFunction, LambdaPlatform};
 pub use local::LocalPlatform;
 
 /// Environment variable through which the local platform tells a worker its deadline
@@ -24,34 +26,59 @@ pub enum PlatformError {
         /// What went wrong.
         message: String,
     },
+    /// The function cannot run the job (missing, not allowed, too little concurrency).
+    #[error("{0}")]
+    Unfit(String),
+}
+
+/// What the platform says about the function, checked before a job starts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FunctionFacts {
+    /// Seconds each invocation may run, as the function is configured.
+    pub timeout_s: f64,
+    /// Memory of each invocation, in MB, as the function is configured.
+    pub memory_mb: u32,
 }
 
 /// Starts worker invocations.
+#[async_trait::async_trait]
 pub trait Platform: Send + Sync {
     /// Starts one invocation of the worker function with `payload` (the event, JSON) and
-    /// returns at once. `name` labels its logs.
-    fn invoke(&self, name: &str, payload: &[u8]) -> Result<(), PlatformError>;
+    /// returns once it is queued, without waiting for it to run. `name` labels its logs.
+    async fn invoke(&self, name: &str, payload: &[u8]) -> Result<(), PlatformError>;
+
+    /// Checks, before a job starts, that the function exists and can run `workers`
+    /// invocations at once (all of a job's workers must run together), and says how it is
+    /// configured; `None` where the platform's configuration is the job's own.
+    async fn check(&self, workers: usize) -> Result<Option<FunctionFacts>, PlatformError>;
 }
 
 /// Where workers run: the `platform` field and `--platform` flag, chosen once when a job
 /// (or a bench) starts and carried to the workers as a [`PlatformSpec`]. Serialised as its
 /// name.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, SerializeDisplay, DeserializeFromStr,
-)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, SerializeDisplay, DeserializeFromStr)]
 pub enum PlatformChoice {
     /// `local`: processes of the `lambdaml` binary on this machine.
     #[default]
     Local,
+    /// `lambda:<function>`: invocations of an AWS Lambda function (a name, a partial or a
+    /// full ARN, with or without a qualifier) running the `lambdaml` binary.
+    Lambda(String),
 }
 
 impl std::str::FromStr for PlatformChoice {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "local" => Ok(PlatformChoice::Local),
-            other => Err(format!("unknown platform '{other}' (known: local)")),
+        match s.split_once(':') {
+            None if s == "local" => Ok(PlatformChoice::Local),
+            Some(("lambda", function)) => {
+                lambda::check_function_name(function)?;
+                Ok(PlatformChoice::Lambda(function.to_string()))
+            }
+            _ => Err(format!(
+                "unknown platform '{s}' (known: local, lambda:<function name or ARN>)"
+            )),
         }
     }
 }
@@ -60,6 +87,7 @@ impl std::fmt::Display for PlatformChoice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             PlatformChoice::Local => f.write_str("local"),
+            PlatformChoice::Lambda(function) => write!(f, "lambda:{function}"),
         }
     }
 }
@@ -70,6 +98,8 @@ impl std::fmt::Display for PlatformChoice {
 pub enum PlatformSpec {
     /// Local processes of the `lambdaml` binary.
     Local(FunctionSpec),
+    /// Invocations of an AWS Lambda function.
+    Lambda(LambdaFunction),
 }
 
 /// What every platform needs to know about the function it invokes.
@@ -88,17 +118,24 @@ pub struct FunctionSpec {
 }
 
 impl PlatformSpec {
-    /// The spec of `choice` for the function `f`.
-    pub fn new(choice: PlatformChoice, f: FunctionSpec) -> Self {
+    /// The spec of `choice` for the function `f` (a Lambda function keeps only what it
+    /// needs of `f`: the rest is the function's own configuration).
+    pub fn new(choice: &PlatformChoice, f: FunctionSpec) -> Self {
         match choice {
             PlatformChoice::Local => PlatformSpec::Local(f),
+            PlatformChoice::Lambda(function) => PlatformSpec::Lambda(LambdaFunction {
+                function: function.clone(),
+                timeout_s: f.timeout_s,
+                memory_mb: f.memory_mb,
+            }),
         }
     }
 
-    /// Builds the platform this spec describes.
-    pub fn build(&self) -> Box<dyn Platform> {
+    /// Builds the platform this spec describes (a Lambda client loads the AWS settings).
+    pub async fn connect(&self) -> Box<dyn Platform> {
         match self {
             PlatformSpec::Local(f) => Box::new(LocalPlatform::new(f.clone())),
+            PlatformSpec::Lambda(f) => Box::new(LambdaPlatform::connect(f.clone()).await),
         }
     }
 }

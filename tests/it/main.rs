@@ -13,6 +13,7 @@ mod channel_conformance;
 mod collective_conformance;
 mod examples;
 mod gc;
+mod lambda;
 mod lost_workers;
 mod metrics;
 mod ps;

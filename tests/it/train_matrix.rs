@@ -3,29 +3,12 @@
 //! synchronous modes end with bit-identical workers and the same parameters on every channel,
 //! and afterwards the service itself holds no key of the job.
 
-use crate::common::services::{Server, shared};
+use crate::common::services::{Server, keys_left, shared};
 use crate::common::*;
 
 /// Runs the workload on `channel` (after `args`) and returns the run.
 fn run_on(dir: &std::path::Path, args: &[&str], channel: &str) -> Run {
     train(dir, &[args, &["--channel", channel]].concat())
-}
-
-/// Keys of the job still on a listing channel, asked of the service.
-fn left_on(url: &str, job_id: &str) -> Vec<String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let ch = lambdaml::channel::open(&url.parse().unwrap())
-            .await
-            .unwrap();
-        ch.list(&format!("{job_id}/"))
-            .await
-            .unwrap()
-            .expect("this backend lists")
-    })
 }
 
 /// The same workload over Memcached, Redis, S3 and DynamoDB: same parameters as `dir:` for
@@ -62,7 +45,7 @@ fn check_remote_channels(dir: &std::path::Path, args: &[&str], reference: &Run, 
             );
             Vec::new()
         } else {
-            left_on(url, job)
+            keys_left(url, job)
         };
         assert!(left.is_empty(), "{url}: keys left: {left:?}");
     }

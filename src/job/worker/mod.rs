@@ -386,8 +386,10 @@ impl<'a> Session<'a> {
         let payload = serde_json::to_vec(&Invocation::Train(Box::new(next.clone())))
             .expect("events serialise");
         spec.platform
-            .build()
+            .connect()
+            .await
             .invoke(&format!("worker-{w}"), &payload)
+            .await
             .context("re-invoking the worker")?;
         tracing::info!(
             epoch = self.state.epoch,

@@ -211,9 +211,13 @@ impl Run {
 /// Runs `lambdaml train --json` with `args` in `dir` (runs go to `dir/runs`) and returns the
 /// run, failing the test with the driver's stderr if it fails.
 pub fn train(dir: &Path, args: &[&str]) -> Run {
+    train_with(lambdaml(), dir, args)
+}
+
+/// As [`train`], with `cmd` (the `lambdaml` binary with an environment of its own).
+pub fn train_with(mut cmd: Command, dir: &Path, args: &[&str]) -> Run {
     let out = output(
-        lambdaml()
-            .current_dir(dir)
+        cmd.current_dir(dir)
             .args(["train", "--json", "--runs-dir"])
             .arg(dir.join("runs"))
             .args(args),

@@ -24,6 +24,23 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Keys of the job still on a listing channel, asked of the service.
+pub fn keys_left(url: &str, job_id: &str) -> Vec<String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let ch = lambdaml::channel::open(&url.parse().unwrap())
+            .await
+            .unwrap();
+        ch.list(&format!("{job_id}/"))
+            .await
+            .unwrap()
+            .expect("this backend lists")
+    })
+}
+
 /// A server process this test owns.
 pub struct Server {
     child: Child,
@@ -197,6 +214,133 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A local Lambda (`lambdaml lambda emulate`) of this test's own, serving one function whose
+/// code is the `lambdaml` binary; stopped (with its instances) when dropped.
+pub struct LocalLambda {
+    child: Child,
+    /// The Invoke API's URL (for `AWS_ENDPOINT_URL_LAMBDA`).
+    pub url: String,
+    /// The function's name.
+    pub function: String,
+    /// Where its instances log (`instance-N.log`).
+    pub log_dir: std::path::PathBuf,
+}
+
+impl LocalLambda {
+    /// Starts one for `function` with `extra` flags (`--concurrency`, `--timeout`,
+    /// `--memory`), its instances logging under `dir`; `env` goes to the emulator and so to
+    /// every instance.
+    pub fn start(
+        dir: &std::path::Path,
+        function: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        use std::io::BufRead;
+        let log_dir = dir.join(format!("lambda-{function}"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lambdaml"));
+        cmd.args([
+            "lambda",
+            "emulate",
+            "--addr",
+            "127.0.0.1:0",
+            "--function",
+            function,
+        ])
+        .arg("--log-dir")
+        .arg(&log_dir)
+        .args(extra)
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(dir.join(format!("lambda-{function}.log"))).unwrap());
+        let mut child = cmd.spawn().expect("lambdaml lambda emulate starts");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("the local Lambda said {line:?}"))
+            .to_string();
+        LocalLambda {
+            child,
+            url: format!("http://{addr}"),
+            function: function.to_string(),
+            log_dir,
+        }
+    }
+
+    /// Points a `lambdaml` command (a driver) at this Lambda.
+    pub fn apply<'c>(&self, cmd: &'c mut Command) -> &'c mut Command {
+        cmd.env("AWS_ENDPOINT_URL_LAMBDA", &self.url)
+            .env(
+                "AWS_REGION",
+                std::env::var("AWS_REGION").unwrap_or("us-east-1".into()),
+            )
+            .env(
+                "AWS_ACCESS_KEY_ID",
+                std::env::var("AWS_ACCESS_KEY_ID").unwrap_or("local".into()),
+            )
+            .env(
+                "AWS_SECRET_ACCESS_KEY",
+                std::env::var("AWS_SECRET_ACCESS_KEY").unwrap_or("local".into()),
+            )
+    }
+
+    /// `--platform lambda:FUNCTION`.
+    pub fn platform(&self) -> String {
+        format!("lambda:{}", self.function)
+    }
+
+    /// What it has done so far (`GET /_emulator/stats`).
+    pub fn stats(&self) -> serde_json::Value {
+        use std::io::{Read, Write};
+        let addr = self.url.trim_start_matches("http://");
+        let mut conn = std::net::TcpStream::connect(addr).unwrap();
+        write!(
+            conn,
+            "GET /_emulator/stats HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut reply = String::new();
+        conn.read_to_string(&mut reply).unwrap();
+        let body = reply.split("\r\n\r\n").nth(1).unwrap_or_default();
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {reply}"))
+    }
+
+    /// Everything its instances logged.
+    pub fn logs(&self) -> String {
+        let mut all = String::new();
+        for f in std::fs::read_dir(&self.log_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            all.push_str(&std::fs::read_to_string(f.path()).unwrap_or_default());
+        }
+        all
+    }
+}
+
+impl Drop for LocalLambda {
+    fn drop(&mut self) {
+        // SIGTERM: it ends its instances before it exits.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -1,0 +1,335 @@
+//! The Lambda platform, end to end through the local Lambda (`lambdaml lambda emulate`):
+//! the real `lambda_runtime` inside the real binary, invoked with the real aws-sdk-lambda.
+//! The local Lambda's own behaviour is tested first, since the rest relies on it.
+
+use std::time::{Duration, Instant};
+
+use aws_sdk_lambda::error::ProvideErrorMetadata;
+use aws_sdk_lambda::primitives::Blob;
+use aws_sdk_lambda::types::InvocationType;
+
+use crate::common::services::{LocalLambda, Server, keys_left, shared};
+use crate::common::*;
+
+fn ping(lambda: &LocalLambda, function: &str, extra: &[&str]) -> std::process::Output {
+    let mut cmd = lambdaml();
+    lambda.apply(&mut cmd);
+    output(
+        cmd.args(["lambda", "ping", "--json", "--function", function])
+            .args(extra),
+    )
+}
+
+fn pongs(out: &std::process::Output) -> Vec<serde_json::Value> {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// A client of the local Lambda that does not retry, to see its answers as they are.
+fn client(lambda: &LocalLambda) -> aws_sdk_lambda::Client {
+    let config = aws_sdk_lambda::Config::builder()
+        .behavior_version(aws_sdk_lambda::config::BehaviorVersion::latest())
+        .region(aws_sdk_lambda::config::Region::new("us-east-1"))
+        .endpoint_url(&lambda.url)
+        .credentials_provider(aws_sdk_lambda::config::Credentials::new(
+            "local", "local", None, None, "test",
+        ))
+        .retry_config(aws_sdk_lambda::config::retry::RetryConfig::disabled())
+        .build();
+    aws_sdk_lambda::Client::from_conf(config)
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+#[test]
+fn the_local_lambda_reuses_instances_and_kills_one_past_its_timeout() {
+    let dir = scratch();
+    let lambda = LocalLambda::start(
+        dir.path(),
+        "pinged",
+        &["--concurrency", "2", "--timeout", "2", "--memory", "256"],
+        &[],
+    );
+    // Cold, then warm: one instance serves one invocation after another.
+    let first = pongs(&ping(&lambda, "pinged", &["--count", "3"]));
+    let served: Vec<u64> = first
+        .iter()
+        .map(|p| p["served"].as_u64().unwrap())
+        .collect();
+    assert_eq!(served, [1, 2, 3], "{first:?}");
+    assert!(
+        first.iter().all(|p| p["pid"] == first[0]["pid"]),
+        "{first:?}"
+    );
+    assert_eq!(first[0]["memory_mb"], 256);
+    assert_eq!(lambda.stats()["cold_starts"], 1);
+
+    // Past its timeout, the instance is killed and the caller told; the next invocation
+    // gets a new instance.
+    let late = ping(&lambda, "pinged", &["--count", "1", "--sleep-ms", "4000"]);
+    let stderr = String::from_utf8_lossy(&late.stderr);
+    assert!(!late.status.success());
+    assert!(
+        stderr.contains("Task timed out after 2.00 seconds"),
+        "{stderr}"
+    );
+    let after = pongs(&ping(&lambda, "pinged", &["--count", "1"]));
+    assert_eq!(after[0]["served"], 1, "{after:?}");
+    assert_ne!(after[0]["pid"], first[0]["pid"]);
+    let stats = lambda.stats();
+    assert_eq!(stats["timeouts"], 1, "{stats}");
+    assert_eq!(stats["cold_starts"], 2, "{stats}");
+
+    // An unknown function is Lambda's 404, in words.
+    let missing = ping(&lambda, "nope", &["--count", "1"]);
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        stderr.contains("there is no Lambda function 'nope'"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn event_invokes_answer_202_at_once_and_sync_ones_are_throttled_when_all_are_busy() {
+    let dir = scratch();
+    let lambda = LocalLambda::start(
+        dir.path(),
+        "queued",
+        &["--concurrency", "2", "--timeout", "30"],
+        &[],
+    );
+    let c = client(&lambda);
+    let hold = br#"{"kind":"ping","sleep_ms":3000}"#;
+    block_on(async {
+        for _ in 0..3 {
+            let out = c
+                .invoke()
+                .function_name("queued")
+                .invocation_type(InvocationType::Event)
+                .payload(Blob::new(&hold[..]))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(out.status_code(), 202);
+        }
+        // Answered before any of them ran to its end; the third waits in the queue.
+        let stats = lambda.stats();
+        assert_eq!(stats["completed"], 0, "{stats}");
+        assert!(stats["instances"].as_u64().unwrap() <= 2, "{stats}");
+        // Both instances are busy at the function's concurrency: a synchronous call is
+        // throttled, as Lambda does.
+        let throttled = c
+            .invoke()
+            .function_name("queued")
+            .payload(Blob::new(&br#"{"kind":"ping"}"#[..]))
+            .send()
+            .await
+            .unwrap_err();
+        assert_eq!(
+            throttled.code(),
+            Some("TooManyRequestsException"),
+            "{throttled:?}"
+        );
+    });
+    // The queued event runs once an instance is free.
+    let started = Instant::now();
+    while lambda.stats()["completed"] != 3 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{}",
+            lambda.stats()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(lambda.stats()["cold_starts"], 2);
+}
+
+fn lambda_cmd(lambda: &LocalLambda) -> std::process::Command {
+    let mut cmd = lambdaml();
+    lambda.apply(&mut cmd);
+    cmd
+}
+
+/// 4 workers on the Lambda platform train over `url` to the parameters the local platform
+/// reaches, and leave nothing on the channel.
+fn lambda_matches_local(url: &str, memcached: Option<&Server>) {
+    let dir = scratch();
+    let lambda = LocalLambda::start(dir.path(), "trainer", &["--concurrency", "4"], &[]);
+    let base = [
+        "--data",
+        dense_data().to_str().unwrap(),
+        "--workers",
+        "4",
+        "--epochs",
+        "3",
+        "--channel",
+        url,
+    ];
+    let local = train(dir.path(), &base);
+    let platform = lambda.platform();
+    let on_lambda = train_with(
+        lambda_cmd(&lambda),
+        dir.path(),
+        &[&base[..], &["--platform", &platform]].concat(),
+    );
+    assert_eq!(on_lambda.digests(), local.digests(), "{url}");
+    assert_eq!(on_lambda.model_bytes(), local.model_bytes(), "{url}");
+    assert_eq!(on_lambda.summary["platform"], platform);
+    let stats = lambda.stats();
+    assert_eq!(stats["invocations"], 4, "{stats}");
+    assert_eq!(stats["completed"], 4, "{stats}");
+    let logs = lambda.logs();
+    assert!(logs.contains("Lambda runtime invoke"), "{logs}");
+    assert!(logs.contains("worker finished"), "{logs}");
+    match memcached {
+        Some(server) => assert_eq!(server.items(), 0, "{url}: items left"),
+        None => {
+            let job = on_lambda.summary["job_id"].as_str().unwrap();
+            let left = keys_left(url, job);
+            assert!(left.is_empty(), "{url}: keys left: {left:?}");
+        }
+    }
+}
+
+#[test]
+fn four_workers_on_lambda_match_the_local_platform_over_memcached() {
+    let memcached = Server::memcached(None);
+    lambda_matches_local(&memcached.url, Some(&memcached));
+}
+
+#[test]
+fn four_workers_on_lambda_match_the_local_platform_over_s3() {
+    let url = format!("{}/on-lambda", shared("LAMBDAML_TEST_S3"));
+    lambda_matches_local(&url, None);
+}
+
+#[test]
+fn workers_reinvoke_themselves_on_lambda_and_end_as_an_uninterrupted_run() {
+    let dir = scratch();
+    // Invocations of 1 s: every worker checkpoints and invokes its function again and again.
+    let lambda = LocalLambda::start(
+        dir.path(),
+        "short",
+        &["--concurrency", "4", "--timeout", "1"],
+        &[],
+    );
+    let base = [
+        "--data",
+        dense_data_20k().to_str().unwrap(),
+        "--workers",
+        "4",
+        "--epochs",
+        "15",
+        "--batch-size",
+        "20",
+    ];
+    let whole = train(dir.path(), &base);
+    let platform = lambda.platform();
+    let cut = train_with(
+        lambda_cmd(&lambda),
+        dir.path(),
+        &[
+            &base[..],
+            &["--platform", &platform, "--reinvoke-margin", "0.3"],
+        ]
+        .concat(),
+    );
+    let per_worker: Vec<u64> = cut.summary["invocations_per_worker"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert!(
+        per_worker.iter().all(|&n| n >= 3),
+        "expected at least 2 re-invocations per worker, got invocations {per_worker:?}"
+    );
+    assert_eq!(whole.model_bytes(), cut.model_bytes());
+    assert_eq!(cut.train_losses(), whole.train_losses());
+    // Re-invocations wait for an instance to be free and reuse it: 4 cold starts in all.
+    let stats = lambda.stats();
+    assert_eq!(stats["cold_starts"], 4, "{stats}");
+    assert_eq!(
+        stats["invocations"].as_u64().unwrap(),
+        per_worker.iter().sum::<u64>(),
+        "{stats}"
+    );
+    assert_eq!(stats["timeouts"], 0, "{stats}");
+}
+
+#[test]
+fn a_worker_past_its_timeout_is_killed_and_the_job_fails_naming_it() {
+    let dir = scratch();
+    let lambda = LocalLambda::start(
+        dir.path(),
+        "stuck",
+        &["--concurrency", "4", "--timeout", "3"],
+        &[("LAMBDAML_FAULT_STALL_WORKER", "2")],
+    );
+    let started = Instant::now();
+    let mut cmd = lambda_cmd(&lambda);
+    let out = output(
+        cmd.current_dir(dir.path())
+            .args(["train", "--quiet", "--runs-dir"])
+            .arg(dir.path().join("runs"))
+            .args(["--data", dense_data().to_str().unwrap()])
+            .args(["--workers", "4", "--epochs", "50", "--reinvoke-margin", "1"])
+            .args(["--platform", &lambda.platform()]),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("worker 2 failed: invocation 0 of worker 2 ran up to its deadline"),
+        "{stderr}"
+    );
+    // Well before the peers' wait_timeout (300 s) or the driver's stall limit.
+    assert!(started.elapsed() < Duration::from_secs(60), "{stderr}");
+    let waited = Instant::now();
+    while lambda.stats()["timeouts"] != 1 {
+        assert!(
+            waited.elapsed() < Duration::from_secs(10),
+            "{}",
+            lambda.stats()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_function_with_less_concurrency_than_workers_fails_the_job_at_once() {
+    let dir = scratch();
+    let lambda = LocalLambda::start(dir.path(), "narrow", &["--concurrency", "2"], &[]);
+    let (stderr, _) = {
+        let mut cmd = lambda_cmd(&lambda);
+        let out = output(
+            cmd.current_dir(dir.path())
+                .args(["train", "--quiet", "--runs-dir"])
+                .arg(dir.path().join("runs"))
+                .args(["--data", dense_data().to_str().unwrap()])
+                .args(["--workers", "4", "--platform", &lambda.platform()]),
+        );
+        assert!(!out.status.success());
+        (String::from_utf8_lossy(&out.stderr).to_string(), ())
+    };
+    assert!(
+        stderr.contains(
+            "the Lambda function 'narrow' can run at most 2 invocations at once (its reserved \
+             concurrency), fewer than the job's 4 workers"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(lambda.stats()["invocations"], 0);
+}
