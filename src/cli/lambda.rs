@@ -13,8 +13,10 @@ use lambda_runtime::{LambdaEvent, service_fn};
 
 use crate::job::event::{Invocation, WorkerEvent};
 use crate::job::{bench, worker};
-use crate::platform::lambda::emulator::{self, EmulatorOptions};
+use crate::platform::lambda::deploy::{self, Deployment};
+use crate::platform::lambda::emulator::{self, EmulatorOptions, FunctionConfig};
 use crate::platform::{LambdaFunction, LambdaPlatform};
+use aws_sdk_lambda::types::Architecture;
 
 /// The environment variable Lambda sets for the runtime's endpoint: its presence means this
 /// process is a Lambda function's instance.
@@ -23,6 +25,35 @@ pub const RUNTIME_API_ENV: &str = "AWS_LAMBDA_RUNTIME_API";
 /// `lambdaml lambda ...`
 #[derive(Debug, Subcommand)]
 pub enum LambdaCommand {
+    /// Create or update the worker function from a zip of the lambdaml binary (named
+    /// `bootstrap`; `cargo lambda build --release --arm64 --output-format zip`), with
+    /// runtime provided.al2023, and no automatic retries of failed asynchronous invocations.
+    Deploy {
+        /// The function's name.
+        #[arg(long)]
+        name: String,
+        /// ARN of the IAM role it runs as (see the README for its policy).
+        #[arg(long)]
+        role: String,
+        /// The code.
+        #[arg(long, default_value = "target/lambda/lambdaml/bootstrap.zip")]
+        zip: PathBuf,
+        /// Memory of each invocation in MB (128-10240; one vCPU per 1769 MB).
+        #[arg(long, default_value_t = 2048)]
+        memory: u32,
+        /// Seconds each invocation may run (1-900).
+        #[arg(long, default_value_t = 900)]
+        timeout: u32,
+        /// What the zip was built for: arm64 or x86_64.
+        #[arg(long, default_value = "arm64", value_parser = ["arm64", "x86_64"])]
+        arch: String,
+        /// An environment variable of the function, KEY=VALUE (repeatable).
+        #[arg(long = "env", value_parser = crate::platform::lambda::deploy::parse_env)]
+        env: Vec<(String, String)>,
+        /// The AWS region (else AWS_REGION or the profile's).
+        #[arg(long)]
+        region: Option<String>,
+    },
     /// Check that a deployed function runs lambdaml: invoke it synchronously COUNT times
     /// and print each answer (version, architecture, memory, warm or cold) and round trip.
     Ping {
@@ -66,12 +97,43 @@ pub enum LambdaCommand {
         /// Address of the Invoke API (port 0: a free one, printed).
         #[arg(long, default_value = "127.0.0.1:9001")]
         addr: SocketAddr,
+        /// Start with no function: `lambdaml lambda deploy --name FUNCTION` creates it from
+        /// its zip (then --exe, --timeout and --memory are the deployment's).
+        #[arg(long, conflicts_with = "exe")]
+        no_code: bool,
     },
 }
 
 /// Runs a `lambdaml lambda` command.
 pub fn command(cmd: LambdaCommand) -> anyhow::Result<()> {
     match cmd {
+        LambdaCommand::Deploy {
+            name,
+            role,
+            zip,
+            memory,
+            timeout,
+            arch,
+            env,
+            region,
+        } => {
+            let d = Deployment {
+                name,
+                role,
+                zip,
+                memory_mb: memory,
+                timeout_s: timeout,
+                arch: Architecture::from(arch.as_str()),
+                env,
+                region,
+            };
+            let report = super::runtime()?.block_on(deploy::deploy(&d))?;
+            for step in &report.steps {
+                println!("{step}");
+            }
+            println!("function: {}", report.arn);
+            Ok(())
+        }
         LambdaCommand::Ping {
             function,
             count,
@@ -86,6 +148,7 @@ pub fn command(cmd: LambdaCommand) -> anyhow::Result<()> {
             memory,
             log_dir,
             addr,
+            no_code,
         } => {
             crate::platform::lambda::check_function_name(&function).map_err(anyhow::Error::msg)?;
             anyhow::ensure!(
@@ -104,14 +167,20 @@ pub fn command(cmd: LambdaCommand) -> anyhow::Result<()> {
                 Some(e) => e,
                 None => std::env::current_exe().context("locating the lambdaml binary")?,
             };
-            let opts = EmulatorOptions {
-                function,
+            let deployed = (!no_code).then(|| FunctionConfig {
                 exe,
-                concurrency,
                 timeout: Duration::from_secs_f64(timeout),
                 memory_mb: memory,
+                env: Vec::new(),
+                role: String::new(),
+                arch: std::env::consts::ARCH.replace("aarch64", "arm64"),
+            });
+            let opts = EmulatorOptions {
+                function,
+                concurrency,
                 log_dir,
                 addr,
+                deployed,
             };
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)

@@ -90,6 +90,7 @@ pub async fn run(mut cfg: JobConfig, ui: &dyn JobProgress) -> anyhow::Result<Job
         let _ = std::fs::write(run_dir.join("config.toml"), text);
     }
 
+    check_reachable(&cfg, &channel_url)?;
     adopt_function_settings(&mut cfg).await?;
     let data = plan::prepare_data(&cfg, &run_dir, ui).await?;
     let result = run_prepared(&cfg, &job_id, &run_dir, &channel_url, &data, &prices, ui).await;
@@ -222,6 +223,37 @@ async fn probe(ch: &dyn Channel, job_id: &str) -> anyhow::Result<()> {
         .with_context(fail)?;
     ch.get(&key).await.with_context(fail)?;
     ch.delete(&[key]).await.with_context(fail)?;
+    Ok(())
+}
+
+/// Fails when the workers could not reach the job's data or channel: workers on AWS
+/// Lambda cannot read this machine's files.
+fn check_reachable(cfg: &JobConfig, channel: &ChannelUrl) -> anyhow::Result<()> {
+    if cfg.platform.shares_this_machine() {
+        return Ok(());
+    }
+    let platform = &cfg.platform;
+    match cfg.data.as_ref().map(|d| d.local()) {
+        Some(Some(path)) => bail!(
+            "workers on {platform} cannot read {} on this machine: put the data on S3 \
+             (lambdaml data split {} --parts N --out s3://BUCKET/PREFIX) and train with \
+             --data s3://BUCKET/PREFIX",
+            path.display(),
+            path.display()
+        ),
+        None => bail!(
+            "workers on {platform} cannot read data synthesised on this machine: make it \
+             (lambdaml data synth), put it on S3 (lambdaml data split FILE --parts N --out \
+             s3://BUCKET/PREFIX) and train with --data s3://BUCKET/PREFIX"
+        ),
+        Some(None) => {}
+    }
+    if matches!(channel, ChannelUrl::Dir(_) | ChannelUrl::Mem(_)) {
+        bail!(
+            "workers on {platform} cannot reach the channel {channel}: use s3://, \
+             dynamodb://, memcached:// or redis:// (or a parameter server, --sync ps)"
+        );
+    }
     Ok(())
 }
 

@@ -83,6 +83,17 @@ impl std::str::FromStr for PlatformChoice {
     }
 }
 
+impl PlatformChoice {
+    /// True when the workers run on this machine and can read its files: the local
+    /// platform, or a Lambda reached on loopback (the local Lambda).
+    pub fn shares_this_machine(&self) -> bool {
+        match self {
+            PlatformChoice::Local => true,
+            PlatformChoice::Lambda(_) => lambda::endpoint_is_local(),
+        }
+    }
+}
+
 impl std::fmt::Display for PlatformChoice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -333,3 +333,166 @@ fn a_function_with_less_concurrency_than_workers_fails_the_job_at_once() {
     );
     assert_eq!(lambda.stats()["invocations"], 0);
 }
+
+/// `bootstrap.zip` as Lambda takes it, holding a launcher of the `lambdaml` under test
+/// (`cargo lambda build` makes the real one, minutes of release build).
+fn launcher_zip(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::io::Write;
+    let path = dir.join("bootstrap.zip");
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
+    let options = zip::write::SimpleFileOptions::default().unix_permissions(0o755);
+    zip.start_file("bootstrap", options).unwrap();
+    write!(
+        zip,
+        "#!/bin/sh\nexec '{}' \"$@\"\n",
+        env!("CARGO_BIN_EXE_lambdaml")
+    )
+    .unwrap();
+    zip.finish().unwrap();
+    path
+}
+
+fn succeeds(cmd: &mut std::process::Command) -> String {
+    let out = output(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// The README's "Running on AWS" section, command by command, against the local Lambda
+/// (standing in for the account's Lambda) and the local S3: split the data to S3, deploy
+/// the function from its zip, ping it, train on it, clean up.
+#[test]
+fn the_readme_path_to_aws_runs_against_the_local_lambda_and_s3() {
+    let dir = scratch();
+    let lambda = LocalLambda::start(
+        dir.path(),
+        "lambdaml-worker",
+        &["--no-code", "--concurrency", "8"],
+        &[],
+    );
+    let zip = launcher_zip(dir.path());
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let root = format!("{}/readme-{stamp}", shared("LAMBDAML_TEST_S3"));
+    let data = format!("{root}/data/higgs");
+    let channel = format!("{root}/channel");
+    let run = |args: &[&str]| succeeds(lambda_cmd(&lambda).current_dir(dir.path()).args(args));
+
+    run(&[
+        "data",
+        "split",
+        dense_data().to_str().unwrap(),
+        "--parts",
+        "4",
+        "--out",
+        &data,
+    ]);
+    let deployed = run(&[
+        "lambda",
+        "deploy",
+        "--name",
+        "lambdaml-worker",
+        "--role",
+        "arn:aws:iam::123456789012:role/lambdaml-worker",
+        "--zip",
+        zip.to_str().unwrap(),
+        "--memory",
+        "2048",
+        "--timeout",
+        "900",
+    ]);
+    assert!(deployed.contains("created lambdaml-worker"), "{deployed}");
+    let policy = &lambda.stats()["invoke_config"];
+    assert_eq!(policy["MaximumRetryAttempts"], 0, "{policy}");
+    let pinged = run(&["lambda", "ping", "--function", "lambdaml-worker"]);
+    assert!(pinged.contains("lambdaml 0.1.0"), "{pinged}");
+    assert!(pinged.contains("2048 MB"), "{pinged}");
+    // Deploying again updates the function in place.
+    let updated = run(&[
+        "lambda",
+        "deploy",
+        "--name",
+        "lambdaml-worker",
+        "--role",
+        "arn:aws:iam::123456789012:role/lambdaml-worker",
+        "--zip",
+        zip.to_str().unwrap(),
+        "--memory",
+        "1024",
+        "--timeout",
+        "600",
+    ]);
+    assert!(
+        updated.contains("updated the code of lambdaml-worker"),
+        "{updated}"
+    );
+    let summary: serde_json::Value = serde_json::from_str(&run(&[
+        "train",
+        "--json",
+        "--runs-dir",
+        "runs",
+        "--platform",
+        "lambda:lambdaml-worker",
+        "--data",
+        &data,
+        "--workers",
+        "4",
+        "--epochs",
+        "3",
+        "--channel",
+        &channel,
+    ]))
+    .unwrap();
+    assert_eq!(summary["platform"], "lambda:lambdaml-worker");
+    assert_eq!(
+        summary["memory_mb"], 1024,
+        "the function's memory is billed"
+    );
+    let job = summary["job_id"].as_str().unwrap();
+    assert!(keys_left(&channel, job).is_empty());
+    run(&["gc", "--channel", &channel]);
+}
+
+#[test]
+fn workers_on_aws_cannot_be_given_this_machines_files() {
+    let dir = scratch();
+    let out = output(
+        lambdaml()
+            .current_dir(dir.path())
+            .env(
+                "AWS_ENDPOINT_URL_LAMBDA",
+                "https://lambda.us-east-1.amazonaws.com",
+            )
+            .args(["train", "--quiet", "--platform", "lambda:lambdaml-worker"])
+            .args(["--data", dense_data().to_str().unwrap()])
+            .args(["--channel", "s3://bucket/channel"]),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("workers on lambda:lambdaml-worker cannot read")
+            && stderr.contains("put the data on S3"),
+        "{stderr}"
+    );
+    let out = output(
+        lambdaml()
+            .current_dir(dir.path())
+            .env(
+                "AWS_ENDPOINT_URL_LAMBDA",
+                "https://lambda.us-east-1.amazonaws.com",
+            )
+            .args(["train", "--quiet", "--platform", "lambda:lambdaml-worker"])
+            .args(["--data", "s3://bucket/data", "--channel", "dir:/tmp/x"]),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot reach the channel dir:/tmp/x"),
+        "{stderr}"
+    );
+}

@@ -7,6 +7,7 @@
 //! `AWS_ENDPOINT_URL_LAMBDA` / `AWS_ENDPOINT_URL`), so the local Lambda of [`emulator`]
 //! needs no code path of its own.
 
+pub mod deploy;
 pub mod emulator;
 
 use std::time::Duration;
@@ -37,6 +38,32 @@ pub struct LambdaFunction {
 /// exponential backoff from 100 ms capped at 5 s, about 30 s of retrying.
 const INVOKE_ATTEMPTS: u32 = 10;
 
+/// The AWS settings for Lambda calls: `region` or the standard settings' (else
+/// `us-east-1`), `attempts` per call with exponential backoff (100 ms to 5 s), and bounded
+/// request times so that an unreachable endpoint is an error, not a hang.
+async fn sdk_config(region: Option<String>, attempts: u32) -> aws_config::SdkConfig {
+    let region = RegionProviderChain::first_try(region.map(aws_config::Region::new))
+        .or_default_provider()
+        .or_else("us-east-1");
+    aws_config::defaults(BehaviorVersion::latest())
+        .region(region)
+        .retry_config(
+            RetryConfig::standard()
+                .with_max_attempts(attempts)
+                .with_initial_backoff(Duration::from_millis(100))
+                .with_max_backoff(Duration::from_secs(5)),
+        )
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(3))
+                // A code upload of up to 50 MB is one request.
+                .operation_attempt_timeout(Duration::from_secs(120))
+                .build(),
+        )
+        .load()
+        .await
+}
+
 /// Starts invocations of a Lambda function.
 #[derive(Debug, Clone)]
 pub struct LambdaPlatform {
@@ -47,22 +74,7 @@ pub struct LambdaPlatform {
 impl LambdaPlatform {
     /// A client for `f`'s function, from the standard AWS settings.
     pub async fn connect(f: LambdaFunction) -> Self {
-        let config = aws_config::defaults(BehaviorVersion::latest())
-            .region(RegionProviderChain::default_provider().or_else("us-east-1"))
-            .retry_config(
-                RetryConfig::standard()
-                    .with_max_attempts(INVOKE_ATTEMPTS)
-                    .with_initial_backoff(Duration::from_millis(100))
-                    .with_max_backoff(Duration::from_secs(5)),
-            )
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(3))
-                    .operation_attempt_timeout(Duration::from_secs(20))
-                    .build(),
-            )
-            .load()
-            .await;
+        let config = sdk_config(None, INVOKE_ATTEMPTS).await;
         LambdaPlatform {
             f,
             client: aws_sdk_lambda::Client::new(&config),
@@ -103,34 +115,7 @@ impl LambdaPlatform {
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        let function = &self.f.function;
-        let code = e.code().unwrap_or_default().to_string();
-        let context = DisplayErrorContext(&e).to_string();
-        if matches!(e, SdkError::DispatchFailure(_)) && context.contains("loading credentials") {
-            return format!(
-                "cannot {what} '{function}': no AWS credentials were found (set \
-                 AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE; a local Lambda \
-                 accepts any)"
-            );
-        }
-        match code.as_str() {
-            "ResourceNotFoundException" => format!(
-                "there is no Lambda function '{function}' in this region: deploy it first \
-                 (lambdaml lambda deploy --name ...), or check AWS_REGION"
-            ),
-            "AccessDeniedException" | "AccessDenied" => format!(
-                "not allowed to {what} '{function}': the caller needs lambda:InvokeFunction, \
-                 lambda:GetFunctionConfiguration and lambda:GetFunctionConcurrency on it (see \
-                 the README's IAM policy); {}",
-                DisplayErrorContext(&e)
-            ),
-            "TooManyRequestsException" => format!(
-                "Lambda kept throttling the {what} of '{function}' after {INVOKE_ATTEMPTS} \
-                 attempts (the account's or the function's concurrency is used up): {}",
-                DisplayErrorContext(&e)
-            ),
-            _ => format!("{what} '{function}' failed: {}", DisplayErrorContext(&e)),
-        }
+        explain(&self.f.function, what, e)
     }
 }
 
@@ -190,6 +175,40 @@ impl Platform for LambdaPlatform {
     }
 }
 
+/// The error of a failed call to `function`, in words that say what to do.
+pub(crate) fn explain<E>(function: &str, what: &str, e: SdkError<E>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let code = e.code().unwrap_or_default().to_string();
+    let context = DisplayErrorContext(&e).to_string();
+    if matches!(e, SdkError::DispatchFailure(_)) && context.contains("loading credentials") {
+        return format!(
+            "cannot {what} '{function}': no AWS credentials were found (set \
+             AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE; a local Lambda \
+             accepts any)"
+        );
+    }
+    match code.as_str() {
+        "ResourceNotFoundException" => format!(
+            "there is no Lambda function '{function}' in this region: deploy it first \
+             (lambdaml lambda deploy --name ...), or check AWS_REGION"
+        ),
+        "AccessDeniedException" | "AccessDenied" => format!(
+            "not allowed to {what} '{function}': the caller needs lambda:InvokeFunction, \
+             lambda:GetFunctionConfiguration and lambda:GetFunctionConcurrency on it (see \
+             the README's IAM policy); {}",
+            DisplayErrorContext(&e)
+        ),
+        "TooManyRequestsException" => format!(
+            "Lambda kept throttling the {what} of '{function}' after {INVOKE_ATTEMPTS} \
+             attempts (the account's or the function's concurrency is used up): {}",
+            DisplayErrorContext(&e)
+        ),
+        _ => format!("{what} '{function}' failed: {}", DisplayErrorContext(&e)),
+    }
+}
+
 /// `function` without its qualifier (alias or version): what the concurrency calls take.
 fn unqualified(function: &str) -> &str {
     // name[:qualifier], account:function:name[:qualifier],
@@ -205,6 +224,21 @@ fn unqualified(function: &str) -> &str {
         Some((at, _)) => &function[..at],
         None => function,
     }
+}
+
+/// True when the Lambda endpoint in the environment (`AWS_ENDPOINT_URL_LAMBDA`, else
+/// `AWS_ENDPOINT_URL`) is on this machine's loopback: a local Lambda.
+pub fn endpoint_is_local() -> bool {
+    let url = std::env::var("AWS_ENDPOINT_URL_LAMBDA")
+        .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
+        .unwrap_or_default();
+    let host = url
+        .split_once("://")
+        .map_or(url.as_str(), |(_, rest)| rest)
+        .trim_start_matches('[');
+    ["127.", "localhost", "::1"]
+        .iter()
+        .any(|h| host.starts_with(h))
 }
 
 /// Checks a function name or ARN as given to `--platform lambda:NAME`: what Lambda accepts

@@ -20,6 +20,8 @@
 //! Failed `Event` invocations are not retried (as a function deployed by `lambdaml lambda
 //! deploy`, which sets `MaximumRetryAttempts` to 0).
 
+mod control;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -33,7 +35,7 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use tokio::sync::{mpsc, oneshot};
 
 /// Largest `Event` payload Lambda accepts.
@@ -48,19 +50,39 @@ const WATCH_EVERY: Duration = Duration::from_millis(100);
 pub struct EmulatorOptions {
     /// The function's name (invocations of any other name are a 404).
     pub function: String,
-    /// The function's code: the binary each instance runs (Lambda's `bootstrap`).
-    pub exe: PathBuf,
     /// Instances that may run at once (the function's reserved concurrency).
     pub concurrency: usize,
+    /// Where each instance's stdout and stderr go (`instance-N.log`), and deployed code;
+    /// output is inherited and code goes to the temporary directory if `None`.
+    pub log_dir: Option<PathBuf>,
+    /// Address of the Invoke API (port 0 picks a free one).
+    pub addr: SocketAddr,
+    /// The function as deployed; `None`: there is none until `CreateFunction` (`lambdaml
+    /// lambda deploy`) creates it.
+    pub deployed: Option<FunctionConfig>,
+}
+
+/// A deployed function's code and settings.
+#[derive(Debug, Clone)]
+pub struct FunctionConfig {
+    /// The binary each instance runs (Lambda's `bootstrap`).
+    pub exe: PathBuf,
     /// How long one invocation may run.
     pub timeout: Duration,
     /// Memory of each instance, in MB: one that uses more is killed.
     pub memory_mb: u32,
-    /// Where each instance's stdout and stderr go (`instance-N.log`); inherited if `None`.
-    pub log_dir: Option<PathBuf>,
-    /// Address of the Invoke API (port 0 picks a free one).
-    pub addr: SocketAddr,
+    /// Environment variables of its instances.
+    pub env: Vec<(String, String)>,
+    /// The role it runs as (recorded, not enforced).
+    pub role: String,
+    /// The architecture it was deployed for.
+    pub arch: String,
 }
+
+/// Largest unzipped `bootstrap` Lambda runs.
+const MAX_UNZIPPED_BYTES: u64 = 250 * 1024 * 1024;
+/// Largest request of the control plane: a base64 zip of Lambda's 50 MB upload limit.
+const MAX_UPLOAD_BYTES: usize = 70 * 1024 * 1024;
 
 /// What the emulator has done so far (`GET /_emulator/stats`), for tests and benchmarks.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize, PartialEq)]
@@ -109,6 +131,8 @@ struct Running {
 #[derive(Debug, Clone, Copy)]
 enum Kill {
     Timeout,
+    /// The function's code or configuration changed.
+    Retired,
 }
 
 struct InstanceHandle {
@@ -118,6 +142,8 @@ struct InstanceHandle {
     /// The request it is running.
     current: Option<String>,
     kill: Option<oneshot::Sender<Kill>>,
+    /// The function version it runs: an older one is retired at its next `next`.
+    version: u64,
 }
 
 /// Everything that changes, under one lock (never held across an await).
@@ -132,6 +158,12 @@ struct Book {
     instances: HashMap<u64, InstanceHandle>,
     running: HashMap<String, Running>,
     stats: Stats,
+    /// The function, once deployed, and its version (one per code or configuration
+    /// change).
+    function: Option<FunctionConfig>,
+    version: u64,
+    /// What `PutFunctionEventInvokeConfig` set (recorded; failed events are never retried).
+    invoke_config: Option<serde_json::Value>,
 }
 
 struct Emulator {
@@ -155,6 +187,10 @@ pub async fn serve(opts: EmulatorOptions, ready: impl FnOnce(SocketAddr)) -> std
         std::fs::create_dir_all(dir)?;
     }
     let (queue, inbox) = mpsc::unbounded_channel();
+    let book = Book {
+        function: opts.deployed.clone(),
+        ..Book::default()
+    };
     let emulator = Arc::new(Emulator {
         url: format!("http://{addr}"),
         arn: format!(
@@ -165,18 +201,28 @@ pub async fn serve(opts: EmulatorOptions, ready: impl FnOnce(SocketAddr)) -> std
         opts,
         queue,
         inbox: tokio::sync::Mutex::new(inbox),
-        book: Mutex::new(Book::default()),
+        book: Mutex::new(book),
         ids: AtomicU64::new(0),
     });
     let app = Router::new()
         .route("/2015-03-31/functions/{name}/invocations", post(invoke))
         .route(
             "/2015-03-31/functions/{name}/configuration",
-            get(configuration),
+            get(configuration).put(control::update_configuration),
         )
         .route("/2019-09-30/functions/{name}/concurrency", get(concurrency))
         .route("/_emulator/stats", get(stats))
-        .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
+        .route("/2015-03-31/functions", post(control::create))
+        .route("/2015-03-31/functions/{name}", get(control::get_function))
+        .route(
+            "/2015-03-31/functions/{name}/code",
+            put(control::update_code),
+        )
+        .route(
+            "/2019-09-25/functions/{name}/event-invoke-config",
+            put(control::put_invoke_config),
+        )
+        .layer(DefaultBodyLimit::max(MAX_UPLOAD_BYTES))
         .with_state(emulator);
     ready(addr);
     // On SIGTERM or Ctrl-C, return: the runtime then drops every instance's task, and with
@@ -221,7 +267,7 @@ fn aws_error(status: StatusCode, code: &str, message: &str) -> Response {
 impl Emulator {
     /// Lambda's 404 when `name` is not this function.
     fn unknown(&self, name: &str) -> Option<Response> {
-        if function_name(name) == self.opts.function {
+        if function_name(name) == self.opts.function && self.function().is_some() {
             return None;
         }
         Some(aws_error(
@@ -232,6 +278,20 @@ impl Emulator {
                 self.arn.replace(&self.opts.function, function_name(name))
             ),
         ))
+    }
+
+    /// The deployed function and its version.
+    fn function(&self) -> Option<(FunctionConfig, u64)> {
+        let book = self.book.lock().unwrap();
+        book.function.clone().map(|f| (f, book.version))
+    }
+
+    /// Installs a new function (or a new version of it): instances of older versions are
+    /// retired when they next ask for work.
+    fn install(&self, f: FunctionConfig) {
+        let mut book = self.book.lock().unwrap();
+        book.function = Some(f);
+        book.version += 1;
     }
 
     fn request_id(&self) -> String {
@@ -258,12 +318,14 @@ impl Emulator {
             book.stats.cold_starts += 1;
             book.arriving += 1;
             let (kill, killed) = oneshot::channel();
+            let version = book.version;
             book.instances.insert(
                 id,
                 InstanceHandle {
                     arriving: true,
                     current: None,
                     kill: Some(kill),
+                    version,
                 },
             );
             tokio::spawn(run_instance(self.clone(), id, killed));
@@ -284,6 +346,7 @@ impl Emulator {
                     if let Some(run) = book.running.remove(&rid) {
                         match killed {
                             Some(Kill::Timeout) => book.stats.timeouts += 1,
+                            Some(Kill::Retired) => {}
                             None if why.contains("memory") => book.stats.out_of_memory += 1,
                             None => book.stats.crashed += 1,
                         }
@@ -350,11 +413,14 @@ async fn start_and_watch(
     let _server = AbortOnDrop(server);
 
     let o = &emu.opts;
-    let mut cmd = tokio::process::Command::new(&o.exe);
+    let Some((f, _)) = emu.function() else {
+        return Ok(("the function was deleted".into(), None));
+    };
+    let mut cmd = tokio::process::Command::new(&f.exe);
     cmd.env("AWS_LAMBDA_RUNTIME_API", api.to_string())
         .env("AWS_LAMBDA_FUNCTION_NAME", &o.function)
         .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
-        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", o.memory_mb.to_string())
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", f.memory_mb.to_string())
         .env(
             "AWS_LAMBDA_LOG_GROUP_NAME",
             format!("/aws/lambda/{}", o.function),
@@ -363,6 +429,7 @@ async fn start_and_watch(
         .env("AWS_ENDPOINT_URL_LAMBDA", &emu.url)
         .env("_HANDLER", "bootstrap")
         .env_remove(super::super::DEADLINE_ENV)
+        .envs(f.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .kill_on_drop(true);
     if std::env::var_os("AWS_REGION").is_none() {
@@ -384,7 +451,7 @@ async fn start_and_watch(
     let mut child = cmd.spawn()?;
     tracing::info!(instance = id, "cold start");
     let pid = child.id().unwrap_or_default();
-    let limit_kb = u64::from(o.memory_mb) * 1024;
+    let limit_kb = u64::from(f.memory_mb) * 1024;
     let mut watch = tokio::time::interval(WATCH_EVERY);
     let mut kill = None;
     let why = loop {
@@ -393,7 +460,8 @@ async fn start_and_watch(
                 let status = status?;
                 break match kill {
                     Some(Kill::Timeout) => format!(
-                        "Task timed out after {:.2} seconds", o.timeout.as_secs_f64()),
+                        "Task timed out after {:.2} seconds", f.timeout.as_secs_f64()),
+                    Some(Kill::Retired) => "retired: the function changed".to_string(),
                     None => format!("Runtime exited: {status}"),
                 };
             }
@@ -410,7 +478,7 @@ async fn start_and_watch(
                     let _ = child.wait().await;
                     break format!(
                         "Runtime exited: the instance used more memory than its {} MB \
-                         (Runtime.OutOfMemory)", o.memory_mb);
+                         (Runtime.OutOfMemory)", f.memory_mb);
                 }
             }
         }
@@ -527,20 +595,7 @@ async fn configuration(State(emu): State<Arc<Emulator>>, Path(name): Path<String
     if let Some(r) = emu.unknown(&name) {
         return r;
     }
-    let o = &emu.opts;
-    let body = serde_json::json!({
-        "FunctionName": o.function,
-        "FunctionArn": emu.arn,
-        "Runtime": "provided.al2023",
-        "Handler": "bootstrap",
-        "Timeout": o.timeout.as_secs_f64().ceil() as u64,
-        "MemorySize": o.memory_mb,
-        "Version": "$LATEST",
-        "State": "Active",
-        "LastUpdateStatus": "Successful",
-        "Architectures": [std::env::consts::ARCH.replace("aarch64", "arm64")],
-    });
-    ([("content-type", "application/json")], body.to_string()).into_response()
+    control::describe(&emu)
 }
 
 async fn concurrency(State(emu): State<Arc<Emulator>>, Path(name): Path<String>) -> Response {
@@ -552,12 +607,13 @@ async fn concurrency(State(emu): State<Arc<Emulator>>, Path(name): Path<String>)
 }
 
 async fn stats(State(emu): State<Arc<Emulator>>) -> Response {
-    let stats = emu.book.lock().unwrap().stats;
-    (
-        [("content-type", "application/json")],
-        serde_json::to_string(&stats).unwrap(),
-    )
-        .into_response()
+    let (stats, invoke_config) = {
+        let book = emu.book.lock().unwrap();
+        (book.stats, book.invoke_config.clone())
+    };
+    let mut body = serde_json::to_value(stats).unwrap();
+    body["invoke_config"] = invoke_config.unwrap_or_default();
+    ([("content-type", "application/json")], body.to_string()).into_response()
 }
 
 /// Counts an instance out of `waiting` if its `next` is dropped while it waits (the
@@ -575,9 +631,17 @@ impl Drop for Waiting<'_> {
 async fn next(State((emu, id)): State<(Arc<Emulator>, u64)>) -> Response {
     {
         let mut book = emu.book.lock().unwrap();
+        let current = book.version;
         let Some(handle) = book.instances.get_mut(&id) else {
             return StatusCode::GONE.into_response();
         };
+        if handle.version != current {
+            // Runs an older version of the function: ended, and replaced on demand.
+            if let Some(kill) = handle.kill.take() {
+                let _ = kill.send(Kill::Retired);
+            }
+            return StatusCode::GONE.into_response();
+        }
         // A `next` ends whatever the instance ran before (it answered it, or lost it).
         let was_arriving = std::mem::replace(&mut handle.arriving, false);
         handle.current = None;
@@ -591,9 +655,24 @@ async fn next(State((emu, id)): State<(Arc<Emulator>, u64)>) -> Response {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     };
     waiting.1 = false;
-    let deadline = SystemTime::now() + emu.opts.timeout;
-    {
+    let timeout = {
         let mut book = emu.book.lock().unwrap();
+        let current = book.version;
+        if let Some(handle) = book.instances.get_mut(&id).filter(|h| h.version != current) {
+            // The function changed while this instance waited: the event goes back to the
+            // queue for an instance of the new version, and this one is retired.
+            if let Some(kill) = handle.kill.take() {
+                let _ = kill.send(Kill::Retired);
+            }
+            book.waiting -= 1;
+            drop(book);
+            let _ = emu.queue.send(event);
+            return StatusCode::GONE.into_response();
+        }
+        let timeout = book
+            .function
+            .as_ref()
+            .map_or(Duration::from_secs(3), |f| f.timeout);
         book.waiting -= 1;
         book.pending -= 1;
         book.stats.invocations += 1;
@@ -608,10 +687,11 @@ async fn next(State((emu, id)): State<(Arc<Emulator>, u64)>) -> Response {
                 started: Instant::now(),
             },
         );
-    }
+        timeout
+    };
+    let deadline = SystemTime::now() + timeout;
     let timer = emu.clone();
     let rid = event.request_id.clone();
-    let timeout = emu.opts.timeout;
     tokio::spawn(async move {
         tokio::time::sleep(timeout).await;
         timer.kill_if_running(id, &rid, Kill::Timeout);
@@ -666,7 +746,7 @@ fn settle(emu: &Emulator, id: u64, rid: &str, answer: Answer) -> Response {
         instance = id,
         "REPORT Duration: {ms:.2} ms Billed Duration: {} ms Memory Size: {} MB",
         ms.ceil(),
-        emu.opts.memory_mb
+        emu.function().map_or(0, |(f, _)| f.memory_mb)
     );
     if let Some(reply) = run.reply {
         let _ = reply.send(answer);
