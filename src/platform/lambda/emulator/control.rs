@@ -14,12 +14,25 @@ use serde_json::{Value, json};
 
 use super::{Emulator, FunctionConfig, MAX_UNZIPPED_BYTES, aws_error, function_name};
 
-fn invalid(message: &str) -> Response {
-    aws_error(
-        StatusCode::BAD_REQUEST,
-        "InvalidParameterValueException",
-        message,
-    )
+/// An AWS error answer of the control plane.
+struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        aws_error(self.status, self.code, &self.message)
+    }
+}
+
+fn invalid(message: &str) -> ApiError {
+    ApiError {
+        status: StatusCode::BAD_REQUEST,
+        code: "InvalidParameterValueException",
+        message: message.to_string(),
+    }
 }
 
 fn json_response(status: StatusCode, body: Value) -> Response {
@@ -63,12 +76,12 @@ pub(super) fn describe(emu: &Emulator) -> Response {
 }
 
 /// The request body as JSON.
-fn parse(body: &Bytes) -> Result<Value, Response> {
+fn parse(body: &Bytes) -> Result<Value, ApiError> {
     serde_json::from_slice(body).map_err(|e| invalid(&format!("the request is not JSON: {e}")))
 }
 
 /// Applies the settings a create or update request carries to `f`.
-fn apply_settings(f: &mut FunctionConfig, req: &Value) -> Result<(), Response> {
+fn apply_settings(f: &mut FunctionConfig, req: &Value) -> Result<(), ApiError> {
     if let Some(t) = req.get("Timeout").and_then(Value::as_u64) {
         if !(1..=900).contains(&t) {
             return Err(invalid(&format!("Timeout must be 1-900 seconds, not {t}")));
@@ -102,7 +115,7 @@ fn apply_settings(f: &mut FunctionConfig, req: &Value) -> Result<(), Response> {
 }
 
 /// Unpacks the `bootstrap` of a base64 zip (`ZipFile`) where instances can run it.
-fn install_code(emu: &Emulator, zip_b64: Option<&str>) -> Result<std::path::PathBuf, Response> {
+fn install_code(emu: &Emulator, zip_b64: Option<&str>) -> Result<std::path::PathBuf, ApiError> {
     let zip_b64 =
         zip_b64.ok_or_else(|| invalid("Code.ZipFile is missing (only zips are served here)"))?;
     let zip = base64::engine::general_purpose::STANDARD
@@ -137,19 +150,17 @@ fn install_code(emu: &Emulator, zip_b64: Option<&str>) -> Result<std::path::Path
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755))
     })();
-    written.map_err(|e| {
-        aws_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "ServiceException",
-            &format!("could not unpack the code to {}: {e}", dir.display()),
-        )
+    written.map_err(|e| ApiError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        code: "ServiceException",
+        message: format!("could not unpack the code to {}: {e}", dir.display()),
     })?;
     Ok(exe)
 }
 
 /// `CreateFunction`: this local Lambda serves one function, named by `--function`.
 pub(super) async fn create(State(emu): State<std::sync::Arc<Emulator>>, body: Bytes) -> Response {
-    let result = (|| {
+    let result = (|| -> Result<(), ApiError> {
         let req = parse(&body)?;
         let name = req
             .get("FunctionName")
@@ -162,11 +173,11 @@ pub(super) async fn create(State(emu): State<std::sync::Arc<Emulator>>, body: By
             )));
         }
         if emu.function().is_some() {
-            return Err(aws_error(
-                StatusCode::CONFLICT,
-                "ResourceConflictException",
-                &format!("Function already exist: {name}"),
-            ));
+            return Err(ApiError {
+                status: StatusCode::CONFLICT,
+                code: "ResourceConflictException",
+                message: format!("Function already exist: {name}"),
+            });
         }
         match req.get("Runtime").and_then(Value::as_str) {
             Some("provided.al2023" | "provided.al2") => {}
@@ -196,7 +207,7 @@ pub(super) async fn create(State(emu): State<std::sync::Arc<Emulator>>, body: By
             *r.status_mut() = StatusCode::CREATED;
             r
         }
-        Err(r) => r,
+        Err(e) => e.into_response(),
     }
 }
 
@@ -227,7 +238,7 @@ pub(super) async fn update_code(
     if let Some(r) = emu.unknown(&name) {
         return r;
     }
-    let result = (|| {
+    let result = (|| -> Result<(), ApiError> {
         let req = parse(&body)?;
         let (mut f, _) = emu.function().expect("checked by unknown");
         f.exe = install_code(&emu, req.get("ZipFile").and_then(Value::as_str))?;
@@ -243,7 +254,7 @@ pub(super) async fn update_code(
             tracing::info!("function code updated");
             describe(&emu)
         }
-        Err(r) => r,
+        Err(e) => e.into_response(),
     }
 }
 
@@ -256,7 +267,7 @@ pub(super) async fn update_configuration(
     if let Some(r) = emu.unknown(&name) {
         return r;
     }
-    let result = (|| {
+    let result = (|| -> Result<(), ApiError> {
         let req = parse(&body)?;
         let (mut f, _) = emu.function().expect("checked by unknown");
         apply_settings(&mut f, &req)?;
@@ -265,7 +276,7 @@ pub(super) async fn update_configuration(
     })();
     match result {
         Ok(()) => describe(&emu),
-        Err(r) => r,
+        Err(e) => e.into_response(),
     }
 }
 
@@ -281,7 +292,7 @@ pub(super) async fn put_invoke_config(
     }
     let req = match parse(&body) {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
