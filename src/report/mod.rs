@@ -2,6 +2,7 @@
 //! PNG charts (loss against wall time, loss against estimated cost, and where each worker's
 //! time went).
 
+#[cfg(feature = "charts")]
 mod charts;
 
 use std::path::{Path, PathBuf};
@@ -227,7 +228,9 @@ pub fn write(dirs: &[PathBuf], out: &Path, progress: &dyn Fn(&str)) -> anyhow::R
         .map(|d| Run::load(d))
         .collect::<anyhow::Result<_>>()?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    #[cfg_attr(not(feature = "charts"), allow(unused_mut))]
     let mut charts = Vec::new();
+    #[cfg(feature = "charts")]
     for (name, draw) in [
         ("loss_vs_time.png", charts::loss_vs_time as charts::Draw),
         ("loss_vs_cost.png", charts::loss_vs_cost),
@@ -238,13 +241,18 @@ pub fn write(dirs: &[PathBuf], out: &Path, progress: &dyn Fn(&str)) -> anyhow::R
         progress(name);
         charts.push(path);
     }
+    let images = if charts.is_empty() {
+        "(This lambdaml was built without its `charts` feature: no charts.)\n"
+    } else {
+        "![loss vs time](loss_vs_time.png)\n\n![loss vs cost](loss_vs_cost.png)\n\n\
+         ![time per worker](time_breakdown.png)\n"
+    };
     let prices = &runs[0].summary.prices;
     let md = format!(
         "# lambdaml report\n\n{}\n## Cost breakdown (USD) and worker time (seconds, all workers)\n\n{}\n\
          Costs are estimates as if the runs had run on AWS: Lambda at each run's memory size, \
          requests as the services count them, servers for the job's duration. Prices: {} ({}), \
-         read {}.\n\n![loss vs time](loss_vs_time.png)\n\n![loss vs cost](loss_vs_cost.png)\n\n\
-         ![time per worker](time_breakdown.png)\n",
+         read {}.\n\n{images}",
         table(&runs),
         breakdown(&runs),
         prices.region,
