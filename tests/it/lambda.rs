@@ -496,3 +496,28 @@ fn workers_on_aws_cannot_be_given_this_machines_files() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_function_that_cannot_start_fails_its_invocation_once() {
+    let dir = scratch();
+    let broken = dir.path().join("broken.sh");
+    std::fs::write(&broken, "#!/bin/sh\necho 'cannot start' >&2\nexit 3\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&broken, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let lambda = LocalLambda::start(
+        dir.path(),
+        "broken",
+        &["--exe", broken.to_str().unwrap()],
+        &[],
+    );
+    let out = ping(&lambda, "broken", &["--count", "1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("the function did not start"), "{stderr}");
+    // One instance tried, one invocation failed: no instances started for it forever.
+    std::thread::sleep(Duration::from_millis(300));
+    let stats = lambda.stats();
+    assert_eq!(stats["cold_starts"], 1, "{stats}");
+    assert_eq!(stats["crashed"], 1, "{stats}");
+    assert_eq!(stats["instances"], 0, "{stats}");
+}

@@ -123,21 +123,44 @@ impl LambdaPlatform {
 impl Platform for LambdaPlatform {
     async fn check(&self, workers: usize) -> Result<Option<FunctionFacts>, PlatformError> {
         let unfit = PlatformError::Unfit;
-        let config = self
+        let config = match self
             .client
             .get_function_configuration()
             .function_name(&self.f.function)
             .send()
             .await
-            .map_err(|e| unfit(self.explain("read the configuration of", e)))?;
-        let concurrency = self
+        {
+            Ok(c) => c,
+            Err(e) if is_decisive(&e) => {
+                return Err(unfit(self.explain("read the configuration of", e)));
+            }
+            // Some emulators (cargo lambda watch) serve only Invoke: the job goes on with
+            // its own settings, and an unusable function shows at the first Invoke.
+            Err(e) => {
+                tracing::warn!(
+                    "{}; going on with --invocation-timeout and --memory-mb",
+                    self.explain("read the configuration of", e)
+                );
+                return Ok(None);
+            }
+        };
+        let reserved = match self
             .client
             .get_function_concurrency()
             .function_name(unqualified(&self.f.function))
             .send()
             .await
-            .map_err(|e| unfit(self.explain("read the concurrency of", e)))?;
-        if let Some(reserved) = concurrency.reserved_concurrent_executions() {
+        {
+            Ok(c) => c.reserved_concurrent_executions(),
+            Err(e) if is_decisive(&e) => {
+                return Err(unfit(self.explain("read the concurrency of", e)));
+            }
+            Err(e) => {
+                tracing::warn!("{}", self.explain("read the concurrency of", e));
+                None
+            }
+        };
+        if let Some(reserved) = reserved {
             if (reserved.max(0) as usize) < workers {
                 return Err(unfit(format!(
                     "the Lambda function '{}' can run at most {reserved} invocations at once \
@@ -207,6 +230,21 @@ where
         ),
         _ => format!("{what} '{function}' failed: {}", DisplayErrorContext(&e)),
     }
+}
+
+/// True for the errors that settle whether a job can run: the function is missing, the
+/// caller may not use it, or there are no credentials.
+fn is_decisive<E>(e: &SdkError<E>) -> bool
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let no_credentials = matches!(e, SdkError::DispatchFailure(_))
+        && DisplayErrorContext(e).to_string().contains("loading credentials");
+    no_credentials
+        || matches!(
+            e.code(),
+            Some("ResourceNotFoundException" | "AccessDeniedException" | "AccessDenied")
+        )
 }
 
 /// `function` without its qualifier (alias or version): what the concurrency calls take.

@@ -144,6 +144,8 @@ struct InstanceHandle {
     kill: Option<oneshot::Sender<Kill>>,
     /// The function version it runs: an older one is retired at its next `next`.
     version: u64,
+    /// True once it has asked for work: one that ends before failed to start.
+    asked: bool,
 }
 
 /// Everything that changes, under one lock (never held across an await).
@@ -326,6 +328,7 @@ impl Emulator {
                     current: None,
                     kill: Some(kill),
                     version,
+                    asked: false,
                 },
             );
             tokio::spawn(run_instance(self.clone(), id, killed));
@@ -336,9 +339,11 @@ impl Emulator {
     /// Called when instance `id` has ended: fails what it was running, and starts another
     /// if events wait.
     fn instance_ended(self: &Arc<Self>, id: u64, why: &str, killed: Option<Kill>) {
+        let mut failed_start = false;
         {
             let mut book = self.book.lock().unwrap();
             if let Some(handle) = book.instances.remove(&id) {
+                failed_start = !handle.asked && killed.is_none();
                 if handle.arriving {
                     book.arriving -= 1;
                 }
@@ -362,7 +367,36 @@ impl Emulator {
             }
             book.stats.instances = book.instances.len();
         }
+        if failed_start {
+            self.fail_one_queued(why);
+        }
         self.scale();
+    }
+
+    /// An instance that cannot start fails one queued event, as Lambda fails an invocation
+    /// whose runtime does not start (instead of starting instances for it forever).
+    fn fail_one_queued(&self, why: &str) {
+        let Ok(mut inbox) = self.inbox.try_lock() else {
+            // An instance is waiting for work: it will take the event.
+            return;
+        };
+        let Ok(event) = inbox.try_recv() else {
+            return;
+        };
+        drop(inbox);
+        {
+            let mut book = self.book.lock().unwrap();
+            book.pending -= 1;
+            book.stats.crashed += 1;
+        }
+        tracing::error!(request_id = %event.request_id, "the function did not start: {why}");
+        if let Some(reply) = event.reply {
+            let body = serde_json::json!({
+                "errorType": "Runtime.InitError",
+                "errorMessage": format!("the function did not start: {why}"),
+            });
+            let _ = reply.send(Answer::FunctionError(body.to_string().into()));
+        }
     }
 
     /// Ends instance `id` for `why`, if it still runs `request_id`.
@@ -642,6 +676,7 @@ async fn next(State((emu, id)): State<(Arc<Emulator>, u64)>) -> Response {
             }
             return StatusCode::GONE.into_response();
         }
+        handle.asked = true;
         // A `next` ends whatever the instance ran before (it answered it, or lost it).
         let was_arriving = std::mem::replace(&mut handle.arriving, false);
         handle.current = None;
