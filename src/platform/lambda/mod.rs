@@ -239,7 +239,9 @@ where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
     let no_credentials = matches!(e, SdkError::DispatchFailure(_))
-        && DisplayErrorContext(e).to_string().contains("loading credentials");
+        && DisplayErrorContext(e)
+            .to_string()
+            .contains("loading credentials");
     no_credentials
         || matches!(
             e.code(),
