@@ -247,12 +247,7 @@ fn workers_reinvoke_themselves_on_lambda_and_end_as_an_uninterrupted_run() {
         ]
         .concat(),
     );
-    let per_worker: Vec<u64> = cut.summary["invocations_per_worker"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap())
-        .collect();
+    let per_worker = cut.invocations_per_worker();
     assert!(
         per_worker.iter().all(|&n| n >= 3),
         "expected at least 2 re-invocations per worker, got invocations {per_worker:?}"

@@ -29,12 +29,7 @@ fn interrupted_equals_uninterrupted(model: &str, sync: &str) {
         ]
         .concat(),
     );
-    let per_worker: Vec<u64> = cut.summary["invocations_per_worker"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap())
-        .collect();
+    let per_worker = cut.invocations_per_worker();
     assert!(
         per_worker.iter().all(|&n| n >= 3),
         "expected at least 2 re-invocations per worker, got invocations {per_worker:?}"

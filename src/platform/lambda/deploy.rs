@@ -151,12 +151,7 @@ pub async fn deploy(d: &Deployment) -> anyhow::Result<DeployReport> {
                 d.arch
             ));
             // Lambda refuses a configuration change while the code update is in progress.
-            client
-                .wait_until_function_updated_v2()
-                .function_name(name)
-                .wait(Duration::from_secs(300))
-                .await
-                .map_err(|e| fail(format!("waiting for '{name}': {}", DisplayErrorContext(&e))))?;
+            wait_updated(&client, name).await?;
             client
                 .update_function_configuration()
                 .function_name(name)
@@ -171,12 +166,7 @@ pub async fn deploy(d: &Deployment) -> anyhow::Result<DeployReport> {
                 "set {name} to {} MB, {} s, role {}",
                 d.memory_mb, d.timeout_s, d.role
             ));
-            client
-                .wait_until_function_updated_v2()
-                .function_name(name)
-                .wait(Duration::from_secs(300))
-                .await
-                .map_err(|e| fail(format!("waiting for '{name}': {}", DisplayErrorContext(&e))))?;
+            wait_updated(&client, name).await?;
         }
     }
     client
@@ -192,6 +182,18 @@ pub async fn deploy(d: &Deployment) -> anyhow::Result<DeployReport> {
          reported to the driver, which decides) and a maximum event age of {MAX_EVENT_AGE_S} s"
     ));
     Ok(report)
+}
+
+/// Waits until the function's last update is done (Lambda refuses another change, and may
+/// run the old code, until then).
+async fn wait_updated(client: &aws_sdk_lambda::Client, name: &str) -> anyhow::Result<()> {
+    client
+        .wait_until_function_updated_v2()
+        .function_name(name)
+        .wait(Duration::from_secs(300))
+        .await
+        .map_err(|e| anyhow::anyhow!("waiting for '{name}': {}", DisplayErrorContext(&e)))?;
+    Ok(())
 }
 
 /// Parses `KEY=VALUE`.

@@ -193,6 +193,16 @@ impl Run {
         sums.iter().map(|(s, n)| s / n).collect()
     }
 
+    /// Invocations each worker needed, from the summary.
+    pub fn invocations_per_worker(&self) -> Vec<u64> {
+        self.summary["invocations_per_worker"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect()
+    }
+
     /// Final parameters of worker 0, as written to model.bin.
     pub fn model_bytes(&self) -> Vec<u8> {
         std::fs::read(self.run_dir.join("model.bin")).unwrap()

@@ -229,33 +229,39 @@ pub(super) async fn get_function(
     )
 }
 
+/// Applies `edit` to the deployed function `name` from the request `body`, and answers
+/// with its new configuration.
+fn change(
+    emu: &Emulator,
+    name: &str,
+    body: &Bytes,
+    edit: impl FnOnce(&mut FunctionConfig, &Value) -> Result<(), ApiError>,
+) -> Response {
+    if let Some(r) = emu.unknown(name) {
+        return r;
+    }
+    let result = parse(body).and_then(|req| {
+        let (mut f, _) = emu.function().expect("checked by unknown");
+        edit(&mut f, &req)?;
+        emu.install(f);
+        Ok(())
+    });
+    match result {
+        Ok(()) => describe(emu),
+        Err(e) => e.into_response(),
+    }
+}
+
 /// `UpdateFunctionCode`: new invocations run the new code.
 pub(super) async fn update_code(
     State(emu): State<std::sync::Arc<Emulator>>,
     Path(name): Path<String>,
     body: Bytes,
 ) -> Response {
-    if let Some(r) = emu.unknown(&name) {
-        return r;
-    }
-    let result = (|| -> Result<(), ApiError> {
-        let req = parse(&body)?;
-        let (mut f, _) = emu.function().expect("checked by unknown");
+    change(&emu, &name, &body, |f, req| {
         f.exe = install_code(&emu, req.get("ZipFile").and_then(Value::as_str))?;
-        apply_settings(
-            &mut f,
-            &json!({ "Architectures": req.get("Architectures") }),
-        )?;
-        emu.install(f);
-        Ok(())
-    })();
-    match result {
-        Ok(()) => {
-            tracing::info!("function code updated");
-            describe(&emu)
-        }
-        Err(e) => e.into_response(),
-    }
+        apply_settings(f, &json!({ "Architectures": req.get("Architectures") }))
+    })
 }
 
 /// `UpdateFunctionConfiguration`.
@@ -264,20 +270,7 @@ pub(super) async fn update_configuration(
     Path(name): Path<String>,
     body: Bytes,
 ) -> Response {
-    if let Some(r) = emu.unknown(&name) {
-        return r;
-    }
-    let result = (|| -> Result<(), ApiError> {
-        let req = parse(&body)?;
-        let (mut f, _) = emu.function().expect("checked by unknown");
-        apply_settings(&mut f, &req)?;
-        emu.install(f);
-        Ok(())
-    })();
-    match result {
-        Ok(()) => describe(&emu),
-        Err(e) => e.into_response(),
-    }
+    change(&emu, &name, &body, apply_settings)
 }
 
 /// `PutFunctionEventInvokeConfig`: recorded (this local Lambda never retries a failed
