@@ -516,3 +516,22 @@ fn a_function_that_cannot_start_fails_its_invocation_once() {
     assert_eq!(stats["crashed"], 1, "{stats}");
     assert_eq!(stats["instances"], 0, "{stats}");
 }
+
+#[test]
+fn the_channel_bench_runs_its_workers_on_lambda() {
+    let dir = scratch();
+    let memcached = Server::memcached(None);
+    let lambda = LocalLambda::start(dir.path(), "bencher", &["--concurrency", "2"], &[]);
+    let out = succeeds(
+        lambda_cmd(&lambda)
+            .args(["bench", "channel", "--channel", &memcached.url])
+            .args(["--workers", "2", "--size", "4096", "--rounds", "5"])
+            .args(["--platform", &lambda.platform()]),
+    );
+    assert!(
+        out.contains("every round's result checked against the exact mean"),
+        "{out}"
+    );
+    assert_eq!(lambda.stats()["invocations"], 2);
+    assert_eq!(memcached.items(), 0, "the bench left keys");
+}
