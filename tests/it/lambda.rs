@@ -8,7 +8,7 @@ use aws_sdk_lambda::error::ProvideErrorMetadata;
 use aws_sdk_lambda::primitives::Blob;
 use aws_sdk_lambda::types::InvocationType;
 
-use crate::common::services::{LocalLambda, Server, keys_left, shared};
+use crate::common::services::{LocalLambda, Server, block_on, keys_left, shared};
 use crate::common::*;
 
 fn ping(lambda: &LocalLambda, function: &str, extra: &[&str]) -> std::process::Output {
@@ -44,14 +44,6 @@ fn client(lambda: &LocalLambda) -> aws_sdk_lambda::Client {
         .retry_config(aws_sdk_lambda::config::retry::RetryConfig::disabled())
         .build();
     aws_sdk_lambda::Client::from_conf(config)
-}
-
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(f)
 }
 
 #[test]

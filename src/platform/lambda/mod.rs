@@ -17,6 +17,7 @@ use aws_config::meta::region::RegionProviderChain;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_lambda::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_lambda::operation::invoke::{InvokeError, InvokeOutput};
 use aws_sdk_lambda::primitives::Blob;
 use aws_sdk_lambda::types::InvocationType;
 use serde::{Deserialize, Serialize};
@@ -89,12 +90,7 @@ impl LambdaPlatform {
             message,
         };
         let out = self
-            .client
-            .invoke()
-            .function_name(&self.f.function)
-            .invocation_type(InvocationType::RequestResponse)
-            .payload(Blob::new(payload))
-            .send()
+            .send(InvocationType::RequestResponse, payload)
             .await
             .map_err(|e| fail(self.explain("invoke", e)))?;
         let body = out
@@ -108,6 +104,21 @@ impl LambdaPlatform {
             )));
         }
         Ok(body)
+    }
+
+    /// One `Invoke` of the function with `payload`.
+    async fn send(
+        &self,
+        kind: InvocationType,
+        payload: &[u8],
+    ) -> Result<InvokeOutput, SdkError<InvokeError>> {
+        self.client
+            .invoke()
+            .function_name(&self.f.function)
+            .invocation_type(kind)
+            .payload(Blob::new(payload))
+            .send()
+            .await
     }
 
     /// The error of a failed call to the function, in words that say what to do.
@@ -182,12 +193,7 @@ impl Platform for LambdaPlatform {
 
     async fn invoke(&self, name: &str, payload: &[u8]) -> Result<(), PlatformError> {
         let out = self
-            .client
-            .invoke()
-            .function_name(&self.f.function)
-            .invocation_type(InvocationType::Event)
-            .payload(Blob::new(payload))
-            .send()
+            .send(InvocationType::Event, payload)
             .await
             .map_err(|e| PlatformError::Invoke {
                 name: name.to_string(),

@@ -24,13 +24,18 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Keys of the job still on a listing channel, asked of the service.
-pub fn keys_left(url: &str, job_id: &str) -> Vec<String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
+/// Runs `f` to completion on a runtime of its own (tests are synchronous).
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .unwrap();
-    rt.block_on(async {
+        .unwrap()
+        .block_on(f)
+}
+
+/// Keys of the job still on a listing channel, asked of the service.
+pub fn keys_left(url: &str, job_id: &str) -> Vec<String> {
+    block_on(async {
         let ch = lambdaml::channel::open(&url.parse().unwrap())
             .await
             .unwrap();
