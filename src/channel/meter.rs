@@ -69,46 +69,84 @@ pub enum Op {
 struct Counters([AtomicU64; 8]);
 
 static METER: Counters = Counters([const { AtomicU64::new(0) }; 8]);
+/// The requests of threads counted apart ([`count_this_thread_apart`]), also in `METER`.
+static APART: Counters = Counters([const { AtomicU64::new(0) }; 8]);
+
+thread_local! {
+    static COUNTED_APART: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// From now on, this thread's requests are also counted apart ([`apart_snapshot`]): a
+/// background thread (a worker's heartbeat) whose requests must not be taken for those of
+/// what the main thread measures meanwhile (the data it loads).
+pub fn count_this_thread_apart() {
+    COUNTED_APART.with(|c| c.set(true));
+}
+
+/// What the threads counted apart recorded so far (included in [`snapshot`] as well).
+pub fn apart_snapshot() -> Usage {
+    APART.usage()
+}
 
 /// Records `n` requests of kind `op` moving `bytes` of values.
 pub fn record(op: Op, n: u64, bytes: u64) {
-    let c = &METER.0;
-    match op {
-        Op::Put => {
-            c[0].fetch_add(n, Ordering::Relaxed);
-            c[4].fetch_add(bytes, Ordering::Relaxed);
-        }
-        Op::Get => {
-            c[1].fetch_add(n, Ordering::Relaxed);
-            c[5].fetch_add(bytes, Ordering::Relaxed);
-        }
-        Op::Delete => {
-            c[2].fetch_add(n, Ordering::Relaxed);
-        }
-        Op::List => {
-            c[3].fetch_add(n, Ordering::Relaxed);
-        }
+    METER.record(op, n, bytes);
+    if COUNTED_APART.with(|c| c.get()) {
+        APART.record(op, n, bytes);
     }
 }
 
 /// Records DynamoDB request units.
 pub fn record_units(read: u64, write: u64) {
-    METER.0[6].fetch_add(read, Ordering::Relaxed);
-    METER.0[7].fetch_add(write, Ordering::Relaxed);
+    METER.record_units(read, write);
+    if COUNTED_APART.with(|c| c.get()) {
+        APART.record_units(read, write);
+    }
 }
 
 /// Everything recorded in this process so far.
 pub fn snapshot() -> Usage {
-    let c = |i: usize| METER.0[i].load(Ordering::Relaxed);
-    Usage {
-        puts: c(0),
-        gets: c(1),
-        deletes: c(2),
-        lists: c(3),
-        bytes_out: c(4),
-        bytes_in: c(5),
-        read_units: c(6),
-        write_units: c(7),
+    METER.usage()
+}
+
+impl Counters {
+    fn record(&self, op: Op, n: u64, bytes: u64) {
+        let c = &self.0;
+        match op {
+            Op::Put => {
+                c[0].fetch_add(n, Ordering::Relaxed);
+                c[4].fetch_add(bytes, Ordering::Relaxed);
+            }
+            Op::Get => {
+                c[1].fetch_add(n, Ordering::Relaxed);
+                c[5].fetch_add(bytes, Ordering::Relaxed);
+            }
+            Op::Delete => {
+                c[2].fetch_add(n, Ordering::Relaxed);
+            }
+            Op::List => {
+                c[3].fetch_add(n, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn record_units(&self, read: u64, write: u64) {
+        self.0[6].fetch_add(read, Ordering::Relaxed);
+        self.0[7].fetch_add(write, Ordering::Relaxed);
+    }
+
+    fn usage(&self) -> Usage {
+        let c = |i: usize| self.0[i].load(Ordering::Relaxed);
+        Usage {
+            puts: c(0),
+            gets: c(1),
+            deletes: c(2),
+            lists: c(3),
+            bytes_out: c(4),
+            bytes_in: c(5),
+            read_units: c(6),
+            write_units: c(7),
+        }
     }
 }
 
@@ -126,5 +164,19 @@ mod tests {
         assert!(d.puts >= 2 && d.gets >= 3 && d.bytes_out >= 100 && d.read_units >= 4);
         assert_eq!((d + d).puts, 2 * d.puts);
         assert_eq!(d.requests(), d.puts + d.gets + d.deletes + d.lists);
+    }
+
+    #[test]
+    fn a_thread_counted_apart_is_in_both_meters() {
+        let (all, apart) = (snapshot(), apart_snapshot());
+        std::thread::spawn(|| {
+            count_this_thread_apart();
+            record(Op::Put, 5, 10);
+        })
+        .join()
+        .unwrap();
+        record(Op::Put, 1, 1);
+        assert!((snapshot() - all).puts >= 6);
+        assert_eq!((apart_snapshot() - apart).puts, 5);
     }
 }

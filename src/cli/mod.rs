@@ -1,5 +1,6 @@
 //! Command-line interface: `train`, `worker`, `data synth`, `data split`.
 
+mod job;
 pub mod lambda;
 mod progress;
 
@@ -49,6 +50,9 @@ pub enum Command {
     /// Measure a channel: put/get latency and all-reduce rounds with N worker processes.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// A running job: status, attach (take over from a driver that is gone), cancel.
+    #[command(subcommand)]
+    Job(job::JobCommand),
     /// Remove what jobs that can no longer run left on a channel (channels that can list).
     Gc(GcArgs),
     /// Look into a channel: list, read, write and delete keys.
@@ -296,6 +300,21 @@ pub struct TrainArgs {
     /// Seconds after which the job stops, whatever happens to its driver.
     #[arg(long)]
     pub max_job_seconds: Option<f64>,
+    /// Times a dead worker is re-invoked from its checkpoint before the job fails.
+    #[arg(long)]
+    pub max_retries: Option<u32>,
+    /// Seconds between heartbeats (default by channel: 1 s caches, 2 s DynamoDB, 5 s S3).
+    #[arg(long)]
+    pub heartbeat_s: Option<f64>,
+    /// Missed heartbeats after which an invocation is declared dead.
+    #[arg(long)]
+    pub dead_after: Option<u32>,
+    /// Seconds without the driver's heartbeat after which workers stop and clean up.
+    #[arg(long)]
+    pub driver_lease: Option<f64>,
+    /// Rounds between checkpoints (default from the model's size, at most 50).
+    #[arg(long)]
+    pub checkpoint_every: Option<u64>,
     /// Where run folders go.
     #[arg(long)]
     pub runs_dir: Option<PathBuf>,
@@ -345,7 +364,10 @@ impl TrainArgs {
             memory_mb,
             platform,
             max_invocations,
-            max_job_seconds
+            max_job_seconds,
+            max_retries,
+            dead_after,
+            driver_lease
         );
         set_opt!(
             lr,
@@ -358,7 +380,9 @@ impl TrainArgs {
             init_centroids,
             ps_addr,
             ps_token,
-            prices
+            prices,
+            heartbeat_s,
+            checkpoint_every
         );
         if let Some(path) = &self.ps_token_file {
             c.ps_token = Some(read_token_file(path)?);
@@ -471,6 +495,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }),
         Command::Ps(cmd) => ps_command(cmd),
+        Command::Job(cmd) => job::command(cmd),
         Command::Lambda(cmd) => lambda::command(cmd),
         Command::Report(args) => {
             use crate::job::plan::DataProgress;

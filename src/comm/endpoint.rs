@@ -26,6 +26,8 @@ pub struct Comm {
     pub(super) worker: usize,
     pub(super) n: usize,
     wait_timeout: Duration,
+    /// Rounds per checkpoint block ([`Member::keep_rounds`]).
+    keep_rounds: u64,
     deadline: Option<Instant>,
     pending: Vec<Completed>,
     /// Keys this worker wrote, with their round, that no worker's `pending` may cover yet:
@@ -54,6 +56,7 @@ impl Comm {
             worker,
             n,
             wait_timeout,
+            keep_rounds: 1,
             deadline: None,
             pending: Vec::new(),
             written: Vec::new(),
@@ -65,13 +68,15 @@ impl Comm {
 
     /// The endpoint of `member`.
     pub fn of(member: Member) -> Self {
-        Comm::new(
+        let mut comm = Comm::new(
             member.channel,
             &member.job,
             member.worker,
             member.workers,
             member.wait_timeout,
-        )
+        );
+        comm.keep_rounds = member.keep_rounds.max(1);
+        comm
     }
 
     /// Number of workers.
@@ -165,19 +170,25 @@ impl Comm {
     }
 
     /// Called once this worker has seen all `n` contributions of a round: every worker is
-    /// past the pending rounds, so their keys can go.
+    /// past the pending rounds, and has checkpointed in the current block (it does before
+    /// its first round of a block), so the keys of earlier blocks can go.
     async fn after_full_gather(&mut self) -> Result<(), CommError> {
         // Every worker finished the earlier rounds: their keys are in the owners' pending
         // (or deleted), so this worker need not report them any more.
         let round = self.round;
         self.written.retain(|(r, _)| *r >= round);
-        if self.pending.is_empty() {
+        let block_start = round / self.keep_rounds * self.keep_rounds;
+        let (done, kept): (Vec<Completed>, Vec<Completed>) = self
+            .pending
+            .iter()
+            .partition(|c| c.round < block_start || c.op == Op::Async);
+        if done.is_empty() {
             return Ok(());
         }
-        let keys: Vec<String> = self.pending.iter().flat_map(|c| self.owned(*c)).collect();
+        let keys: Vec<String> = done.iter().flat_map(|c| self.owned(*c)).collect();
         self.channel.delete(&keys).await?;
         self.stats.deletes += keys.len() as u64;
-        self.pending.clear();
+        self.pending = kept;
         self.written.retain(|(_, k)| !keys.contains(k));
         Ok(())
     }

@@ -56,6 +56,19 @@ impl Keys {
         format!("{}/{round}/barrier/{w}", self.job)
     }
 
+    /// Every key any collective of `n` workers may write in round `round` (for cleanup
+    /// where the channel cannot list, and nobody is left to report them).
+    pub fn round_keys(&self, round: u64, n: usize) -> Vec<String> {
+        let mut keys = vec![self.reduce_mean(round), self.broadcast(round, 0)];
+        for i in 0..n {
+            keys.push(self.reduce_part(round, i));
+            keys.push(self.gather_chunk(round, i));
+            keys.push(self.barrier(round, i));
+            keys.extend((0..n).map(|src| self.scatter_part(round, i, src)));
+        }
+        keys
+    }
+
     /// Set by the driver when the job must stop; waiters check it.
     pub fn abort(&self) -> String {
         format!("{}/control/abort", self.job)

@@ -21,7 +21,9 @@
 //!   [`CommError::Aborted`], and after the wait timeout with an error naming the key and
 //!   the worker waited for.
 //! - **Cleanup without listing**: a key is deleted once every worker is provably past the
-//!   round that used it; what is left at the end is [`Collective::residual_keys`], for the
+//!   round that used it and has checkpointed past it (rounds go in blocks of
+//!   [`Member::keep_rounds`]; a worker that dies is re-run from its checkpoint, at the
+//!   start of the current block at the earliest, so that block's keys are kept); what is left at the end is [`Collective::residual_keys`], for the
 //!   driver to delete. What must survive a re-invocation is [`Collective::state`].
 
 pub mod endpoint;
@@ -90,6 +92,10 @@ pub struct Member {
     pub workers: usize,
     /// How long a wait for a peer may take before the job fails.
     pub wait_timeout: Duration,
+    /// Rounds per checkpoint block (at least 1): every worker checkpoints before its first
+    /// round of each block of this many rounds, so the keys of the current block are kept
+    /// for a peer that recovers from its checkpoint and re-runs the block's rounds.
+    pub keep_rounds: u64,
 }
 
 /// Builds the collective of `mode`: the one place where the sync mode is looked at.

@@ -194,21 +194,31 @@ async fn corrupt_and_mismatched_values_are_named() {
     );
 }
 
+/// A round's keys stay until a gather of a later block (here, blocks of one round): a
+/// worker that dies in round 0 starts over and reads the broadcast again.
 #[test]
-fn broadcast_reaches_everyone_and_its_key_goes_at_the_next_gather() {
+fn broadcast_reaches_everyone_and_its_key_goes_at_the_next_rounds_gather() {
     let results = run_workers("bcast", 3, Duration::from_secs(10), |mut comm| {
         Box::pin(async move {
             let root_values = [1.0f32, 2.0, 3.0];
             let mine = (comm.worker == 0).then_some(&root_values[..]);
             let got = comm.broadcast(0, mine, 3).await.unwrap();
             comm.reduce(0, &got).await.unwrap();
-            (got, comm.residual_keys())
+            let kept = comm.residual_keys();
+            comm.reduce(1, &got).await.unwrap();
+            (got, kept, comm.residual_keys())
         })
     });
-    for (got, _) in &results {
+    for (got, _, _) in &results {
         assert_eq!(got, &vec![1.0, 2.0, 3.0]);
     }
-    // The leader's gather of round 0 proved everyone had read the broadcast.
+    assert!(
+        results[0].1.iter().any(|k| k.contains("bcast")),
+        "the broadcast's key went before every worker was past round 0: {:?}",
+        results[0].1
+    );
+    let results: Vec<_> = results.into_iter().map(|(g, _, r)| (g, r)).collect();
+    // The leader's gather of round 1 proved everyone was past round 0.
     assert!(
         results[0].1.iter().all(|k| !k.contains("bcast")),
         "{:?}",

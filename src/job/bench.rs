@@ -262,6 +262,7 @@ pub async fn worker(e: BenchEvent) -> anyhow::Result<()> {
         worker: e.worker,
         workers: e.workers,
         wait_timeout: Duration::from_secs(120),
+        keep_rounds: 1,
     };
     let ps = e.ps_addr.as_ref().map(|addr| PsTarget {
         addr: addr.clone(),

@@ -85,6 +85,24 @@ pub struct JobConfig {
     /// Seconds after its start at which a job stops, whatever happens to its driver: no
     /// worker invocation starts or re-invokes itself after that.
     pub max_job_seconds: f64,
+    /// Times a worker whose invocation died (killed, out of memory, past its deadline
+    /// without a checkpoint, silent past `dead_after` heartbeats) is re-invoked from its last
+    /// checkpoint before the job fails.
+    pub max_retries: u32,
+    /// Seconds between two heartbeats of a running invocation (and of the driver); default
+    /// by channel: 1 s on caches and directories, 2 s on DynamoDB, 5 s on S3, whose requests
+    /// cost most.
+    pub heartbeat_s: Option<f64>,
+    /// Heartbeats an invocation may miss before the driver declares it dead.
+    pub dead_after: u32,
+    /// Seconds without a heartbeat of the driver after which the workers stop and delete the
+    /// job's keys (`lambdaml job attach` within this time takes the job over).
+    pub driver_lease: f64,
+    /// Rounds between two checkpoints of a worker (what a recovery redoes at most); default
+    /// from the model's size: up to 50 rounds, fewer for large models (every worker keeps
+    /// the keys of the rounds since the last checkpoint for a recovering peer), and every
+    /// round for epoch-level synchronisation and the parameter server.
+    pub checkpoint_every: Option<u64>,
     /// Where run folders (`runs/<job-id>/`) are written.
     pub runs_dir: PathBuf,
     /// Memory of a worker function in MB (Lambda: 128 to 10240); the cost model bills
@@ -131,6 +149,11 @@ impl Default for JobConfig {
             wait_timeout: 300.0,
             max_invocations: 1000,
             max_job_seconds: 86_400.0,
+            max_retries: 2,
+            heartbeat_s: None,
+            dead_after: 3,
+            driver_lease: 300.0,
+            checkpoint_every: None,
             runs_dir: PathBuf::from("runs"),
             memory_mb: 2048,
             prices: None,
@@ -267,6 +290,15 @@ impl JobConfig {
             1.0,
             30.0 * MAX_SECONDS,
         )?;
+        in_range("max-retries", self.max_retries, 0, 100)?;
+        if let Some(h) = self.heartbeat_s {
+            in_range("heartbeat-s", h, 0.05, 600.0)?;
+        }
+        in_range("dead-after", self.dead_after, 2, 100)?;
+        in_range("driver-lease", self.driver_lease, 1.0, MAX_SECONDS)?;
+        if let Some(k) = self.checkpoint_every {
+            in_range("checkpoint-every", k, 1, 1_000_000)?;
+        }
         if self.data.is_none() && self.synth_rows < self.workers {
             return Err(field(
                 "synth-rows",
@@ -335,6 +367,46 @@ impl JobConfig {
     /// workers all killed) goes at the latest this long after it was written.
     pub fn key_expiry(&self) -> Duration {
         self.longest_life() + KEY_EXPIRY_SLACK
+    }
+
+    /// Time between two heartbeats on `channel`: as configured, else priced for the
+    /// backend (a beat is a write and a read: free on a cache node already paid for, $5 per
+    /// million writes on S3).
+    pub fn heartbeat(&self, channel: &ChannelUrl) -> Duration {
+        let default = match channel {
+            ChannelUrl::S3 { .. } => 5.0,
+            ChannelUrl::DynamoDb { .. } => 2.0,
+            ChannelUrl::Dir(_)
+            | ChannelUrl::Mem(_)
+            | ChannelUrl::Memcached { .. }
+            | ChannelUrl::Redis(_) => 1.0,
+        };
+        Duration::from_secs_f64(self.heartbeat_s.unwrap_or(default))
+    }
+
+    /// Silence after which an invocation is declared dead: `dead_after` heartbeats.
+    pub fn dead_time(&self, channel: &ChannelUrl) -> Duration {
+        self.heartbeat(channel) * self.dead_after
+    }
+
+    /// Rounds between two checkpoints of a worker whose collective vectors hold `len`
+    /// values: as configured, else as many as keep the retained rounds' keys within 64 MiB
+    /// (each round holds about `workers + 1` vectors), at most 50. Every round for
+    /// epoch-level synchronisation (a round is an epoch) and for the parameter server (it
+    /// keeps only the last two rounds).
+    pub fn checkpoint_rounds(&self, len: usize) -> u64 {
+        if let Some(k) = self.checkpoint_every {
+            return k;
+        }
+        if self.sync == SyncMode::Ps
+            || self.optim != OptimKind::GradAvg
+            || self.model.is_clustering()
+        {
+            return 1;
+        }
+        const RETAINED_BYTES: usize = 64 << 20;
+        let round_bytes = (self.workers + 1) * len.max(1) * 4;
+        (RETAINED_BYTES / round_bytes).clamp(1, 50) as u64
     }
 
     /// The step rule: as given, else AdaGrad for sparse models (whose rare features plain

@@ -12,8 +12,9 @@ use anyhow::{Context, bail};
 
 use super::config::JobConfig;
 use super::event::{Invocation, JobSpec, WorkerEvent};
+use super::follow::{self, Followed};
 use super::plan::{self, DataProgress, PreparedData};
-use super::records::{self, Progress, WorkerFailure, WorkerResult};
+use super::records::{self, WorkerResult};
 use super::summary::{self, Summary};
 use crate::channel::{self, Channel, ChannelUrl};
 use crate::comm::Keys;
@@ -163,10 +164,12 @@ async fn run_prepared(
         ps_token: cfg.ps_token.clone(),
         started_unix_ms,
     };
-    // Deleted with the job's other keys once it ends; what `lambdaml gc` reads otherwise.
+    // Deleted with the job's other keys once it ends; what `lambdaml gc` reads otherwise,
+    // and what `lambdaml job` reads to follow the job from another driver.
     let job_record = records::JobRecord {
         started_unix_ms,
         ends_by_unix_ms: started_unix_ms + cfg.longest_life().as_millis() as u64,
+        spec_json: records::JobRecord::spec_json(&spec),
     };
     records::put(channel.as_ref(), &records::job_key(job_id), &job_record)
         .await
@@ -174,15 +177,48 @@ async fn run_prepared(
     let started = Instant::now();
     let outcome = invoke_and_follow(&spec, channel.clone(), ui).await;
     let wall = started.elapsed().as_secs_f64();
-    let cleanup = delete_job_keys(channel.as_ref(), &spec, &outcome).await;
-    if let Some(mut c) = ps {
-        match c.drop_job(job_id).await {
-            Ok(n) => tracing::debug!(models = n, "job's models dropped from the parameter server"),
+    drop(ps);
+    conclude(
+        &spec,
+        channel.as_ref(),
+        outcome,
+        run_dir,
+        wall,
+        usage_base,
+        prices,
+    )
+    .await
+}
+
+/// Ends a followed job: deletes its keys (and its models on the parameter server), then
+/// writes the run folder of a job that finished, or returns the failure.
+pub(super) async fn conclude(
+    spec: &JobSpec,
+    channel: &dyn Channel,
+    outcome: Followed,
+    run_dir: &Path,
+    wall: f64,
+    usage_base: crate::channel::meter::Usage,
+    prices: &crate::cost::Prices,
+) -> anyhow::Result<JobOutcome> {
+    let job_id = &spec.job_id;
+    let cleanup = delete_job_keys(channel, spec, &outcome).await;
+    if let Some(target) = spec.ps_target() {
+        match PsClient::connect(&target.addr, target.token.as_deref()).await {
+            Ok(mut c) => match c.drop_job(job_id).await {
+                Ok(n) => {
+                    tracing::debug!(models = n, "job's models dropped from the parameter server")
+                }
+                Err(e) => tracing::warn!("could not drop the job's models (they expire): {e}"),
+            },
             Err(e) => tracing::warn!("could not drop the job's models (they expire): {e}"),
         }
     }
-    let results = match outcome {
-        Followed::Done(results) => results,
+    let (results, recoveries) = match outcome {
+        Followed::Done {
+            results,
+            recoveries,
+        } => (results, recoveries),
         Followed::Failed { error, .. } => {
             if let Err(e) = cleanup {
                 tracing::error!("cleanup after the failure also failed: {e:#}");
@@ -197,14 +233,9 @@ async fn run_prepared(
     // Each worker wrote its result record after reading its meter.
     let mut driver_usage = crate::channel::meter::snapshot() - usage_base;
     driver_usage.puts += results.len() as u64;
-    let summary = summary::summarize(
-        &spec,
-        data.manifest.total_rows(),
-        &results,
-        wall,
-        driver_usage,
-        prices,
-    );
+    let mut summary =
+        summary::summarize(spec, spec.total_rows, &results, wall, driver_usage, prices);
+    summary.recoveries = recoveries;
     summary::write_run(run_dir, &summary, &results)
         .with_context(|| format!("writing the run folder {}", run_dir.display()))?;
     Ok(JobOutcome {
@@ -297,25 +328,20 @@ async fn adopt_function_settings(cfg: &mut JobConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-enum Followed {
-    Done(Vec<WorkerResult>),
-    Failed {
-        error: anyhow::Error,
-        residual: Vec<String>,
-    },
-}
-
 async fn invoke_and_follow(spec: &JobSpec, ch: Arc<dyn Channel>, ui: &dyn JobProgress) -> Followed {
     let n = spec.config.workers;
     let platform = spec.platform.connect().await;
     // All at once: on Lambda each Invoke is a round trip, and a job's workers must all run
     // before any round can finish.
+    let invoked_at = Instant::now();
     let invoked = futures_util::future::join_all((0..n).map(|w| {
         let event = Invocation::Train(Box::new(WorkerEvent {
             job: spec.clone(),
             worker: w,
             invocation: 0,
             resume: false,
+            generation: 0,
+            recover: false,
         }));
         let payload = serde_json::to_vec(&event).expect("events serialise");
         let platform = &platform;
@@ -333,142 +359,19 @@ async fn invoke_and_follow(spec: &JobSpec, ch: Arc<dyn Channel>, ui: &dyn JobPro
         };
     }
     ui.training(n as u64 * spec.config.epochs as u64);
-    let followed = follow(spec, ch.as_ref(), ui).await;
+    let start = follow::Start {
+        invoked: invoked_at,
+        generations: vec![0; n],
+    };
+    let followed = follow::follow(spec, ch.as_ref(), platform.as_ref(), ui, start).await;
     ui.finished();
     followed
-}
-
-/// Polls the workers' records until all have finished, one has failed, or nothing moved for
-/// too long.
-async fn follow(spec: &JobSpec, ch: &dyn Channel, ui: &dyn JobProgress) -> Followed {
-    let n = spec.config.workers;
-    let job = &spec.job_id;
-    let mut results: Vec<Option<WorkerResult>> = vec![None; n];
-    let mut failures: Vec<Option<WorkerFailure>> = vec![None; n];
-    let mut epochs_done = vec![0u32; n];
-    let mut last_move = Instant::now();
-    // A silent worker (killed, crashed) is noticed once nothing moved for this long.
-    let stall_limit = Duration::from_secs_f64(
-        spec.config.wait_timeout.max(spec.config.invocation_timeout) + 30.0,
-    );
-    // After an abort, every invocation says it stopped within one invocation.
-    let settle_limit = Duration::from_secs_f64(spec.config.invocation_timeout + 10.0);
-    let mut aborted_at: Option<Instant> = None;
-    let poll = ch.poll_policy().max.max(Duration::from_millis(50));
-    loop {
-        for w in 0..n {
-            if results[w].is_some() || failures[w].is_some() {
-                continue;
-            }
-            match read_worker(ch, job, w).await {
-                Ok(WorkerState::Finished(r)) => {
-                    epochs_done[w] = r.history.len() as u32;
-                    ui.trained(
-                        epochs_done.iter().map(|&e| e as u64).sum(),
-                        r.history.last(),
-                    );
-                    results[w] = Some(*r);
-                    last_move = Instant::now();
-                }
-                Ok(WorkerState::Failed(f)) => {
-                    failures[w] = Some(f);
-                    last_move = Instant::now();
-                }
-                Ok(WorkerState::Running(Some(p))) if p.epochs_done != epochs_done[w] => {
-                    epochs_done[w] = p.epochs_done;
-                    ui.trained(epochs_done.iter().map(|&e| e as u64).sum(), p.last.as_ref());
-                    last_move = Instant::now();
-                }
-                Ok(WorkerState::Running(_)) => {}
-                Err(e) => {
-                    return Followed::Failed {
-                        error: e.context("reading worker records"),
-                        residual: Vec::new(),
-                    };
-                }
-            }
-        }
-        if results.iter().all(Option::is_some) {
-            return Followed::Done(results.into_iter().flatten().collect());
-        }
-        let first_failure = failures.iter().flatten().next();
-        let stalled = last_move.elapsed() > stall_limit;
-        if (first_failure.is_some() || stalled) && aborted_at.is_none() {
-            let _ = ch.put(&Keys::new(job).abort(), bytes::Bytes::new()).await;
-            aborted_at = Some(Instant::now());
-        }
-        if let Some(at) = aborted_at {
-            let unsettled: Vec<usize> = (0..n)
-                .filter(|&w| results[w].is_none() && failures[w].is_none())
-                .collect();
-            // The keys are deleted once every worker has said it stopped: running workers
-            // see the abort flag within about a second of their next wait, and any later
-            // invocation sees it when it starts, so each says so within an invocation. A
-            // stalled job's silent workers are presumed gone.
-            if unsettled.is_empty() || stalled || at.elapsed() > settle_limit {
-                if !unsettled.is_empty() && !stalled {
-                    tracing::warn!(
-                        workers = ?unsettled,
-                        "workers did not say they stopped within {:.0} s of the abort; what \
-                         they write later is left behind (it expires on caches)",
-                        settle_limit.as_secs_f64()
-                    );
-                }
-                let residual = failures
-                    .iter()
-                    .flatten()
-                    .flat_map(|f| f.residual_keys.clone())
-                    .chain(
-                        results
-                            .iter()
-                            .flatten()
-                            .flat_map(|r| r.residual_keys.clone()),
-                    )
-                    .collect();
-                let error = match failures.iter().flatten().find(|f| !is_abort_echo(f)) {
-                    Some(f) => anyhow::anyhow!("worker {} failed: {}", f.worker, f.message),
-                    None => {
-                        anyhow::anyhow!(
-                            "no progress for {:.0} s from workers {unsettled:?}: they stopped \
-                             without reporting (killed or crashed?)",
-                            stall_limit.as_secs_f64()
-                        )
-                    }
-                };
-                return Followed::Failed { error, residual };
-            }
-        }
-        tokio::time::sleep(poll).await;
-    }
-}
-
-/// A failure that only says "the driver aborted me" is an echo of another failure.
-fn is_abort_echo(f: &WorkerFailure) -> bool {
-    f.message.contains("aborted by the driver")
-}
-
-enum WorkerState {
-    Running(Option<Progress>),
-    Finished(Box<WorkerResult>),
-    Failed(WorkerFailure),
-}
-
-async fn read_worker(ch: &dyn Channel, job: &str, w: usize) -> anyhow::Result<WorkerState> {
-    if let Some(r) = records::get(ch, &records::key(job, records::RESULT, w)).await? {
-        return Ok(WorkerState::Finished(Box::new(r)));
-    }
-    if let Some(f) = records::get(ch, &records::key(job, records::FAILURE, w)).await? {
-        return Ok(WorkerState::Failed(f));
-    }
-    Ok(WorkerState::Running(
-        records::get(ch, &records::key(job, records::PROGRESS, w)).await?,
-    ))
 }
 
 /// Deletes every key the job created: the records and control keys (all known by name), the
 /// keys the workers reported as residual, and, where the backend can list, anything else
 /// under the job's prefix (a crashed worker cannot report its keys).
-async fn delete_job_keys(
+pub(super) async fn delete_job_keys(
     ch: &dyn Channel,
     spec: &JobSpec,
     outcome: &Followed,
@@ -480,10 +383,11 @@ async fn delete_job_keys(
             keys_of.abort(),
             format!("{}/control/probe", spec.job_id),
             records::job_key(&spec.job_id),
+            super::liveness::driver_key(&spec.job_id),
         ])
         .collect();
     match outcome {
-        Followed::Done(results) => {
+        Followed::Done { results, .. } => {
             keys.extend(results.iter().flat_map(|r| r.residual_keys.iter().cloned()))
         }
         Followed::Failed { residual, .. } => keys.extend(residual.iter().cloned()),

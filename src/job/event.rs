@@ -98,6 +98,15 @@ pub struct WorkerEvent {
     pub invocation: u32,
     /// True when the invocation continues from a checkpoint.
     pub resume: bool,
+    /// Which life of the worker this is: 0, then one more each time the driver re-invokes
+    /// a worker it found dead. An invocation of an older generation than the channel's
+    /// (one paused, then resumed after it was replaced) stops without writing anything.
+    #[serde(default)]
+    pub generation: u32,
+    /// True when the driver re-invokes a dead worker: it continues from its checkpoint if
+    /// it wrote one, else starts over.
+    #[serde(default)]
+    pub recover: bool,
 }
 
 /// The payload of an invocation of the `lambdaml worker` function.

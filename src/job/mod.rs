@@ -1,12 +1,16 @@
 //! Jobs: configuration, the driver that plans and follows a job, the worker loop with
-//! checkpoint and re-invocation, and the records and reports they exchange.
+//! checkpoint and re-invocation, liveness and recovery, and the records and reports they
+//! exchange.
 
 pub mod bench;
 pub mod config;
+pub mod control;
 pub mod data_source;
 pub mod driver;
 pub mod event;
+pub mod follow;
 pub mod gc;
+pub mod liveness;
 pub mod plan;
 pub mod records;
 pub mod summary;

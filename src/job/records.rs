@@ -30,17 +30,37 @@ pub fn job_key(job: &str) -> String {
 
 /// What the driver leaves on the channel about the job itself, so that anyone (`lambdaml
 /// gc`) can tell a job that may still run from one that cannot.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct JobRecord {
     /// When the driver started the job (milliseconds since the Unix epoch).
     pub started_unix_ms: u64,
     /// After this no invocation of the job runs any more (its life bound plus one
     /// invocation), whatever happened to its driver.
     pub ends_by_unix_ms: u64,
+    /// The job as planned ([`crate::job::event::JobSpec`], JSON), without its secrets (the
+    /// channel's password, the parameter server's token): what `lambdaml job attach` needs
+    /// to follow and finish the job from another driver.
+    pub spec_json: String,
 }
 
+impl JobRecord {
+    /// `spec` as recorded: JSON, without secrets.
+    pub fn spec_json(spec: &crate::job::event::JobSpec) -> String {
+        let recorded = crate::job::event::JobSpec {
+            channel: spec.channel.without_secrets(),
+            ps_token: None,
+            ..spec.clone()
+        };
+        serde_json::to_string(&recorded).expect("specs serialise")
+    }
+}
+
+/// A running invocation's heartbeat ([`crate::job::liveness::Beat`]).
+pub const ALIVE: &str = "alive";
+/// The worker's current generation, written by the driver when it re-invokes a dead worker.
+pub const GENERATION: &str = "generation";
 /// Every record kind (for cleanup).
-pub const ALL: [&str; 4] = [PROGRESS, RESULT, FAILURE, CHECKPOINT];
+pub const ALL: [&str; 6] = [PROGRESS, RESULT, FAILURE, CHECKPOINT, ALIVE, GENERATION];
 
 /// Metrics of one worker for one epoch (a line of `metrics.jsonl`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -159,6 +179,14 @@ pub struct WorkerFailure {
     pub worker: usize,
     /// The error, with its causes.
     pub message: String,
+    /// True when the invocation was lost (killed, out of memory, past its deadline) as its
+    /// platform saw it, rather than failing on its own: the driver re-invokes it from its
+    /// checkpoint (a worker's own error would only happen again).
+    pub lost: bool,
+    /// The generation of the invocation that failed ([`crate::job::event::WorkerEvent`]).
+    pub generation: u32,
+    /// The invocation that failed.
+    pub invocation: u32,
     /// Channel keys left for the driver to delete.
     pub residual_keys: Vec<String>,
 }

@@ -73,6 +73,10 @@ pub struct Summary {
     pub final_dual_residual: Option<f64>,
     /// Wall seconds from the first invocation to the last result.
     pub wall_seconds: f64,
+    /// Workers lost on the way (killed, out of memory, silent) and re-invoked from their
+    /// checkpoints.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recoveries: Vec<super::follow::Recovery>,
     /// Invocations of all workers, re-invocations included.
     pub invocations: u32,
     /// Invocations per worker.
@@ -263,6 +267,7 @@ pub fn summarize(
         final_primal_residual: last.and_then(|l| l.primal_residual),
         final_dual_residual: last.and_then(|l| l.dual_residual),
         wall_seconds,
+        recoveries: Vec::new(),
         invocations: invocations_per_worker.iter().sum(),
         invocations_per_worker,
         param_digests: results.iter().map(|r| digest(&r.params)).collect(),

@@ -109,6 +109,9 @@ pub fn enter_invocation() -> Option<SystemTime> {
 
 /// Exit status of a worker that failed and reported it (`lambdaml`'s error exit).
 const WORKER_ERROR_EXIT: i32 = 1;
+/// Exit status of an invocation that found a newer invocation of its worker running (it
+/// was replaced while paused or cut off) and stopped without writing: not a failure.
+pub const SUPERSEDED_EXIT: i32 = 3;
 /// Exit status of an invocation ended by its deadline watchdog.
 const DEADLINE_EXIT: i32 = 124;
 /// How often the supervisor looks at its invocation's memory.
@@ -165,7 +168,7 @@ impl Ended {
                  --invocation-timeout or --reinvoke-margin"
                     .to_string(),
             ),
-            Some(WORKER_ERROR_EXIT) => None,
+            Some(WORKER_ERROR_EXIT | SUPERSEDED_EXIT) => None,
             Some(code) => Some(format!("exited with status {code}")),
             None => Some("ended without an exit status".to_string()),
         }

@@ -142,6 +142,15 @@ impl PlatformSpec {
         }
     }
 
+    /// The last `n` lines the invocations named `name` logged, where this machine can read
+    /// them (local processes); empty otherwise (Lambda logs to CloudWatch).
+    pub fn log_tail(&self, name: &str, n: usize) -> String {
+        match self {
+            PlatformSpec::Local(f) => local::log_tail(&f.log_dir.join(format!("{name}.log")), n),
+            PlatformSpec::Lambda(_) => String::new(),
+        }
+    }
+
     /// Builds the platform this spec describes (a Lambda client loads the AWS settings).
     pub async fn connect(&self) -> Box<dyn Platform> {
         match self {

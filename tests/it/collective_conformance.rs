@@ -72,6 +72,7 @@ impl Setup {
                             worker: w,
                             workers: n,
                             wait_timeout: wait,
+                            keep_rounds: 1,
                         };
                         let c = comm::open(mode, target.as_ref(), member).await.unwrap();
                         f(w, c, ch).await
@@ -357,6 +358,7 @@ fn state_carries_over_to_the_next_invocation(mode: SyncMode, exact: bool) {
                 worker: w,
                 workers: n,
                 wait_timeout: Duration::from_secs(20),
+                keep_rounds: 1,
             };
             let mut next = comm::open(mode, target.as_ref(), member).await.unwrap();
             next.restore(state);

@@ -47,10 +47,12 @@ fn removes_only_what_cannot_run(url: &str) {
     let over = JobRecord {
         started_unix_ms: now - 3_600_000,
         ends_by_unix_ms: now - 600_000,
+        spec_json: String::new(),
     };
     let running = JobRecord {
         started_unix_ms: now,
         ends_by_unix_ms: now + 3_600_000,
+        spec_json: String::new(),
     };
     let (dead, live) = (now_id("dead"), now_id("live"));
     let unrecorded_old = "20200101-000000-lr-grad_avg-reduce-old";

@@ -274,7 +274,7 @@ fn a_worker_past_its_timeout_is_killed_and_the_job_fails_naming_it() {
             .arg(dir.path().join("runs"))
             .args(["--data", dense_data().to_str().unwrap()])
             .args(["--workers", "4", "--epochs", "50", "--reinvoke-margin", "1"])
-            .args(["--platform", &lambda.platform()]),
+            .args(["--max-retries", "0", "--platform", &lambda.platform()]),
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
@@ -293,6 +293,88 @@ fn a_worker_past_its_timeout_is_killed_and_the_job_fails_naming_it() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// An instance SIGKILLed in the middle of a job (nobody reports it: the local Lambda, like
+/// Lambda, says nothing to the job) is found lost by its missing heartbeats, its worker
+/// re-invoked from its checkpoint, and the job ends as an undisturbed run.
+#[test]
+fn an_instance_killed_mid_job_is_recovered_from_its_checkpoint() {
+    let dir = scratch();
+    let memcached = Server::memcached(None);
+    let mark = ProcessMark::new();
+    let lambda = LocalLambda::start(dir.path(), "killed", &["--concurrency", "8"], &[mark.var()]);
+    let base = [
+        "--data",
+        dense_data_20k().to_str().unwrap(),
+        "--workers",
+        "4",
+        "--epochs",
+        "8",
+        "--batch-size",
+        "20",
+        "--channel",
+        &memcached.url,
+    ];
+    let whole = train(dir.path(), &base);
+    let mut cmd = lambda_cmd(&lambda);
+    cmd.current_dir(dir.path())
+        .args(["train", "--json", "--runs-dir"])
+        .arg(dir.path().join("runs"))
+        .args(base)
+        .args(["--platform", &lambda.platform()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let driver = cmd.spawn().unwrap();
+    let started = Instant::now();
+    while lambda.logs().matches("epoch done").count() < 8 {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "{}",
+            lambda.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let instance = mark
+        .pids()
+        .into_iter()
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.windows(23).any(|w| w == b"AWS_LAMBDA_RUNTIME_API="))
+        })
+        .expect("a running instance");
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-9", &instance.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = driver.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let cut = Run {
+        run_dir: dir
+            .path()
+            .join("runs")
+            .join(summary["job_id"].as_str().unwrap()),
+        summary,
+    };
+    let recoveries = cut.summary["recoveries"].as_array().expect("a recovery");
+    assert_eq!(recoveries.len(), 1, "{recoveries:?}");
+    assert!(
+        recoveries[0]["cause"]
+            .as_str()
+            .unwrap()
+            .contains("sent no heartbeat"),
+        "{recoveries:?}"
+    );
+    assert_eq!(whole.model_bytes(), cut.model_bytes());
+    assert_eq!(memcached.items(), 0, "keys left on memcached");
 }
 
 #[test]

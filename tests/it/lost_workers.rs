@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 use crate::common::services::Server;
 use crate::common::*;
 
-const SMALL_JOB: [&str; 8] = [
+/// Lost workers are not re-invoked here: these tests are about how a loss is reported.
+const SMALL_JOB: [&str; 10] = [
+    "--max-retries",
+    "0",
     "--synth-rows",
     "4000",
     "--workers",

@@ -515,6 +515,7 @@ fn a_resumed_worker_refuses_a_model_the_server_lost() {
             worker: 0,
             workers: 1,
             wait_timeout: Duration::from_secs(10),
+            keep_rounds: 1,
         };
         let mut first = comm::open(SyncMode::Ps, Some(&target), member())
             .await

@@ -17,6 +17,7 @@ use anyhow::Context;
 
 use super::data_source;
 use super::event::{Invocation, WorkerEvent};
+use super::liveness::{self, Fenced, Pulse, Stop};
 use super::records::{
     self, Checkpoint, EpochAcc, EpochRecord, Progress, WorkerFailure, WorkerResult,
 };
@@ -42,8 +43,10 @@ pub async fn run(event: WorkerEvent, deadline: Option<SystemTime>) -> anyhow::Re
     let started = Instant::now();
     let usage_base = meter::snapshot();
     let spec = &event.job;
-    let channel =
+    let raw =
         channel::open_with(&spec.channel, super::driver::channel_options(&spec.config)).await?;
+    let pulse = Pulse::start(&event);
+    let channel: Arc<dyn Channel> = Arc::new(Fenced::new(raw.clone(), &pulse));
     // An invocation of an aborted job stops here, and says so, so that the driver knows it
     // has stopped before it deletes the job's keys: a re-invocation whose predecessor was cut
     // off before it could see the flag (short invocations rarely wait long enough to look),
@@ -51,6 +54,7 @@ pub async fn run(event: WorkerEvent, deadline: Option<SystemTime>) -> anyhow::Re
     let abort_key = crate::comm::Keys::new(&spec.job_id).abort();
     if channel.get(&abort_key).await?.is_some() {
         tracing::info!("the job was aborted: not resuming");
+        pulse.stop(raw.as_ref()).await;
         let stopped = WorkerFailure {
             worker: event.worker,
             message: format!(
@@ -59,6 +63,9 @@ pub async fn run(event: WorkerEvent, deadline: Option<SystemTime>) -> anyhow::Re
                 event.invocation
             ),
             residual_keys: Vec::new(),
+            lost: false,
+            generation: event.generation,
+            invocation: event.invocation,
         };
         let key = records::key(&spec.job_id, records::FAILURE, event.worker);
         records::put(channel.as_ref(), &key, &stopped).await?;
@@ -67,25 +74,51 @@ pub async fn run(event: WorkerEvent, deadline: Option<SystemTime>) -> anyhow::Re
     let mut session = None;
     let result = async {
         within_bounds(&event, event.invocation)?;
-        let (s, mut learner) =
-            Session::start(&event, channel.clone(), deadline, started, usage_base).await?;
+        let links = Links {
+            channel: channel.clone(),
+            raw: raw.clone(),
+            pulse: pulse.clone(),
+        };
+        let (s, mut learner) = Session::start(&event, links, deadline, started, usage_base).await?;
         train::train(session.insert(s), learner.as_mut()).await
     }
     .await;
+    // Finishing and re-invoking stopped it before their last writes already.
+    pulse.stop(raw.as_ref()).await;
     if let Err(e) = &result {
+        let residual = session
+            .as_ref()
+            .map(|s| s.collective.residual_keys())
+            .unwrap_or_default();
+        if pulse.state().stopped() == Some(Stop::DriverGone) {
+            // Nobody reads a failure record any more: the job's keys are this worker's to
+            // delete.
+            let round = session.as_ref().map_or(0, |s| s.state.round);
+            let keep = session.as_ref().map_or(1, |s| s.keep_rounds);
+            liveness::abandon(raw.as_ref(), &event, round, keep, residual).await;
+            return result;
+        }
         let failure = WorkerFailure {
             worker: event.worker,
             message: format!("{e:#}"),
-            residual_keys: session
-                .map(|s| s.collective.residual_keys())
-                .unwrap_or_default(),
+            residual_keys: residual,
+            lost: false,
+            generation: event.generation,
+            invocation: event.invocation,
         };
         let key = records::key(&spec.job_id, records::FAILURE, event.worker);
-        if let Err(put_err) = records::put(channel.as_ref(), &key, &failure).await {
+        if let Err(put_err) = records::put(raw.as_ref(), &key, &failure).await {
             tracing::error!("could not report the failure to the channel: {put_err}");
         }
     }
     result
+}
+
+/// The channel as an invocation uses it, fenced ([`Fenced`]) and raw, and its pulse.
+struct Links {
+    channel: Arc<dyn Channel>,
+    raw: Arc<dyn Channel>,
+    pulse: Pulse,
 }
 
 /// Reports an invocation that ended without a word (killed, out of memory, past its
@@ -102,14 +135,28 @@ pub async fn report_lost(event: &WorkerEvent, why: &str, log_tail: &str) -> anyh
     };
     let channel = channel::open_with(&spec.channel, options).await?;
     let w = event.worker;
-    for what in [records::RESULT, records::FAILURE] {
-        if channel
-            .get(&records::key(&spec.job_id, what, w))
-            .await?
-            .is_some()
-        {
-            return Ok(());
-        }
+    let job = &spec.job_id;
+    if channel
+        .get(&records::key(job, records::RESULT, w))
+        .await?
+        .is_some()
+    {
+        return Ok(());
+    }
+    // A failure this invocation reported itself, or a newer invocation of the worker: there
+    // is nothing to say (an older generation's report is overwritten).
+    let failure_key = records::key(job, records::FAILURE, w);
+    if let Some(f) = records::get::<WorkerFailure>(channel.as_ref(), &failure_key).await?
+        && f.generation >= event.generation
+    {
+        return Ok(());
+    }
+    let generation_key = liveness::generation_key(job, w);
+    if records::get::<u32>(channel.as_ref(), &generation_key)
+        .await?
+        .is_some_and(|g| g > event.generation)
+    {
+        return Ok(());
     }
     let mut message = format!("invocation {} of worker {w} {why}", event.invocation);
     if !log_tail.is_empty() {
@@ -120,16 +167,26 @@ pub async fn report_lost(event: &WorkerEvent, why: &str, log_tail: &str) -> anyh
         worker: w,
         message,
         residual_keys: Vec::new(),
+        lost: true,
+        generation: event.generation,
+        invocation: event.invocation,
     };
-    let key = records::key(&spec.job_id, records::FAILURE, w);
-    records::put(channel.as_ref(), &key, &failure).await?;
+    records::put(channel.as_ref(), &failure_key, &failure).await?;
     Ok(())
 }
 
 /// The machinery of one invocation, shared by every model.
 struct Session<'a> {
     event: &'a WorkerEvent,
+    /// The job's channel, fenced by the pulse.
     channel: Arc<dyn Channel>,
+    /// The same, unfenced: for the pulse's own last look.
+    raw: Arc<dyn Channel>,
+    pulse: Pulse,
+    /// Rounds per checkpoint block (see [`crate::comm::Member::keep_rounds`]).
+    keep_rounds: u64,
+    /// The block of the latest checkpoint (of this invocation or the one resumed).
+    checkpoint_block: u64,
     /// The job's collective, chosen once from the sync mode.
     collective: Box<dyn Collective>,
     state: Checkpoint,
@@ -150,7 +207,7 @@ impl<'a> Session<'a> {
     /// and builds the model's learner.
     async fn start(
         event: &'a WorkerEvent,
-        channel: Arc<dyn Channel>,
+        links: Links,
         deadline: Option<SystemTime>,
         started: Instant,
         usage_base: Usage,
@@ -158,12 +215,18 @@ impl<'a> Session<'a> {
         let spec = &event.job;
         let cfg = &spec.config;
         let w = event.worker;
+        let Links {
+            channel,
+            raw,
+            pulse,
+        } = links;
         let layout = if cfg.model.is_sparse() {
             Layout::Sparse
         } else {
             Layout::Dense
         };
         let before_data = meter::snapshot();
+        let pulse_before = meter::apart_snapshot();
         let manifest = data_source::read_manifest(&spec.data_location).await?;
         // Before the partition is allocated: a worker started by anything but this driver
         // (or on a different manifest) is checked as well.
@@ -172,27 +235,37 @@ impl<'a> Session<'a> {
             data_source::load_partition(&spec.data_location, &manifest, w, spec.n_features, layout)
                 .await?;
         // Data reads go to S3 whatever the channel is: counted apart, and out of the channel's.
-        let data_usage = meter::snapshot() - before_data;
+        let data_usage = meter::snapshot() - before_data - (meter::apart_snapshot() - pulse_before);
         let usage_base = usage_base + data_usage;
         let margin = Duration::from_secs_f64(cfg.margin());
         // SystemTime -> Instant: the deadline is wall-clock (set by the platform), waits use
         // the monotonic clock.
         let deadline = deadline
             .map(|d| Instant::now() + d.duration_since(SystemTime::now()).unwrap_or_default());
+        let learner = algo::build(&spec.train_spec(w), data)?;
+        let n_params: usize = learner.segments().iter().map(|seg| seg.len).sum();
+        // The same on every worker: it decides which keys are kept for a recovering peer.
+        let keep_rounds = cfg.checkpoint_rounds(n_params);
         let member = Member {
             channel: channel.clone(),
             job: spec.job_id.clone(),
             worker: w,
             workers: cfg.workers,
             wait_timeout: Duration::from_secs_f64(cfg.wait_timeout),
+            keep_rounds,
         };
         let mut collective = comm::open(cfg.sync, spec.ps_target().as_ref(), member).await?;
         collective.set_deadline(deadline.map(|d| d.checked_sub(margin / 2).unwrap_or(d)));
         let ckpt_key = records::key(&spec.job_id, records::CHECKPOINT, w);
-        let mut state = if event.resume {
-            let mut ckpt: Checkpoint = records::get(channel.as_ref(), &ckpt_key)
-                .await?
-                .with_context(|| format!("checkpoint '{ckpt_key}' is missing"))?;
+        let found: Option<Checkpoint> = if event.resume || event.recover {
+            records::get(channel.as_ref(), &ckpt_key).await?
+        } else {
+            None
+        };
+        if event.resume && found.is_none() {
+            anyhow::bail!("checkpoint '{ckpt_key}' is missing");
+        }
+        let mut state = if let Some(mut ckpt) = found {
             collective.restore(std::mem::take(&mut ckpt.collective));
             ckpt.invocations = event.invocation + 1;
             // The previous invocation wrote this checkpoint after reading its meter.
@@ -220,15 +293,21 @@ impl<'a> Session<'a> {
         tracing::info!(
             worker = w,
             invocation = event.invocation,
-            rows = data.n_rows(),
+            generation = event.generation,
+            recovered = event.recover,
             epoch = state.epoch,
             step = state.step,
+            round = state.round,
             "worker started"
         );
-        let learner = algo::build(&spec.train_spec(w), data)?;
+        pulse.state().set_position(state.round, state.epoch);
         let session = Session {
             event,
             channel,
+            raw,
+            pulse,
+            keep_rounds,
+            checkpoint_block: state.round / keep_rounds,
             collective,
             state,
             deadline,
@@ -240,6 +319,52 @@ impl<'a> Session<'a> {
             wait_mark: 0.0,
         };
         Ok((session, learner))
+    }
+
+    /// Fails when the invocation must stop: the job was aborted or its driver is gone (the
+    /// pulse saw it; a worker in fast rounds may never wait long enough to look itself).
+    fn check_stop(&self) -> anyhow::Result<()> {
+        match self.pulse.state().stopped() {
+            Some(Stop::Aborted) => Err(CommError::Aborted.into()),
+            Some(why) => Err(anyhow::anyhow!("{why}")),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes a checkpoint before the first round of each block of `keep_rounds` rounds:
+    /// a worker that dies is re-run from there, and its peers keep the block's keys for it.
+    /// Called only where the state is whole (where a re-invocation may happen).
+    async fn checkpoint_if_due(&mut self) -> anyhow::Result<()> {
+        self.check_stop()?;
+        let block = self.state.round / self.keep_rounds;
+        if block <= self.checkpoint_block {
+            return Ok(());
+        }
+        let key = records::key(
+            &self.event.job.job_id,
+            records::CHECKPOINT,
+            self.event.worker,
+        );
+        records::put(self.channel.as_ref(), &key, &self.snapshot())
+            .await
+            .context("writing the checkpoint")?;
+        self.checkpoint_block = block;
+        Ok(())
+    }
+
+    /// The state as a checkpoint: what this invocation did so far, with its traffic and
+    /// billed time.
+    fn snapshot(&self) -> Checkpoint {
+        let now = meter::snapshot();
+        let mut snapshot = Checkpoint {
+            collective: self.collective.state(),
+            comm: self.state.comm + self.comm_stats(),
+            usage: self.state.usage + (now - self.usage_base),
+            billed_s: self.state.billed_s + billed(self.started),
+            ..self.state.clone()
+        };
+        snapshot.acc.usage = snapshot.acc.usage + (now - self.usage_mark);
+        snapshot
     }
 
     /// True when the time left is too short for another round plus a checkpoint.
@@ -302,6 +427,9 @@ impl<'a> Session<'a> {
                 self.wait_mark = waited;
                 self.longest_round = self.longest_round.max(took);
                 self.state.round += 1;
+                self.pulse
+                    .state()
+                    .set_position(self.state.round, self.state.epoch);
                 Ok(Some(v))
             }
             Err(e) => interrupted(e),
@@ -364,23 +492,27 @@ impl<'a> Session<'a> {
         let spec = &self.event.job;
         let w = self.event.worker;
         let key = records::key(&spec.job_id, records::CHECKPOINT, w);
-        let now = meter::snapshot();
-        self.state.acc.usage = self.state.acc.usage + (now - self.usage_mark);
-        self.usage_mark = now;
-        let snapshot = Checkpoint {
-            collective: self.collective.state(),
-            comm: self.state.comm + self.comm_stats(),
-            usage: self.state.usage + (now - self.usage_base),
-            billed_s: self.state.billed_s + billed(self.started),
-            ..self.state.clone()
-        };
+        let snapshot = self.snapshot();
         within_bounds(self.event, self.event.invocation + 1)?;
+        self.pulse.stop(self.raw.as_ref()).await;
         records::put(self.channel.as_ref(), &key, &snapshot)
             .await
             .context("writing the checkpoint")?;
+        // The driver expects silence while the next invocation starts.
+        let quiet = liveness::start_grace(&spec.config, &spec.channel);
+        liveness::hand_over(
+            self.channel.as_ref(),
+            self.event,
+            self.state.round,
+            self.state.epoch,
+            quiet,
+        )
+        .await
+        .context("handing over to the next invocation")?;
         let next = WorkerEvent {
             invocation: self.event.invocation + 1,
             resume: true,
+            recover: false,
             ..self.event.clone()
         };
         let payload = serde_json::to_vec(&Invocation::Train(Box::new(next.clone())))
@@ -402,6 +534,11 @@ impl<'a> Session<'a> {
 
     /// Writes the result record with the final model.
     async fn finish(&mut self, params: Vec<f32>) -> anyhow::Result<Outcome> {
+        // A worker whose driver is gone cleans up instead: nobody would collect its result.
+        self.check_stop()?;
+        // No beat may land after the result: the driver deletes the job's keys once it has
+        // every result.
+        self.pulse.stop(self.raw.as_ref()).await;
         let spec = &self.event.job;
         let w = self.event.worker;
         let result = WorkerResult {

@@ -35,6 +35,7 @@ pub(super) async fn train(
             if s.should_yield() {
                 return s.reinvoke().await;
             }
+            s.checkpoint_if_due().await?;
             let started = Instant::now();
             let step = learner.step(&mut s.state.model, s.state.epoch, s.state.step, &mut grad);
             let compute = started.elapsed().as_secs_f64();
@@ -72,6 +73,7 @@ pub(super) async fn train(
             if s.should_yield() {
                 return s.reinvoke().await;
             }
+            s.checkpoint_if_due().await?;
             let started = Instant::now();
             let vector = learner.epoch_vector(&s.state.model);
             s.state.acc.compute_s += started.elapsed().as_secs_f64();
@@ -110,6 +112,7 @@ pub(super) async fn train(
     }
 
     if let Some(vector) = learner.closing_vector(&s.state.model) {
+        s.checkpoint_if_due().await?;
         let Some(mean) = s.mean(&vector).await? else {
             return s.reinvoke().await;
         };

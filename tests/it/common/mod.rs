@@ -271,6 +271,11 @@ impl ProcessMark {
         ProcessMark(format!("{:016x}", rand::random::<u64>()))
     }
 
+    /// The environment variable that carries the mark, for a process started otherwise.
+    pub fn var(&self) -> (&'static str, &str) {
+        (Self::VAR, &self.0)
+    }
+
     /// Marks `cmd` (and everything it starts).
     pub fn apply<'c>(&self, cmd: &'c mut Command) -> &'c mut Command {
         cmd.env(Self::VAR, &self.0)
