@@ -160,6 +160,25 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// What heartbeats cost on a channel: one invocation's pulse for a while, its requests
+    /// counted and priced per worker-hour.
+    Liveness {
+        /// Channel URL.
+        #[arg(long)]
+        channel: ChannelUrl,
+        /// Seconds to measure.
+        #[arg(long, default_value_t = 30.0)]
+        seconds: f64,
+        /// Seconds between beats (default: the channel's).
+        #[arg(long)]
+        heartbeat_s: Option<f64>,
+        /// TOML file overriding prices of the cost model.
+        #[arg(long)]
+        prices: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `lambdaml channel ...`.
@@ -514,6 +533,31 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 written.charts.len(),
                 args.out.display()
             );
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Liveness {
+            channel,
+            seconds,
+            heartbeat_s,
+            prices,
+            json,
+        }) => {
+            anyhow::ensure!(
+                seconds.is_finite() && (1.0..=3600.0).contains(&seconds),
+                "--seconds must be between 1 and 3600"
+            );
+            let prices = crate::cost::Prices::load(prices.as_deref())?;
+            let measured = runtime()?.block_on(crate::job::liveness_cost::measure(
+                &channel,
+                seconds,
+                heartbeat_s,
+                &prices,
+            ))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&measured)?);
+            } else {
+                print!("{}", crate::job::liveness_cost::render(&measured));
+            }
             Ok(())
         }
         Command::Bench(BenchCommand::Channel {

@@ -71,6 +71,8 @@ struct Tracked {
     beat: Option<Beat>,
     /// When the current generation was invoked or last showed a sign of life.
     last_sign: Instant,
+    /// When the driver last read its records.
+    last_read: Instant,
     /// The recovery waiting for the new generation's first beat (index in the list).
     returning: Option<(usize, Instant)>,
 }
@@ -116,6 +118,7 @@ pub async fn follow(
             invocation: 0,
             beat: None,
             last_sign: invoked,
+            last_read: Instant::now(),
             returning: None,
         })
         .collect();
@@ -158,6 +161,12 @@ pub async fn follow(
                 }
             };
             let t = &mut workers[w];
+            // Silence the driver could not see (the channel did not answer it either, or it
+            // was itself stopped) says nothing about the worker: its clock starts again.
+            if t.last_read.elapsed() > interval.max(poll * 4) {
+                t.last_sign = Instant::now();
+            }
+            t.last_read = Instant::now();
             let lost = match state.failure {
                 _ if state.result.is_some() => None,
                 Some(f) if f.generation < t.generation => None,

@@ -46,6 +46,9 @@ pub struct Beat {
     pub generation: u32,
     /// The invocation (0-based, counting re-invocations).
     pub invocation: u32,
+    /// Drawn at random by each running copy of an invocation: two copies of one event
+    /// (Lambda delivers an event twice, rarely) tell each other apart by it.
+    pub instance: u64,
     /// Beats of this invocation so far: any change of the record is a sign of life.
     pub seq: u64,
     /// The next collective round of the worker.
@@ -219,6 +222,7 @@ fn refused(channel: &str, op: &'static str, key: &str, why: String) -> ChannelEr
 #[derive(Debug, Clone)]
 pub struct Pulse {
     state: Arc<PulseState>,
+    instance: u64,
     thread: Arc<Mutex<Option<JoinHandle<()>>>>,
     job: String,
     worker: usize,
@@ -235,12 +239,13 @@ impl Pulse {
             lease,
             Duration::from_secs_f64(cfg.wait_timeout),
         ));
+        let instance = rand::random();
         let thread = {
             let state = state.clone();
             let event = event.clone();
             std::thread::Builder::new()
                 .name("pulse".into())
-                .spawn(move || beat_until_done(&event, &state, interval))
+                .spawn(move || beat_until_done(&event, &state, interval, instance))
                 .ok()
         };
         if thread.is_none() {
@@ -248,11 +253,17 @@ impl Pulse {
         }
         Pulse {
             state,
+            instance,
             thread: Arc::new(Mutex::new(thread)),
             job: event.job.job_id.clone(),
             worker: event.worker,
             generation: event.generation,
         }
+    }
+
+    /// This running copy's id ([`Beat::instance`]).
+    pub fn instance(&self) -> u64 {
+        self.instance
     }
 
     /// What the invocation shares with its pulse.
@@ -299,8 +310,31 @@ fn exit_if_superseded(value: Option<&[u8]>, job: &str, worker: usize, mine: u32)
     }
 }
 
+/// Ends the process when `value` (the worker's heartbeat key's) is the beat of another copy
+/// of this very invocation with a smaller instance id: of two copies of one event, the one
+/// with the smaller id carries on, the other stops (their writes until then were the same
+/// bytes to the same keys).
+fn exit_if_duplicate(value: Option<&[u8]>, event: &WorkerEvent, instance: u64) {
+    let key = alive_key(&event.job.job_id, event.worker);
+    let Some(beat) = value.and_then(|v| records::decode::<Beat>(&key, v).ok()) else {
+        return;
+    };
+    if beat.generation == event.generation
+        && beat.invocation == event.invocation
+        && beat.instance < instance
+    {
+        tracing::warn!(
+            worker = event.worker,
+            invocation = event.invocation,
+            "a duplicate: another copy of this invocation runs (its event was delivered \
+             twice); exiting"
+        );
+        std::process::exit(SUPERSEDED_EXIT);
+    }
+}
+
 /// The pulse thread: beats every `interval` until told to stop.
-fn beat_until_done(event: &WorkerEvent, state: &PulseState, interval: Duration) {
+fn beat_until_done(event: &WorkerEvent, state: &PulseState, interval: Duration, instance: u64) {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -333,12 +367,13 @@ fn beat_until_done(event: &WorkerEvent, state: &PulseState, interval: Duration) 
             }
         };
         let (job, w) = (&spec.job_id, event.worker);
+        let beat_key = alive_key(job, w);
         let control = [
             generation_key(job, w),
             Keys::new(job).abort(),
             driver_key(job),
+            beat_key.clone(),
         ];
-        let beat_key = alive_key(job, w);
         let driver_lease = Duration::from_secs_f64(cfg.driver_lease);
         let mut driver_seen: Option<Bytes> = None;
         let mut driver_changed = Instant::now();
@@ -349,6 +384,7 @@ fn beat_until_done(event: &WorkerEvent, state: &PulseState, interval: Duration) 
             match ch.get_many(&control).await {
                 Ok(values) => {
                     exit_if_superseded(values[0].as_deref(), job, w, event.generation);
+                    exit_if_duplicate(values[3].as_deref(), event, instance);
                     state.confirm(at);
                     if values[1].is_some() {
                         state.set_stop(Stop::Aborted);
@@ -363,6 +399,7 @@ fn beat_until_done(event: &WorkerEvent, state: &PulseState, interval: Duration) 
                     let beat = Beat {
                         generation: event.generation,
                         invocation: event.invocation,
+                        instance,
                         seq,
                         round: state.round.load(Ordering::Relaxed),
                         epoch: state.epoch.load(Ordering::Relaxed),
@@ -398,6 +435,7 @@ fn beat_until_done(event: &WorkerEvent, state: &PulseState, interval: Duration) 
 pub async fn hand_over(
     ch: &dyn Channel,
     event: &WorkerEvent,
+    instance: u64,
     round: u64,
     epoch: u32,
     quiet_for: Duration,
@@ -405,6 +443,7 @@ pub async fn hand_over(
     let beat = Beat {
         generation: event.generation,
         invocation: event.invocation,
+        instance,
         seq: u64::MAX,
         round,
         epoch,

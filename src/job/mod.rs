@@ -11,6 +11,7 @@ pub mod event;
 pub mod follow;
 pub mod gc;
 pub mod liveness;
+pub mod liveness_cost;
 pub mod plan;
 pub mod records;
 pub mod summary;

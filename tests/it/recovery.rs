@@ -285,3 +285,36 @@ fn a_frozen_worker_is_replaced_and_its_stale_invocation_exits_without_writing() 
         "the stale invocation reported an error:\n{log}"
     );
 }
+
+/// Lambda may deliver one event twice: two copies of worker 1's first invocation run at
+/// once. One stops within a beat (they tell each other apart by their heartbeats), and the
+/// job ends as an undisturbed run.
+#[test]
+fn a_duplicated_invocation_stops_and_changes_nothing() {
+    let dir = scratch();
+    let args = job("", "reduce", "20", "8");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let whole = train(dir.path(), &args);
+    let exe = worker_wrapper(
+        dir.path(),
+        r#"*'"worker":1,"invocation":0,'*"#,
+        &format!(
+            "printf '%s' \"$ev\" | '{}' worker &",
+            env!("CARGO_BIN_EXE_lambdaml")
+        ),
+    );
+    let mut cmd = lambdaml();
+    cmd.env("LAMBDAML_WORKER_EXE", &exe);
+    let twice = train_with(cmd, dir.path(), &args);
+    assert_eq!(whole.model_bytes(), twice.model_bytes());
+    assert!(
+        twice.summary.get("recoveries").is_none(),
+        "{}",
+        twice.summary
+    );
+    let log = std::fs::read_to_string(twice.run_dir.join("logs/worker-1.log")).unwrap();
+    assert!(
+        log.contains("a duplicate: another copy of this invocation runs"),
+        "{log}"
+    );
+}

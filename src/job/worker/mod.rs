@@ -503,6 +503,7 @@ impl<'a> Session<'a> {
         liveness::hand_over(
             self.channel.as_ref(),
             self.event,
+            self.pulse.instance(),
             self.state.round,
             self.state.epoch,
             quiet,
