@@ -27,7 +27,7 @@ pub struct Comm {
     pub(super) n: usize,
     wait_timeout: Duration,
     /// Rounds per checkpoint block ([`Member::keep_rounds`]).
-    keep_rounds: u64,
+    pub(super) keep_rounds: u64,
     deadline: Option<Instant>,
     pending: Vec<Completed>,
     /// Keys this worker wrote, with their round, that no worker's `pending` may cover yet:

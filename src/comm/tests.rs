@@ -228,3 +228,46 @@ fn broadcast_reaches_everyone_and_its_key_goes_at_the_next_rounds_gather() {
     block_on(MemChannel::named("bcast").delete(&residual)).unwrap();
     assert_eq!(remaining("bcast"), Vec::<String>::new());
 }
+
+/// With blocks of 3 rounds, a round's keys stay until a gather in a later block: a worker
+/// recovering from its checkpoint at the start of the current block re-runs its rounds
+/// against the same keys.
+#[test]
+fn the_keys_of_the_current_block_are_kept_for_a_recovering_peer() {
+    for name in ["block-reduce", "block-scatter"] {
+        let results = run_workers(name, 3, Duration::from_secs(10), move |mut comm| {
+            comm.keep_rounds = 3;
+            Box::pin(async move {
+                let w = comm.worker;
+                let mut seen = Vec::new();
+                for round in 0..5u64 {
+                    let v = vector(w, round, 6);
+                    if name == "block-reduce" {
+                        comm.reduce(round, &v).await.unwrap();
+                    } else {
+                        comm.reduce_scatter(round, &v).await.unwrap();
+                    }
+                    seen.push(comm.residual_keys());
+                }
+                seen
+            })
+        });
+        let holds = |keys: &[String], round: u64| {
+            keys.iter().any(|k| k.starts_with(&format!("job/{round}/")))
+        };
+        let leader = &results[0];
+        // After rounds 0..2 (block 0), nothing of block 0 has gone.
+        assert!(
+            (0..3).all(|r| holds(&leader[2], r)),
+            "{name}: {:?}",
+            leader[2]
+        );
+        // Round 3's gather (block 1) let block 0's keys go; round 3's stay through round 4.
+        assert!(
+            (0..3).all(|r| !holds(&leader[4], r)),
+            "{name}: {:?}",
+            leader[4]
+        );
+        assert!(holds(&leader[4], 3), "{name}: {:?}", leader[4]);
+    }
+}
