@@ -7,18 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPEATS=${1:-3}
-if [ -z "${LAMBDAML_BIN:-}" ]; then
-    cargo build --release --quiet
-    LAMBDAML_BIN=$PWD/target/release/lambdaml
-fi
-L=$LAMBDAML_BIN
-source scripts/services.sh >/dev/null
-set +e
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-cd "$work"
-"$L" data synth higgs --rows 20000 --seed 4 --out h.svm >/dev/null
-median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+source scripts/bench-setup.sh
 for channel in "$LAMBDAML_TEST_MEMCACHED" "$LAMBDAML_TEST_S3/bench-checkpoint"; do
     case $channel in s3*) args=(--epochs 4 --batch-size 250) ;; *) args=(--epochs 8 --batch-size 20) ;; esac
     for k in 1 10 50; do : > "k$k.txt"; done

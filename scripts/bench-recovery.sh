@@ -8,17 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPEATS=${1:-3}
-if [ -z "${LAMBDAML_BIN:-}" ]; then
-    cargo build --release --quiet
-    LAMBDAML_BIN=$PWD/target/release/lambdaml
-fi
-L=$LAMBDAML_BIN
-source scripts/services.sh >/dev/null
-set +e
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-cd "$work"
-"$L" data synth higgs --rows 20000 --seed 4 --out h.svm >/dev/null
+source scripts/bench-setup.sh
 run() { # CHANNEL FAULT ARGS...: prints the summary's wall seconds and recovery
     local channel=$1 fault=$2; shift 2
     rm -rf runs
@@ -37,7 +27,6 @@ run() { # CHANNEL FAULT ARGS...: prints the summary's wall seconds and recovery
 import json; s = json.load(open('out.json')); r = (s.get('recoveries') or [{}])[0]
 print(s['wall_seconds'], r.get('silent_s', 0), r.get('back_after_s', 0))"
 }
-median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 for channel in "$LAMBDAML_TEST_MEMCACHED" "$LAMBDAML_TEST_REDIS" "dir:$work/ch" "$LAMBDAML_TEST_S3/bench-recovery"; do
     case $channel in s3*) args=(--epochs 8 --batch-size 250) ;; *) args=(--epochs 8 --batch-size 20) ;; esac
     : > none.txt; : > worker.txt; : > silent.txt
