@@ -298,10 +298,8 @@ fn a_worker_past_its_timeout_is_killed_and_the_job_fails_naming_it() {
 /// An instance SIGKILLed in the middle of a job (nobody reports it: the local Lambda, like
 /// Lambda, says nothing to the job) is found lost by its missing heartbeats, its worker
 /// re-invoked from its checkpoint, and the job ends as an undisturbed run.
-#[test]
-fn an_instance_killed_mid_job_is_recovered_from_its_checkpoint() {
+fn an_instance_killed_mid_job_is_recovered(channel: &str, batch: &str, left: impl Fn() -> usize) {
     let dir = scratch();
-    let memcached = Server::memcached(None);
     let mark = ProcessMark::new();
     let lambda = LocalLambda::start(dir.path(), "killed", &["--concurrency", "8"], &[mark.var()]);
     let base = [
@@ -312,9 +310,9 @@ fn an_instance_killed_mid_job_is_recovered_from_its_checkpoint() {
         "--epochs",
         "8",
         "--batch-size",
-        "20",
+        batch,
         "--channel",
-        &memcached.url,
+        channel,
     ];
     let whole = train(dir.path(), &base);
     let mut cmd = lambda_cmd(&lambda);
@@ -374,7 +372,34 @@ fn an_instance_killed_mid_job_is_recovered_from_its_checkpoint() {
         "{recoveries:?}"
     );
     assert_eq!(whole.model_bytes(), cut.model_bytes());
-    assert_eq!(memcached.items(), 0, "keys left on memcached");
+    assert_eq!(left(), 0, "keys left on {channel}");
+}
+
+#[test]
+fn an_instance_killed_mid_job_is_recovered_over_memcached() {
+    let memcached = Server::memcached(None);
+    an_instance_killed_mid_job_is_recovered(&memcached.url, "20", || memcached.items() as usize);
+}
+
+#[test]
+fn an_instance_killed_mid_job_is_recovered_over_s3() {
+    let url = format!("{}/lambda-killed", shared("LAMBDAML_TEST_S3"));
+    let prefix = url.clone();
+    an_instance_killed_mid_job_is_recovered(&url, "250", || {
+        block_on(async {
+            let ch = lambdaml::channel::open(&prefix.parse().unwrap())
+                .await
+                .unwrap();
+            ch.list("").await.unwrap().unwrap().len()
+        })
+    });
+}
+
+#[test]
+fn an_instance_killed_mid_job_is_recovered_over_a_directory() {
+    let root = scratch();
+    let url = format!("dir:{}", root.path().display());
+    an_instance_killed_mid_job_is_recovered(&url, "20", || files_under(root.path()).len());
 }
 
 #[test]
