@@ -227,6 +227,7 @@ pub async fn attach(
     let start = follow::Start {
         invoked: Instant::now(),
         generations,
+        interrupted: None,
     };
     let outcome = follow::follow(&spec, ch.as_ref(), platform.as_ref(), ui, start).await;
     ui.finished();

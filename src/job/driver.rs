@@ -362,10 +362,29 @@ async fn invoke_and_follow(spec: &JobSpec, ch: Arc<dyn Channel>, ui: &dyn JobPro
     let start = follow::Start {
         invoked: invoked_at,
         generations: vec![0; n],
+        interrupted: Some(interrupt_flag()),
     };
     let followed = follow::follow(spec, ch.as_ref(), platform.as_ref(), ui, start).await;
     ui.finished();
     followed
+}
+
+/// A flag raised by the first Ctrl-C (SIGINT) while the job runs; a second one ends the
+/// driver at once, leaving the workers to stop after the driver's lease.
+fn interrupt_flag() -> Arc<std::sync::atomic::AtomicBool> {
+    let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let raised = flag.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_err() {
+            return;
+        }
+        raised.store(true, std::sync::atomic::Ordering::SeqCst);
+        eprintln!("interrupted: stopping the job's workers (Ctrl-C again to leave them)");
+        if tokio::signal::ctrl_c().await.is_ok() {
+            std::process::exit(130);
+        }
+    });
+    flag
 }
 
 /// Deletes every key the job created: the records and control keys (all known by name), the

@@ -89,6 +89,9 @@ pub struct Start {
     pub invoked: Instant,
     /// Each worker's current generation (all 0 for a new job); also the retries it used.
     pub generations: Vec<u32>,
+    /// Set when the user interrupted the driver (Ctrl-C): the job is stopped as by
+    /// `lambdaml job cancel`.
+    pub interrupted: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// Polls the workers' records until all have finished or the job failed, recovering lost
@@ -138,7 +141,20 @@ pub async fn follow(
     };
     let mut driver_beats = driver_heartbeat(ch, job, driver, interval);
     let mut cancelled = false;
+    let mut interrupted = false;
     loop {
+        if !interrupted
+            && aborted_at.is_none()
+            && start
+                .interrupted
+                .as_ref()
+                .is_some_and(|f| f.load(std::sync::atomic::Ordering::SeqCst))
+        {
+            tracing::warn!("interrupted: stopping the workers and deleting the job's keys");
+            let _ = ch.put(&Keys::new(job).abort(), bytes::Bytes::new()).await;
+            interrupted = true;
+            aborted_at = Some(Instant::now());
+        }
         if driver_beats.beat_if_due().await && aborted_at.is_none() {
             // Someone else raised the abort flag: `lambdaml job cancel`.
             if let Ok(Some(_)) = ch.get(&Keys::new(job).abort()).await {
@@ -322,6 +338,7 @@ pub async fn follow(
                     .collect();
                 let failures = workers.iter().filter_map(|t| t.failure.as_ref());
                 let error = match failures.clone().find(|f| !is_abort_echo(f)) {
+                    _ if interrupted => anyhow::anyhow!("the job was interrupted (Ctrl-C)"),
                     _ if cancelled => {
                         anyhow::anyhow!("the job was cancelled (lambdaml job cancel)")
                     }

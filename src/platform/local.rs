@@ -57,7 +57,11 @@ impl Platform for LocalPlatform {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis())
             .unwrap_or_default();
+        use std::os::unix::process::CommandExt;
         let mut child = Command::new(&f.supervisor)
+            // A group of its own: a terminal's Ctrl-C reaches the driver, which stops the
+            // job cleanly, and not every invocation at once, as it would a Lambda's.
+            .process_group(0)
             .arg("supervise")
             .arg("--exe")
             .arg(&f.exe)

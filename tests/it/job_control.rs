@@ -205,3 +205,50 @@ fn cancel_stops_a_job_with_or_without_its_driver() {
         "keys left after a cancel without a driver"
     );
 }
+
+/// Ctrl-C in the terminal (SIGINT to the driver's process group) stops the job as a cancel
+/// does: the workers stop within a beat, the driver deletes the job's keys and says so.
+#[test]
+fn ctrl_c_stops_the_job_and_deletes_its_keys() {
+    let dir = scratch();
+    let memcached = Server::memcached(None);
+    let args = job_args(&memcached.url, "100");
+    let mark = ProcessMark::new();
+    let runs = runs_of(dir.path(), &mark);
+    let mut cmd = lambdaml();
+    use std::os::unix::process::CommandExt;
+    mark.apply(&mut cmd)
+        .process_group(0)
+        .current_dir(dir.path())
+        .args(["train", "--quiet", "--runs-dir"])
+        .arg(&runs)
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let driver = cmd.spawn().unwrap();
+    let started = Instant::now();
+    while !files_under(&runs).iter().any(|f| {
+        f.ends_with("logs/worker-0.log")
+            && std::fs::read_to_string(f).is_ok_and(|l| l.matches("epoch done").count() >= 2)
+    }) {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the job did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let group = format!("-{}", driver.id());
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-INT", "--", &group])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = driver.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("the job was interrupted (Ctrl-C)"), "{err}");
+    assert!(mark.wait_gone(Duration::from_secs(30)));
+    assert_eq!(memcached.items(), 0, "keys left after Ctrl-C");
+}
