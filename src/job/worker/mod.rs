@@ -281,7 +281,7 @@ impl<'a> Session<'a> {
                 acc: EpochAcc::default(),
                 history: Vec::new(),
                 collective: Default::default(),
-                invocations: 1,
+                invocations: event.invocation + 1,
                 comm: Default::default(),
                 usage: Usage::default(),
                 billed_s: 0.0,
