@@ -373,6 +373,7 @@ fn beat_until_done(event: &WorkerEvent, state: &PulseState, interval: Duration, 
             Keys::new(job).abort(),
             driver_key(job),
             beat_key.clone(),
+            records::job_key(job),
         ];
         let driver_lease = Duration::from_secs_f64(cfg.driver_lease);
         let mut driver_seen: Option<Bytes> = None;
@@ -385,6 +386,16 @@ fn beat_until_done(event: &WorkerEvent, state: &PulseState, interval: Duration, 
                 Ok(values) => {
                     exit_if_superseded(values[0].as_deref(), job, w, event.generation);
                     exit_if_duplicate(values[3].as_deref(), event, instance);
+                    if values[4].is_none() {
+                        // The driver writes the job's record before any worker starts and
+                        // deletes it last: the job is over (an invocation paused until after
+                        // its end, its replacement done and cleaned up).
+                        tracing::warn!(
+                            worker = w,
+                            "the job is over (its record is gone): exiting without writing"
+                        );
+                        std::process::exit(SUPERSEDED_EXIT);
+                    }
                     state.confirm(at);
                     if values[1].is_some() {
                         state.set_stop(Stop::Aborted);

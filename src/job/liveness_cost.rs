@@ -83,6 +83,12 @@ pub async fn measure(
         unix_ms: unix_ms(),
     };
     records::put(ch.as_ref(), &liveness::driver_key(&job_id), &driver).await?;
+    let record = records::JobRecord {
+        started_unix_ms: unix_ms(),
+        ends_by_unix_ms: unix_ms() + 3_600_000,
+        spec_json: String::new(),
+    };
+    records::put(ch.as_ref(), &records::job_key(&job_id), &record).await?;
     let before = meter::apart_snapshot();
     let started = Instant::now();
     let pulse = Pulse::start(&event);
@@ -93,6 +99,7 @@ pub async fn measure(
     ch.delete(&[
         liveness::driver_key(&job_id),
         liveness::alive_key(&job_id, 0),
+        records::job_key(&job_id),
     ])
     .await?;
     let per_hour = 3600.0 / took;

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use crate::common::services::Server;
 use crate::common::*;
 
-/// A job of `epochs` epochs of about a tenth of a second each.
+/// A job of `epochs` epochs of about a tenth of a second each here: long enough that a
+/// driver killed after two is gone while its workers still run, even on a faster machine.
 fn job_args(channel: &str, epochs: &str) -> Vec<String> {
     [
         "--data",
@@ -81,7 +82,7 @@ fn job_command(args: &[&str]) -> std::process::Output {
 fn a_job_whose_driver_was_killed_is_finished_by_attach() {
     let dir = scratch();
     let memcached = Server::memcached(None);
-    let args = job_args(&memcached.url, "40");
+    let args = job_args(&memcached.url, "100");
     let whole = train(
         dir.path(),
         &args.iter().map(String::as_str).collect::<Vec<_>>(),
@@ -138,7 +139,7 @@ fn a_job_whose_driver_was_killed_is_finished_by_attach() {
 /// over and delete every key of the job.
 fn workers_clean_up_after_the_lease(channel: &str, left: impl Fn() -> usize) {
     let dir = scratch();
-    let mut args = job_args(channel, "100");
+    let mut args = job_args(channel, "400");
     args.extend(["--driver-lease".to_string(), "3".to_string()]);
     let mark = ProcessMark::new();
     let (mut driver, _) = start_driver(dir.path(), &args, &mark);
@@ -171,7 +172,7 @@ fn without_attach_the_workers_delete_the_job_from_a_directory_after_the_lease() 
 fn cancel_stops_a_job_with_or_without_its_driver() {
     let dir = scratch();
     let memcached = Server::memcached(None);
-    let args = job_args(&memcached.url, "100");
+    let args = job_args(&memcached.url, "400");
 
     let mark = ProcessMark::new();
     let (driver, job) = start_driver(dir.path(), &args, &mark);
@@ -212,7 +213,7 @@ fn cancel_stops_a_job_with_or_without_its_driver() {
 fn ctrl_c_stops_the_job_and_deletes_its_keys() {
     let dir = scratch();
     let memcached = Server::memcached(None);
-    let args = job_args(&memcached.url, "100");
+    let args = job_args(&memcached.url, "400");
     let mark = ProcessMark::new();
     let runs = runs_of(dir.path(), &mark);
     let mut cmd = lambdaml();
