@@ -139,7 +139,7 @@ pub async fn follow(
         seq: 0,
         unix_ms: 0,
     };
-    let mut driver_beats = driver_heartbeat(ch, job, driver, interval);
+    let mut driver_beats = DriverHeartbeat::new(ch, job, driver, interval);
     let mut cancelled = false;
     let mut interrupted = false;
     loop {
@@ -472,22 +472,18 @@ struct DriverHeartbeat<'a> {
     next: Instant,
 }
 
-fn driver_heartbeat<'a>(
-    ch: &'a dyn Channel,
-    job: &str,
-    beat: DriverBeat,
-    interval: Duration,
-) -> DriverHeartbeat<'a> {
-    DriverHeartbeat {
-        ch,
-        key: liveness::driver_key(job),
-        beat,
-        interval,
-        next: Instant::now(),
+impl<'a> DriverHeartbeat<'a> {
+    /// The driver's heartbeat for job `job`, due at once.
+    fn new(ch: &'a dyn Channel, job: &str, beat: DriverBeat, interval: Duration) -> Self {
+        DriverHeartbeat {
+            ch,
+            key: liveness::driver_key(job),
+            beat,
+            interval,
+            next: Instant::now(),
+        }
     }
-}
 
-impl DriverHeartbeat<'_> {
     /// Beats if a beat is due; true when it did.
     async fn beat_if_due(&mut self) -> bool {
         if Instant::now() < self.next {
