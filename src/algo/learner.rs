@@ -241,6 +241,8 @@ pub struct TrainSpec {
     pub steps_per_epoch: usize,
     /// Rows in all partitions.
     pub total_rows: usize,
+    /// Compute threads ([`super::threads::vcpus_for_memory`] of the worker's memory).
+    pub threads: usize,
 }
 
 /// A learner that cannot be built.

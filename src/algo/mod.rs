@@ -12,6 +12,8 @@ pub mod learner;
 pub mod linear;
 pub mod optim;
 pub mod sgd;
+pub mod threads;
+pub mod vecmath;
 
 use serde::{Deserialize, Serialize};
 

@@ -41,6 +41,13 @@ impl<C: Channel> Channel for Checked<C> {
         self.inner.put(key, value).await
     }
 
+    async fn put_many(&self, items: Vec<(String, Bytes)>) -> Result<(), ChannelError> {
+        for (key, _) in &items {
+            validate_key(key)?;
+        }
+        self.inner.put_many(items).await
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Bytes>, ChannelError> {
         validate_key(key)?;
         self.inner.get(key).await

@@ -89,6 +89,19 @@ pub trait Channel: Send + Sync + std::fmt::Debug {
     /// Stores `value` under `key`, replacing any previous value.
     async fn put(&self, key: &str, value: Bytes) -> Result<(), ChannelError>;
 
+    /// Stores several values, all in flight together: S3 and DynamoDB answer concurrent
+    /// requests together, a multiplexed Redis connection pipelines them; synchronous
+    /// backends (a directory, Memcached) write one after another.
+    async fn put_many(&self, items: Vec<(String, Bytes)>) -> Result<(), ChannelError> {
+        futures_util::future::try_join_all(
+            items
+                .into_iter()
+                .map(|(k, v)| async move { self.put(&k, v).await }),
+        )
+        .await
+        .map(drop)
+    }
+
     /// Reads the value under `key`, `None` when absent.
     async fn get(&self, key: &str) -> Result<Option<Bytes>, ChannelError>;
 

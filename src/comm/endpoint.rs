@@ -203,6 +203,19 @@ impl Comm {
         Ok(())
     }
 
+    /// Writes several keys of the current round, all in flight together.
+    async fn put_many(&mut self, items: Vec<(String, Bytes)>) -> Result<(), CommError> {
+        for (key, value) in &items {
+            if !self.written.iter().any(|(_, k)| k == key) {
+                self.written.push((self.round, key.clone()));
+            }
+            self.stats.puts += 1;
+            self.stats.bytes_out += value.len() as u64;
+        }
+        self.channel.put_many(items).await?;
+        Ok(())
+    }
+
     pub(super) async fn get(&mut self, key: &str) -> Result<Option<Bytes>, CommError> {
         self.stats.gets += 1;
         let v = self.channel.get(key).await?;
@@ -330,11 +343,14 @@ impl Comm {
         self.round = round;
         let since = Instant::now();
         let (n, w, len) = (self.n, self.worker, values.len());
-        for j in (0..n).filter(|&j| j != w) {
-            let key = self.keys.scatter_part(round, j, w);
-            self.put(&key, codec::encode_f32(&values[chunk_bounds(len, n, j)]))
-                .await?;
-        }
+        let parts: Vec<(String, Bytes)> = (0..n)
+            .filter(|&j| j != w)
+            .map(|j| {
+                let key = self.keys.scatter_part(round, j, w);
+                (key, codec::encode_f32(&values[chunk_bounds(len, n, j)]))
+            })
+            .collect();
+        self.put_many(parts).await?;
         let mine = chunk_bounds(len, n, w);
         let parts: Vec<(String, usize)> = (0..n)
             .filter(|&i| i != w)

@@ -127,8 +127,9 @@ pub fn split_file(
         if lineno % 8192 == 0 {
             progress(consumed);
         }
-        let parsed =
-            libsvm::line_text(&line).and_then(|text| libsvm::parse_row(text, n_features, &mut row));
+        let text = line.strip_suffix(b"\n").unwrap_or(&line);
+        let text = text.strip_suffix(b"\r").unwrap_or(text);
+        let parsed = libsvm::parse_row_bytes(text, n_features, &mut row);
         let label = match parsed {
             Ok(Some(label)) => label,
             Ok(None) => continue,
@@ -144,8 +145,7 @@ pub fn split_file(
         scan.nnz += nnz;
         scan.saw_label(label);
         let w = &mut writers[next];
-        let text = line.strip_suffix(b"\n").unwrap_or(&line);
-        w.write_all(text.strip_suffix(b"\r").unwrap_or(text))
+        w.write_all(text)
             .and_then(|_| w.write_all(b"\n"))
             .map_err(|e| DataError::io(part_path(out, next, parts), e))?;
         rows[next] += 1;

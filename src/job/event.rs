@@ -63,6 +63,7 @@ impl JobSpec {
             workers: c.workers,
             steps_per_epoch: self.steps_per_epoch,
             total_rows: self.total_rows,
+            threads: crate::algo::threads::vcpus_for_memory(c.memory_mb),
         }
     }
 

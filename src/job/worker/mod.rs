@@ -242,7 +242,15 @@ impl<'a> Session<'a> {
         // the monotonic clock.
         let deadline = deadline
             .map(|d| Instant::now() + d.duration_since(SystemTime::now()).unwrap_or_default());
-        let learner = algo::build(&spec.train_spec(w), data)?;
+        let train_spec = spec.train_spec(w);
+        if train_spec.threads > 1 && train_spec.model.loss().is_some() {
+            tracing::info!(
+                "computing on {} threads (memory_mb {})",
+                train_spec.threads,
+                cfg.memory_mb
+            );
+        }
+        let learner = algo::build(&train_spec, data)?;
         let n_params: usize = learner.segments().iter().map(|seg| seg.len).sum();
         // The same on every worker: it decides which keys are kept for a recovering peer.
         let keep_rounds = cfg.checkpoint_rounds(n_params);
