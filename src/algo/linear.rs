@@ -190,8 +190,8 @@ fn scores(
     (z, t)
 }
 
-/// Validation result: sums, so workers' results can be pooled.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+/// Validation result: sums, so workers' results (and threads' parts) can be pooled.
+#[derive(Debug, Clone, Copy, Default, PartialEq, derive_more::Add)]
 pub struct Eval {
     /// Sum of per-example losses.
     pub loss_sum: f64,
@@ -352,11 +352,7 @@ impl Linear {
                 Features::Sparse(m) => self.evaluate_with(m, params, y, rows),
             })
             .into_iter()
-            .fold(Eval::default(), |a, e| Eval {
-                loss_sum: a.loss_sum + e.loss_sum,
-                correct: a.correct + e.correct,
-                count: a.count + e.count,
-            })
+            .fold(Eval::default(), std::ops::Add::add)
     }
 
     fn evaluate_with(&self, x: &impl Rows, params: &[f32], y: &[f32], rows: &[u32]) -> Eval {

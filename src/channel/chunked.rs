@@ -67,6 +67,28 @@ impl<S: ItemStore> Chunked<S> {
         }
     }
 
+    /// The value of `key` from the chunks its manifest `m` names, as read: `None` when one
+    /// is missing (the value was rewritten meanwhile: read the manifest again), an error
+    /// when they do not add up to its length.
+    fn join_chunks(
+        &self,
+        key: &str,
+        m: &Manifest,
+        parts: Vec<Option<Bytes>>,
+    ) -> Result<Option<Bytes>, ChannelError> {
+        if parts.iter().any(Option::is_none) {
+            return Ok(None);
+        }
+        let mut value = BytesMut::with_capacity(m.len as usize);
+        for p in parts.into_iter().flatten() {
+            value.put_slice(&p);
+        }
+        if value.len() as u64 != m.len {
+            return Err(self.corrupt(key, "chunks do not add up to the manifest length"));
+        }
+        Ok(Some(value.freeze()))
+    }
+
     /// The chunk keys named by a manifest item, or `None` for an inline item.
     fn chunk_keys(key: &str, item: &[u8]) -> Option<Vec<String>> {
         let m = parse_manifest(item)?;
@@ -147,19 +169,10 @@ impl<S: ItemStore> Channel for Chunked<S> {
                     let keys: Vec<String> =
                         (0..m.chunks).map(|i| chunk_key(key, m.nonce, i)).collect();
                     let parts = self.store.get_items(&keys).await?;
-                    if parts.iter().any(Option::is_none) {
-                        continue;
+                    match self.join_chunks(key, &m, parts)? {
+                        Some(value) => return Ok(Some(value)),
+                        None => continue,
                     }
-                    let mut value = BytesMut::with_capacity(m.len as usize);
-                    for p in parts.into_iter().flatten() {
-                        value.put_slice(&p);
-                    }
-                    if value.len() as u64 != m.len {
-                        return Err(
-                            self.corrupt(key, "chunks do not add up to the manifest length")
-                        );
-                    }
-                    return Ok(Some(value.freeze()));
                 }
                 _ => {
                     return Err(
@@ -176,7 +189,7 @@ impl<S: ItemStore> Channel for Chunked<S> {
 
     /// One request for the items, then one for the chunks of every large value among them
     /// (a leader gathering seven 16 MB parts makes two round trips, not fifteen); a value
-    /// whose chunks were replaced meanwhile is read again on its own.
+    /// whose chunks were replaced meanwhile is read again on its own, as `get` does.
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, ChannelError> {
         let items = self.store.get_items(keys).await?;
         let mut values: Vec<Option<Bytes>> = vec![None; keys.len()];
@@ -201,16 +214,9 @@ impl<S: ItemStore> Channel for Chunked<S> {
         let mut chunks = self.store.get_items(&chunk_keys).await?.into_iter();
         for (i, m) in large {
             let parts: Vec<Option<Bytes>> = chunks.by_ref().take(m.chunks as usize).collect();
-            let whole = parts.iter().all(Option::is_some)
-                && parts.iter().flatten().map(|p| p.len() as u64).sum::<u64>() == m.len;
-            values[i] = if whole {
-                let mut value = BytesMut::with_capacity(m.len as usize);
-                for p in parts.into_iter().flatten() {
-                    value.put_slice(&p);
-                }
-                Some(value.freeze())
-            } else {
-                self.get(&keys[i]).await?
+            values[i] = match self.join_chunks(&keys[i], &m, parts)? {
+                Some(value) => Some(value),
+                None => self.get(&keys[i]).await?,
             };
         }
         Ok(values)

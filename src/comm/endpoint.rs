@@ -193,12 +193,17 @@ impl Comm {
         Ok(())
     }
 
-    pub(super) async fn put(&mut self, key: &str, value: Bytes) -> Result<(), CommError> {
+    /// Counts a put of `bytes` under `key` and files the key under the current round.
+    fn note_put(&mut self, key: &str, bytes: usize) {
         if !self.written.iter().any(|(_, k)| k == key) {
             self.written.push((self.round, key.to_string()));
         }
         self.stats.puts += 1;
-        self.stats.bytes_out += value.len() as u64;
+        self.stats.bytes_out += bytes as u64;
+    }
+
+    pub(super) async fn put(&mut self, key: &str, value: Bytes) -> Result<(), CommError> {
+        self.note_put(key, value.len());
         self.channel.put(key, value).await?;
         Ok(())
     }
@@ -206,11 +211,7 @@ impl Comm {
     /// Writes several keys of the current round, all in flight together.
     async fn put_many(&mut self, items: Vec<(String, Bytes)>) -> Result<(), CommError> {
         for (key, value) in &items {
-            if !self.written.iter().any(|(_, k)| k == key) {
-                self.written.push((self.round, key.clone()));
-            }
-            self.stats.puts += 1;
-            self.stats.bytes_out += value.len() as u64;
+            self.note_put(key, value.len());
         }
         self.channel.put_many(items).await?;
         Ok(())
