@@ -7,6 +7,7 @@ pub mod libsvm;
 pub mod location;
 pub mod matrix;
 pub mod partition;
+pub mod rows;
 pub mod synth;
 
 use std::path::PathBuf;
@@ -61,6 +62,16 @@ pub enum DataError {
         /// What is wrong with the line.
         message: String,
     },
+    /// A binary partition file is damaged or of another format.
+    #[error("{path}{}: {message}", at_row(*row))]
+    Corrupt {
+        /// The partition file.
+        path: PathBuf,
+        /// 1-based row where the damage was found, if at one row.
+        row: Option<usize>,
+        /// What is wrong.
+        message: String,
+    },
     /// A partition location is missing its manifest or the manifest is invalid.
     #[error("{path}: {message}")]
     Manifest {
@@ -75,6 +86,10 @@ pub enum DataError {
     /// An argument is out of range (zero partitions, zero rows...).
     #[error("{0}")]
     Invalid(String),
+}
+
+fn at_row(row: Option<usize>) -> String {
+    row.map(|r| format!(": row {r}")).unwrap_or_default()
 }
 
 impl DataError {

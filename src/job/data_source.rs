@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use crate::channel::{self, Channel, ChannelUrl};
-use crate::data::libsvm::{self, Layout};
+use crate::data::libsvm::Layout;
 use crate::data::partition::{self, MANIFEST, Manifest};
 use crate::data::{DataLocation, Dataset};
 
@@ -56,7 +56,8 @@ pub async fn load_partition(
         .get(&name)
         .await?
         .with_context(|| format!("{location}/{name} not found"))?;
-    Ok(libsvm::parse_bytes(
+    Ok(partition::decode_part(
+        manifest.format,
         &bytes,
         Path::new(&format!("{location}/{name}")),
         n_features,

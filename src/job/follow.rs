@@ -355,7 +355,10 @@ pub async fn follow(
                 return Followed::Failed { error, residual };
             }
         }
-        tokio::time::sleep(poll).await;
+        tokio::select! {
+            _ = tokio::time::sleep(poll) => {}
+            _ = platform.invocation_ended() => {}
+        }
     }
 }
 

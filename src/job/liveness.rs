@@ -278,6 +278,7 @@ impl Pulse {
         self.state.done.store(true, Ordering::SeqCst);
         let thread = self.thread.lock().ok().and_then(|mut t| t.take());
         if let Some(t) = thread {
+            t.thread().unpark();
             let _ = t.join();
         }
         let at = Instant::now();
@@ -431,11 +432,9 @@ fn beat_until_done(event: &WorkerEvent, state: &PulseState, interval: Duration, 
                 }
             }
             let next = at + interval;
+            // `stop` unparks this thread, so an ending invocation does not wait out a beat.
             while !state.done.load(Ordering::SeqCst) && Instant::now() < next {
-                std::thread::sleep(
-                    next.saturating_duration_since(Instant::now())
-                        .min(Duration::from_millis(20)),
-                );
+                std::thread::park_timeout(next.saturating_duration_since(Instant::now()));
             }
         }
     });

@@ -237,6 +237,7 @@ pub fn check_memory(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::partition::PartFormat;
 
     #[test]
     fn a_stray_index_that_widens_a_dense_model_is_named() {
@@ -250,6 +251,7 @@ mod tests {
             labels: vec![0.0, 1.0],
             labels_truncated: false,
             source: "data.svm".into(),
+            format: PartFormat::Rows,
         };
         let cfg = JobConfig::default();
         let err = check_memory(&cfg, &m, m.n_features, None)
@@ -290,6 +292,7 @@ mod tests {
             labels: vec![0.0, 1.0],
             labels_truncated: false,
             source: String::new(),
+            format: PartFormat::Rows,
         };
         // 999 - 99 = 900 training rows -> 9 batches of 100.
         assert_eq!(steps_per_epoch(&m, 0.1, 100).unwrap(), 9);

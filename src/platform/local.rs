@@ -19,13 +19,18 @@ use super::{DEADLINE_ENV, FunctionFacts, FunctionSpec, Platform, PlatformError};
 #[derive(Debug, Clone)]
 pub struct LocalPlatform {
     f: FunctionSpec,
+    /// Signalled as each supervisor started here exits.
+    ended: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl LocalPlatform {
     /// Invocations run `f.exe worker` under `f.supervisor supervise` (the `lambdaml`
     /// binary), log to `f.log_dir/NAME.log`, get `f.timeout_s` and `f.memory_mb` each.
     pub fn new(f: FunctionSpec) -> Self {
-        LocalPlatform { f }
+        LocalPlatform {
+            f,
+            ended: Default::default(),
+        }
     }
 }
 
@@ -33,6 +38,10 @@ impl LocalPlatform {
 impl Platform for LocalPlatform {
     async fn check(&self, _workers: usize) -> Result<Option<FunctionFacts>, PlatformError> {
         Ok(None)
+    }
+
+    async fn invocation_ended(&self) {
+        self.ended.notified().await
     }
 
     async fn invoke(&self, name: &str, payload: &[u8]) -> Result<(), PlatformError> {
@@ -81,9 +90,12 @@ impl Platform for LocalPlatform {
             .map_err(|e| fail(format!("cannot send the event: {e}")))?;
         drop(stdin);
         // Fire and forget, but reap the process so it does not linger as a zombie while this
-        // process lives. Its outcome is learnt through the channel, never from here.
+        // process lives. Its outcome is learnt through the channel, never from here; its end
+        // only says that now is a good time to look.
+        let ended = self.ended.clone();
         std::thread::spawn(move || {
             let _ = child.wait();
+            ended.notify_one();
         });
         Ok(())
     }
@@ -120,6 +132,8 @@ pub const SUPERSEDED_EXIT: i32 = 3;
 const DEADLINE_EXIT: i32 = 124;
 /// How often the supervisor looks at its invocation's memory.
 const WATCH_EVERY: Duration = Duration::from_millis(50);
+/// How often the supervisor looks whether its invocation ended (a `waitpid`, no more).
+const NOTICE_END_EVERY: Duration = Duration::from_millis(5);
 
 /// How a supervised invocation ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -210,18 +224,24 @@ pub fn supervise(exe: &Path, payload: &[u8], memory_mb: u32) -> std::io::Result<
     let limit_kb = u64::from(memory_mb) * 1024;
     let mut peak_kb = 0;
     let mut over_memory = false;
+    let mut watched = std::time::Instant::now() - WATCH_EVERY;
     let status = loop {
         if let Some(status) = child.try_wait()? {
             break status;
         }
-        if let Some(m) = memory_of(child.id()) {
-            peak_kb = peak_kb.max(m.peak_kb).max(m.resident_kb);
-            if m.resident_kb > limit_kb && !over_memory {
-                over_memory = true;
-                let _ = child.kill();
+        if watched.elapsed() >= WATCH_EVERY {
+            watched = std::time::Instant::now();
+            if let Some(m) = memory_of(child.id()) {
+                peak_kb = peak_kb.max(m.peak_kb).max(m.resident_kb);
+                if m.resident_kb > limit_kb && !over_memory {
+                    over_memory = true;
+                    let _ = child.kill();
+                }
             }
         }
-        std::thread::sleep(WATCH_EVERY);
+        // The end is looked for more often than the memory: the driver learns of it when
+        // this process exits, and a short job should not wait out a memory reading.
+        std::thread::sleep(NOTICE_END_EVERY);
     };
     let past_deadline = deadline().is_some_and(|d| SystemTime::now() >= d);
     Ok(Ended {

@@ -51,6 +51,13 @@ pub trait Platform: Send + Sync {
     /// invocations at once (all of a job's workers must run together), and says how it is
     /// configured; `None` where the platform's configuration is the job's own.
     async fn check(&self, workers: usize) -> Result<Option<FunctionFacts>, PlatformError>;
+
+    /// Resolves when an invocation started from this process may have ended, so that a
+    /// driver reads its records at once rather than at its next poll (which would add up to
+    /// a poll interval to every job). Platforms that cannot tell never resolve.
+    async fn invocation_ended(&self) {
+        std::future::pending::<()>().await
+    }
 }
 
 /// Where workers run: the `platform` field and `--platform` flag, chosen once when a job

@@ -108,16 +108,23 @@ pub fn split(data: &Path, parts: usize, out: impl AsRef<std::ffi::OsStr>) {
     );
 }
 
-/// Splits the dense test data into 4 partitions under `dir/parts` and breaks line 42 of
-/// partition 2, so that worker 2 fails while loading and the others are mid-round.
+/// Splits the dense test data into 4 partitions under `dir/parts` and breaks row 42 of
+/// partition 2 (its label becomes NaN), so that worker 2 fails while loading and the others
+/// are mid-round.
 pub fn partitions_with_a_bad_line(dir: &Path) -> PathBuf {
     let parts = dir.join("parts");
     split(dense_data(), 4, &parts);
     let part2 = parts.join("part-00002-of-00004");
-    let text = std::fs::read_to_string(&part2).unwrap();
-    let mut lines: Vec<&str> = text.lines().collect();
-    lines[41] = "1 1:oops";
-    std::fs::write(&part2, lines.join("\n")).unwrap();
+    let mut bytes = std::fs::read(&part2).unwrap();
+    // The binary partition format: a 24-byte header, then per row a label, a pair count
+    // and the (index, value) pairs, 4 bytes each.
+    let mut at = 24;
+    for _ in 0..41 {
+        let len = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap()) as usize;
+        at += 8 + len * 8;
+    }
+    bytes[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(&part2, bytes).unwrap();
     parts
 }
 
