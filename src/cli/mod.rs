@@ -376,7 +376,6 @@ impl TrainArgs {
             wait_timeout,
             runs_dir,
             reg,
-            rho,
             local_epochs,
             tol,
             k,
@@ -389,6 +388,7 @@ impl TrainArgs {
             driver_lease
         );
         set_opt!(
+            rho,
             lr,
             lam,
             step,

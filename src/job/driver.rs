@@ -73,6 +73,7 @@ pub async fn run(mut cfg: JobConfig, ui: &dyn JobProgress) -> anyhow::Result<Job
     if !cfg.model.is_clustering() {
         cfg.lr = Some(cfg.learning_rate());
         cfg.step = Some(cfg.step_rule());
+        cfg.rho = Some(cfg.admm_penalty());
     }
     let channel_url = cfg
         .channel_url()

@@ -52,7 +52,7 @@ impl JobSpec {
             step: c.step_rule(),
             lam: c.regularisation(self.training_rows()),
             reg: c.reg,
-            rho: c.rho,
+            rho: c.admm_penalty(),
             local_epochs: c.local_epochs,
             tol: c.tol,
             k: c.k,

@@ -155,16 +155,26 @@ fn sparse_lr_reaches_the_reference_optimum_s_accuracy() {
     let one = trained_accuracy(dir.path(), &train_file, "5", &["--workers", "1"], &test);
     let four_workers = ["--workers", "4", "--sync", "reduce_scatter"];
     let four = trained_accuracy(dir.path(), &train_file, "5", &four_workers, &test);
+    let model_avg_args = ["--workers", "4", "--optim", "model_avg"];
+    let model_avg = trained_accuracy(dir.path(), &train_file, "5", &model_avg_args, &test);
+    let admm_args = ["--workers", "4", "--optim", "admm"];
+    let admm = trained_accuracy(dir.path(), &train_file, "5", &admm_args, &test);
     let sgd_args = ["--workers", "1", "--step", "sgd"];
     let sgd = trained_accuracy(dir.path(), &train_file, "5", &sgd_args, &test);
     eprintln!(
-        "reference {reference:.4}, adagrad 1 worker {one:.4}, 4 workers {four:.4}, sgd {sgd:.4}"
+        "reference {reference:.4}, adagrad 1 worker {one:.4}, 4 workers {four:.4}, \
+         model_avg {model_avg:.4}, admm {admm:.4}, sgd {sgd:.4}"
     );
     assert!(
         reference > 0.8,
         "the reference optimum is poor: {reference}"
     );
-    for (what, acc) in [("1 worker", one), ("4 workers", four)] {
+    for (what, acc) in [
+        ("1 worker", one),
+        ("4 workers", four),
+        ("4 workers of model_avg", model_avg),
+        ("4 workers of ADMM", admm),
+    ] {
         assert!(
             acc >= reference - 0.01,
             "sparse LR on {what} reached {acc:.4}, the optimum {reference:.4}"
