@@ -423,11 +423,12 @@ impl JobConfig {
     /// loss too: a hinge loss's mean gradient counts only the rows inside the margin, so it
     /// is smaller and takes a larger rate; both measured on the RCV1-like set, BENCHMARKS.md).
     pub fn learning_rate(&self) -> f32 {
-        self.lr.unwrap_or(match (self.step_rule(), self.model.loss()) {
-            (StepRule::Sgd, _) => 0.1,
-            (StepRule::Adagrad, Some(crate::algo::linear::Loss::Hinge)) => 2.0,
-            (StepRule::Adagrad, _) => 1.0,
-        })
+        self.lr
+            .unwrap_or(match (self.step_rule(), self.model.loss()) {
+                (StepRule::Sgd, _) => 0.1,
+                (StepRule::Adagrad, Some(crate::algo::linear::Loss::Hinge)) => 2.0,
+                (StepRule::Adagrad, _) => 1.0,
+            })
     }
 
     /// The ADMM penalty: as given, else 1 for dense models and 1e-4 for sparse ones. A sparse
