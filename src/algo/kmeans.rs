@@ -13,6 +13,7 @@ use std::path::Path;
 use super::learner::{
     EpochSync, Init, Learner, LearnerState, Metrics, ModelError, Segment, Step, StepSync, TrainSpec,
 };
+use super::threads::Compute;
 use crate::data::libsvm::{self, Layout};
 use crate::data::{CsrMatrix, Dataset, DenseMatrix, Features};
 
@@ -43,6 +44,23 @@ pub fn row_sq_norms(x: &Features) -> Vec<f32> {
 /// Assigns every row to its nearest centroid; writes `[sums, counts, sse]` into `stats`.
 /// `centroids` is `k x d` row-major; `sq_norms` from [`row_sq_norms`].
 pub fn assign(x: &Features, sq_norms: &[f32], centroids: &[f32], k: usize, stats: &mut [f32]) {
+    assign_on(&Compute::single(), x, sq_norms, centroids, k, stats)
+}
+
+/// Rows per part when an assignment is split among threads: a part must outweigh handing it
+/// to a thread.
+const MIN_PART_ROWS: usize = 1024;
+
+/// [`assign`] on the threads of `compute`: contiguous parts of the rows, whose sums are added
+/// in part order (deterministic for a given number of threads).
+pub fn assign_on(
+    compute: &Compute,
+    x: &Features,
+    sq_norms: &[f32],
+    centroids: &[f32],
+    k: usize,
+    stats: &mut [f32],
+) {
     let d = x.n_features();
     assert_eq!(centroids.len(), k * d, "centroids must be k x d");
     assert_eq!(stats.len(), stats_len(k, d));
@@ -50,6 +68,52 @@ pub fn assign(x: &Features, sq_norms: &[f32], centroids: &[f32], k: usize, stats
         .chunks_exact(d)
         .map(|c| c.iter().map(|v| v * v).sum())
         .collect();
+    let parts = compute.map_ranges(x.n_rows(), MIN_PART_ROWS, |rows| {
+        assign_rows(x, rows, sq_norms, centroids, &c_sq, k)
+    });
+    let mut total = parts.into_iter();
+    let mut sum = total.next().expect("at least one part");
+    for p in total {
+        sum.add(&p);
+    }
+    for (o, s) in stats[..k * d].iter_mut().zip(&sum.sums) {
+        *o = *s as f32;
+    }
+    for (o, c) in stats[k * d..k * d + k].iter_mut().zip(&sum.counts) {
+        *o = *c as f32;
+    }
+    stats[k * d + k] = sum.sse as f32;
+}
+
+/// The assignment statistics of some rows, in full precision until they are written out.
+struct Partial {
+    sums: Vec<f64>,
+    counts: Vec<u64>,
+    sse: f64,
+}
+
+impl Partial {
+    fn add(&mut self, other: &Partial) {
+        for (a, b) in self.sums.iter_mut().zip(&other.sums) {
+            *a += b;
+        }
+        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
+            *a += b;
+        }
+        self.sse += other.sse;
+    }
+}
+
+/// Assigns the rows `rows` of `x`; `c_sq` holds the centroids' squared norms.
+fn assign_rows(
+    x: &Features,
+    rows: std::ops::Range<usize>,
+    sq_norms: &[f32],
+    centroids: &[f32],
+    c_sq: &[f32],
+    k: usize,
+) -> Partial {
+    let d = x.n_features();
     let mut sums = vec![0f64; k * d];
     let mut counts = vec![0u64; k];
     let mut sse = 0f64;
@@ -58,7 +122,7 @@ pub fn assign(x: &Features, sq_norms: &[f32], centroids: &[f32], k: usize, stats
     // cancellation far from the origin and the objective should be exact.
     let mut visit = |dots: &[f32], row_sq: f32, add: &mut AddRow| {
         let mut best = (0usize, f32::INFINITY);
-        for (c, (&dot, &cs)) in dots.iter().zip(&c_sq).enumerate() {
+        for (c, (&dot, &cs)) in dots.iter().zip(c_sq).enumerate() {
             let dist = row_sq - 2.0 * dot + cs;
             if dist < best.1 {
                 best = (c, dist);
@@ -71,10 +135,10 @@ pub fn assign(x: &Features, sq_norms: &[f32], centroids: &[f32], k: usize, stats
     match x {
         Features::Dense(m) => {
             let mut dots = vec![0f32; BLOCK * k];
-            for start in (0..m.n_rows()).step_by(BLOCK) {
-                let rows = BLOCK.min(m.n_rows() - start);
-                dense_dots(m, start, rows, centroids, k, &mut dots[..rows * k]);
-                for r in 0..rows {
+            for start in rows.clone().step_by(BLOCK) {
+                let n = BLOCK.min(rows.end - start);
+                dense_dots(m, start, n, centroids, k, &mut dots[..n * k]);
+                for r in 0..n {
                     let row = m.row(start + r);
                     visit(
                         &dots[r * k..(r + 1) * k],
@@ -97,10 +161,10 @@ pub fn assign(x: &Features, sq_norms: &[f32], centroids: &[f32], k: usize, stats
                 .map(|c| c.iter().map(|v| (*v as f64).powi(2)).sum())
                 .collect();
             let mut dots = vec![0f32; k];
-            for (r, &row_sq) in sq_norms.iter().enumerate().take(m.n_rows()) {
+            for r in rows {
                 sparse_dots(m, r, centroids, d, &mut dots);
                 let (idx, val) = m.row(r);
-                visit(&dots, row_sq, &mut |s, c, cluster| {
+                visit(&dots, sq_norms[r], &mut |s, c, cluster| {
                     // ||x - c||^2 = ||c||^2 + sum over non-zeros of ((x_j - c_j)^2 - c_j^2).
                     let mut dist = c_sq64[cluster];
                     for (&j, &v) in idx.iter().zip(val) {
@@ -113,13 +177,7 @@ pub fn assign(x: &Features, sq_norms: &[f32], centroids: &[f32], k: usize, stats
             }
         }
     }
-    for (o, s) in stats[..k * d].iter_mut().zip(&sums) {
-        *o = *s as f32;
-    }
-    for (o, c) in stats[k * d..k * d + k].iter_mut().zip(&counts) {
-        *o = *c as f32;
-    }
-    stats[k * d + k] = sse as f32;
+    Partial { sums, counts, sse }
 }
 
 /// `out (rows x k) = X[start..start+rows] (rows x d) * C^T (d x k)`, one matrix multiply.
@@ -271,6 +329,7 @@ pub struct Lloyd {
     workers: usize,
     total_rows: usize,
     init_centroids: Option<String>,
+    compute: Compute,
 }
 
 /// The learner of KMeans with the `k`, seed and initial centroids of `spec`, on `data`.
@@ -287,6 +346,7 @@ pub fn learner(spec: &TrainSpec, data: Dataset) -> Result<Box<dyn Learner>, Mode
         workers: spec.workers,
         total_rows: spec.total_rows,
         init_centroids: spec.init_centroids.clone(),
+        compute: Compute::with_threads(spec.threads),
     }))
 }
 
@@ -336,7 +396,8 @@ impl Learner for Lloyd {
 
     fn epoch_vector(&self, state: &LearnerState) -> Vec<f32> {
         let mut stats = vec![0f32; stats_len(self.k, self.d)];
-        assign(
+        assign_on(
+            &self.compute,
             &self.features,
             &self.sq_norms,
             &state.params,
@@ -466,6 +527,39 @@ mod tests {
             assert_eq!(&stats[4..6], &[20.0, 20.0]);
             // Each blob: 20 points at offsets (e - 0.2, 0.2 - e), e in {0, .1, .2, .3, .4}.
             assert!((stats[6] - 1.6).abs() < 1e-4, "sse {}", stats[6]);
+        }
+    }
+
+    /// Threads split the rows and add their sums in order: the same counts, and the same
+    /// sums and objective up to the f32 rounding of the total, dense and sparse.
+    #[test]
+    fn threads_assign_as_one_thread_does() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let (n, d, k) = (5000, 6, 4);
+        let dense = Features::Dense(DenseMatrix {
+            n_features: d,
+            values: (0..n * d).map(|_| rng.random_range(-3.0..3.0)).collect(),
+        });
+        let centroids: Vec<f32> = (0..k * d).map(|_| rng.random_range(-1.0..1.0)).collect();
+        for x in [dense.clone(), to_sparse(&dense)] {
+            let norms = row_sq_norms(&x);
+            let mut one = vec![0f32; stats_len(k, d)];
+            assign(&x, &norms, &centroids, k, &mut one);
+            for threads in [2, 3] {
+                let mut many = vec![0f32; stats_len(k, d)];
+                assign_on(
+                    &Compute::with_threads(threads),
+                    &x,
+                    &norms,
+                    &centroids,
+                    k,
+                    &mut many,
+                );
+                assert_eq!(one[k * d..k * d + k], many[k * d..k * d + k], "counts");
+                for (a, b) in one.iter().zip(&many) {
+                    assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "{a} vs {b}");
+                }
+            }
         }
     }
 

@@ -76,13 +76,28 @@ impl Compute {
         min_part: usize,
         f: impl Fn(&[I]) -> T + Sync,
     ) -> Vec<T> {
-        let parts = self.threads.min(items.len() / min_part.max(1)).max(1);
+        self.map_ranges(items.len(), min_part, |r| f(&items[r]))
+    }
+
+    /// As [`Compute::map_parts`], over the index ranges of `len` items.
+    pub fn map_ranges<T: Send>(
+        &self,
+        len: usize,
+        min_part: usize,
+        f: impl Fn(std::ops::Range<usize>) -> T + Sync,
+    ) -> Vec<T> {
+        let parts = self.threads.min(len / min_part.max(1)).max(1);
         let Some(pool) = self.pool.as_ref().filter(|_| parts > 1) else {
-            return vec![f(items)];
+            return vec![f(0..len)];
         };
-        let size = items.len().div_ceil(parts);
+        let size = len.div_ceil(parts);
         use rayon::prelude::*;
-        pool.install(|| items.par_chunks(size).map(&f).collect())
+        pool.install(|| {
+            (0..len.div_ceil(size))
+                .into_par_iter()
+                .map(|i| f(i * size..((i + 1) * size).min(len)))
+                .collect()
+        })
     }
 }
 
