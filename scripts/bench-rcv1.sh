@@ -11,19 +11,7 @@
 # alternate ROUNDS times; medians are printed at the end.
 set -euo pipefail
 rounds=${1:-3}
-root=$(cd "$(dirname "$0")/.." && pwd)
-if [ -z "${LAMBDAML_BIN:-}" ]; then
-    (cd "$root" && cargo build --release --quiet)
-    LAMBDAML_BIN=$root/target/release/lambdaml
-fi
-venv=$root/.services/sklearn-venv
-if [ ! -x "$venv/bin/python" ]; then
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install -q scikit-learn
-fi
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-cd "$work"
+source "$(dirname "$0")/sklearn-setup.sh"
 "$LAMBDAML_BIN" data synth rcv1 --rows 50000 --seed 1 --out rcv1.svm >/dev/null
 head -45000 rcv1.svm > train.svm
 tail -5000 rcv1.svm > test.svm
@@ -72,7 +60,6 @@ for i in $(seq "$rounds"); do
         OMP_NUM_THREADS=1 "$venv/bin/python" sk.py $name
     done
 done | tee results.txt
-median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 echo "medians (wall s, test accuracy):"
 for name in lambdaml-lr-1 lambdaml-lr-4 liblinear lambdaml-svm-1 lambdaml-svm-4 liblinear-svm sgd; do
     echo "  $name $(grep "^$name " results.txt | awk '{print $2}' | median)" \

@@ -8,19 +8,7 @@
 # on the first 90% of the file and scored on the rest (the rows are i.i.d.).
 set -euo pipefail
 rounds=${1:-5}
-root=$(cd "$(dirname "$0")/.." && pwd)
-if [ -z "${LAMBDAML_BIN:-}" ]; then
-    (cd "$root" && cargo build --release --quiet)
-    LAMBDAML_BIN=$root/target/release/lambdaml
-fi
-venv=$root/.services/sklearn-venv
-if [ ! -x "$venv/bin/python" ]; then
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install -q scikit-learn
-fi
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-cd "$work"
+source "$(dirname "$0")/sklearn-setup.sh"
 "$LAMBDAML_BIN" data synth higgs --rows 200000 --seed 1 --out h.svm >/dev/null
 cat > sk.py <<'PY'
 import sys, time
@@ -53,7 +41,6 @@ print(f"lambdaml wall_s {float(sys.argv[2]):.3f} load_s {r[0]['load_s']:.3f} "
 PY
     OMP_NUM_THREADS=1 "$venv/bin/python" sk.py
 done | tee results.txt
-median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 echo "median lambdaml wall_s $(grep '^lambdaml' results.txt | awk '{print $3}' | median)," \
     "scikit-learn fit_s $(grep '^sklearn' results.txt | awk '{print $5}' | median)," \
     "scikit-learn parse_s $(grep '^sklearn' results.txt | awk '{print $3}' | median)"
