@@ -12,7 +12,7 @@ use super::driver::{self, JobOutcome, JobProgress};
 use super::event::{JobSpec, unix_ms};
 use super::follow::{self, Followed};
 use super::liveness::{self, Beat, DriverBeat};
-use super::records::{self, JobRecord, Progress, WorkerFailure, WorkerResult};
+use super::records::{self, JobRecord, WorkerFailure};
 use crate::channel::{self, Channel, ChannelUrl};
 use crate::comm::Keys;
 
@@ -83,13 +83,12 @@ pub async fn status(ch: &dyn Channel, job: &str) -> anyhow::Result<JobStatus> {
     let driver_silent_s = driver.map(|d| age_s(d.unix_ms));
     let mut workers = Vec::new();
     for w in 0..cfg.workers {
-        let result: Option<WorkerResult> =
-            records::get(ch, &records::key(job, records::RESULT, w)).await?;
-        let failure: Option<WorkerFailure> =
-            records::get(ch, &records::key(job, records::FAILURE, w)).await?;
-        let progress: Option<Progress> =
-            records::get(ch, &records::key(job, records::PROGRESS, w)).await?;
-        let beat: Option<Beat> = records::get(ch, &liveness::alive_key(job, w)).await?;
+        let follow::WorkerState {
+            result,
+            failure,
+            progress,
+            beat,
+        } = follow::read_worker(ch, job, w).await?;
         let generation: u32 = records::get(ch, &liveness::generation_key(job, w))
             .await?
             .unwrap_or(0);

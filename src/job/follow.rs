@@ -436,15 +436,19 @@ fn is_abort_echo(f: &WorkerFailure) -> bool {
 }
 
 /// What the channel holds about one worker.
-struct WorkerState {
-    result: Option<Box<WorkerResult>>,
-    failure: Option<WorkerFailure>,
-    progress: Option<Progress>,
-    beat: Option<Beat>,
+pub(super) struct WorkerState {
+    pub(super) result: Option<Box<WorkerResult>>,
+    pub(super) failure: Option<WorkerFailure>,
+    pub(super) progress: Option<Progress>,
+    pub(super) beat: Option<Beat>,
 }
 
 /// Reads worker `w`'s records in one request where the backend batches reads.
-async fn read_worker(ch: &dyn Channel, job: &str, w: usize) -> anyhow::Result<WorkerState> {
+pub(super) async fn read_worker(
+    ch: &dyn Channel,
+    job: &str,
+    w: usize,
+) -> anyhow::Result<WorkerState> {
     let keys = [
         records::key(job, records::RESULT, w),
         records::key(job, records::FAILURE, w),
