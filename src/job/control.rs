@@ -133,6 +133,14 @@ pub async fn status(ch: &dyn Channel, job: &str) -> anyhow::Result<JobStatus> {
     })
 }
 
+/// The age in seconds of the last heartbeat of `job`'s driver, if it beat within `dead`.
+async fn live_driver(ch: &dyn Channel, job: &str, dead: Duration) -> anyhow::Result<Option<f64>> {
+    let driver: Option<DriverBeat> = records::get(ch, &liveness::driver_key(job)).await?;
+    Ok(driver
+        .map(|d| age_s(d.unix_ms))
+        .filter(|&age| age <= dead.as_secs_f64()))
+}
+
 /// `status` as a table.
 pub fn render_status(s: &JobStatus) -> String {
     use std::fmt::Write;
@@ -193,15 +201,12 @@ pub async fn attach(
     let cfg = spec.config.clone();
     let ch = channel::open_with(url, driver::channel_options(&cfg)).await?;
     let dead = cfg.dead_time(&spec.channel);
-    let driver: Option<DriverBeat> = records::get(ch.as_ref(), &liveness::driver_key(job)).await?;
-    if let Some(d) = driver
-        && age_s(d.unix_ms) <= dead.as_secs_f64()
+    if let Some(age) = live_driver(ch.as_ref(), job, dead).await?
         && !force
     {
         anyhow::bail!(
-            "job {job} still has a live driver (its last heartbeat {:.1} s ago): attach once \
-             it is gone, or take over anyway with --force",
-            age_s(d.unix_ms)
+            "job {job} still has a live driver (its last heartbeat {age:.1} s ago): attach \
+             once it is gone, or take over anyway with --force"
         );
     }
     let mut generations = Vec::with_capacity(cfg.workers);
@@ -279,8 +284,7 @@ pub async fn cancel(url: &ChannelUrl, job: &str, limit: Duration) -> anyhow::Res
     .context("raising the job's abort flag")?;
     let dead = cfg.dead_time(&spec.channel);
     let record_key = records::job_key(job);
-    let driver: Option<DriverBeat> = records::get(ch.as_ref(), &liveness::driver_key(job)).await?;
-    if driver.is_some_and(|d| age_s(d.unix_ms) <= dead.as_secs_f64()) {
+    if live_driver(ch.as_ref(), job, dead).await?.is_some() {
         // The driver cleans up; its job record goes last but one.
         while ch.get(&record_key).await?.is_some() {
             anyhow::ensure!(
