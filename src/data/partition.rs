@@ -9,14 +9,12 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
-
 use std::path::{Path, PathBuf};
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::libsvm::{self, Layout, LineError};
-use rayon::prelude::*;
-
 use super::rows::{self, RowWriter};
 use super::{DataError, Dataset};
 

@@ -54,14 +54,6 @@ impl RowWriter {
         })
     }
 
-    /// Appends one row: its label and its (0-based index, value) pairs, indices strictly
-    /// increasing, as the LibSVM parser gives them.
-    pub fn push(&mut self, label: f32, row: &[(u32, f32)]) -> Result<(), DataError> {
-        let mut bytes = Vec::with_capacity(ROW_HEAD + row.len() * PAIR);
-        encode_row(label, row, &mut bytes);
-        self.push_encoded(&bytes, row.len() as u32)
-    }
-
     /// Appends one row already encoded by [`encode_row`], holding `nnz` pairs.
     pub fn push_encoded(&mut self, row: &[u8], nnz: u32) -> Result<(), DataError> {
         debug_assert_eq!(row.len(), ROW_HEAD + nnz as usize * PAIR);
@@ -259,7 +251,9 @@ mod tests {
         let path = dir.path().join("p");
         let mut w = RowWriter::create(&path).unwrap();
         for (label, row) in rows {
-            w.push(*label, row).unwrap();
+            let mut bytes = Vec::new();
+            encode_row(*label, row, &mut bytes);
+            w.push_encoded(&bytes, row.len() as u32).unwrap();
         }
         w.finish().unwrap();
         std::fs::read(&path).unwrap()

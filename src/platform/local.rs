@@ -224,13 +224,13 @@ pub fn supervise(exe: &Path, payload: &[u8], memory_mb: u32) -> std::io::Result<
     let limit_kb = u64::from(memory_mb) * 1024;
     let mut peak_kb = 0;
     let mut over_memory = false;
-    let mut watched = std::time::Instant::now() - WATCH_EVERY;
+    let mut watched: Option<std::time::Instant> = None;
     let status = loop {
         if let Some(status) = child.try_wait()? {
             break status;
         }
-        if watched.elapsed() >= WATCH_EVERY {
-            watched = std::time::Instant::now();
+        if watched.is_none_or(|at| at.elapsed() >= WATCH_EVERY) {
+            watched = Some(std::time::Instant::now());
             if let Some(m) = memory_of(child.id()) {
                 peak_kb = peak_kb.max(m.peak_kb).max(m.resident_kb);
                 if m.resident_kb > limit_kb && !over_memory {
