@@ -6,6 +6,7 @@
 
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -20,7 +21,18 @@ use super::{Channel, ChannelError, PollPolicy};
 pub struct DirChannel {
     root: PathBuf,
     url: String,
-    seq: AtomicU64,
+}
+
+/// Numbers this process's temp files. Process-wide, not per handle: handles opened separately
+/// in one process (each thread of the channel bench, each test writer) would otherwise count
+/// from the same zero, write the same temp file and rename each other's half-written values.
+static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// A random tag for this process's temp files: on a directory shared over the network, two
+/// machines can run processes with the same id.
+fn process_tag() -> u64 {
+    static TAG: OnceLock<u64> = OnceLock::new();
+    *TAG.get_or_init(rand::random)
 }
 
 impl DirChannel {
@@ -30,7 +42,6 @@ impl DirChannel {
         DirChannel {
             root: root.into(),
             url: url.to_string(),
-            seq: AtomicU64::new(0),
         }
     }
 
@@ -55,9 +66,10 @@ impl DirChannel {
             .expect("keys have a file name")
             .to_string_lossy();
         let tmp = parent.join(format!(
-            ".{name}.tmp-{}-{}",
+            ".{name}.tmp-{}-{:x}-{}",
             std::process::id(),
-            self.seq.fetch_add(1, Ordering::Relaxed)
+            process_tag(),
+            TEMP_SEQ.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::write(&tmp, value)?;
         std::fs::rename(&tmp, path).inspect_err(|_| {
@@ -184,5 +196,52 @@ impl Channel for DirChannel {
         keys.retain(|k| k.starts_with(prefix));
         keys.sort();
         Ok(Some(keys))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Handles opened separately in one process (as the channel bench and tests open them)
+    /// must not share temp file names, or one writer renames another's half-written file.
+    #[test]
+    fn separate_handles_in_one_process_never_tear_a_value() {
+        let root = tempfile::tempdir().unwrap();
+        let threads: Vec<_> = (0..8u8)
+            .map(|w| {
+                let root = root.path().to_path_buf();
+                std::thread::spawn(move || {
+                    let ch = DirChannel::new(root, "dir:test");
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .build()
+                        .unwrap();
+                    for _ in 0..500 {
+                        let value = Bytes::from(vec![w; 20_000 + usize::from(w) * 1_000]);
+                        rt.block_on(ch.put("job/shared", value)).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let ch = DirChannel::new(root.path(), "dir:test");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let got = rt.block_on(ch.get("job/shared")).unwrap().unwrap();
+        let w = got[0];
+        assert_eq!(got.len(), 20_000 + usize::from(w) * 1_000, "torn write");
+        assert!(got.iter().all(|&b| b == w), "torn write");
+        let left: Vec<_> = std::fs::read_dir(root.path().join("job"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            left,
+            vec![std::ffi::OsString::from("shared")],
+            "temp files left"
+        );
     }
 }
