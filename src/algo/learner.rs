@@ -243,6 +243,12 @@ pub struct TrainSpec {
     pub total_rows: usize,
     /// Compute threads ([`super::threads::vcpus_for_memory`] of the worker's memory).
     pub threads: usize,
+    /// CNNs: what the partition location records about its images.
+    pub images: Option<crate::data::images::ImageFacts>,
+    /// CNNs: momentum of the SGD step.
+    pub momentum: f32,
+    /// CNNs: multiplies every layer's channel count (1 = the published network).
+    pub width: f32,
 }
 
 /// A learner that cannot be built.

@@ -7,6 +7,7 @@
 //! [`build`] is the registry from a model's name to its learner.
 
 pub mod admm;
+pub mod cnn;
 pub mod kmeans;
 pub mod learner;
 pub mod linear;
@@ -27,6 +28,9 @@ pub fn build(spec: &TrainSpec, data: Dataset) -> Result<Box<dyn Learner>, ModelE
             linear::learner(spec, data)
         }
         ModelKind::Kmeans | ModelKind::SparseKmeans => kmeans::learner(spec, data),
+        ModelKind::Resnet20 | ModelKind::Resnet18 | ModelKind::Mobilenet => {
+            cnn::learner(spec, data)
+        }
     }
 }
 
@@ -47,6 +51,12 @@ pub enum ModelKind {
     Kmeans,
     /// Lloyd's KMeans on sparse (CSR) features.
     SparseKmeans,
+    /// ResNet-20 for small images (about 0.27 M parameters): quick CNN runs.
+    Resnet20,
+    /// ResNet-18 in its CIFAR form (about 11.2 M parameters).
+    Resnet18,
+    /// MobileNet v1 for 32x32 images (about 3.2 M parameters).
+    Mobilenet,
 }
 
 impl ModelKind {
@@ -55,6 +65,14 @@ impl ModelKind {
         matches!(
             self,
             ModelKind::SparseLr | ModelKind::SparseSvm | ModelKind::SparseKmeans
+        )
+    }
+
+    /// True for the convolutional networks, which train on image partitions.
+    pub fn is_cnn(self) -> bool {
+        matches!(
+            self,
+            ModelKind::Resnet20 | ModelKind::Resnet18 | ModelKind::Mobilenet
         )
     }
 
@@ -69,6 +87,7 @@ impl ModelKind {
             ModelKind::Lr | ModelKind::SparseLr => Some(linear::Loss::Logistic),
             ModelKind::Svm | ModelKind::SparseSvm => Some(linear::Loss::Hinge),
             ModelKind::Kmeans | ModelKind::SparseKmeans => None,
+            ModelKind::Resnet20 | ModelKind::Resnet18 | ModelKind::Mobilenet => None,
         }
     }
 }
@@ -82,6 +101,9 @@ impl std::fmt::Display for ModelKind {
             ModelKind::SparseSvm => "sparse_svm",
             ModelKind::Kmeans => "kmeans",
             ModelKind::SparseKmeans => "sparse_kmeans",
+            ModelKind::Resnet20 => "resnet20",
+            ModelKind::Resnet18 => "resnet18",
+            ModelKind::Mobilenet => "mobilenet",
         })
     }
 }

@@ -339,10 +339,10 @@ impl Watchdog {
             let why = "ran up to its deadline (the function's timeout) without checkpointing \
                        and was ended by Lambda: the invocation is too short for loading the \
                        data plus one round; raise the function's timeout or --reinvoke-margin";
-            if let Ok(rt) = super::runtime() {
-                if let Err(e) = rt.block_on(worker::report_lost(&event, why, "")) {
-                    tracing::error!("could not report it: {e:#}");
-                }
+            if let Ok(rt) = super::runtime()
+                && let Err(e) = rt.block_on(worker::report_lost(&event, why, ""))
+            {
+                tracing::error!("could not report it: {e:#}");
             }
             if sleep_until(deadline + EXIT_AFTER_DEADLINE, &flag) {
                 eprintln!("invocation deadline passed: ending the instance");

@@ -7,7 +7,7 @@ mod progress;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 
 use crate::algo::{ModelKind, OptimKind, StepRule};
@@ -289,6 +289,12 @@ pub struct TrainArgs {
     /// ADMM: local epochs per round.
     #[arg(long)]
     pub local_epochs: Option<u32>,
+    /// CNNs: momentum of the SGD step (default 0.9).
+    #[arg(long)]
+    pub momentum: Option<f32>,
+    /// CNNs: width multiplier of every layer's channels (default 1; 0.125 for tiny runs).
+    #[arg(long)]
+    pub width: Option<f32>,
     /// Early-stop tolerance (KMeans: relative objective change; ADMM: both residuals).
     #[arg(long)]
     pub tol: Option<f64>,
@@ -377,6 +383,8 @@ impl TrainArgs {
             runs_dir,
             reg,
             local_epochs,
+            momentum,
+            width,
             tol,
             k,
             memory_mb,
@@ -461,7 +469,7 @@ pub struct SuperviseArgs {
 /// `lambdaml data ...`.
 #[derive(Debug, Subcommand)]
 pub enum DataCommand {
-    /// Write a synthetic LibSVM dataset.
+    /// Write a synthetic dataset: LibSVM text, or for `cifar` CIFAR-10 binary records.
     Synth {
         /// Which dataset.
         #[arg(value_enum)]
@@ -479,10 +487,13 @@ pub enum DataCommand {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Split a LibSVM file into N partitions (round-robin by line) with a manifest.
+    /// Split a LibSVM file (round-robin by line), a CIFAR-10 binary file (`*.bin`) or an IDX
+    /// image file (`*-images-idx3-ubyte[.gz]`, labels beside it) into N partitions with a
+    /// manifest. Several CIFAR-10 files (data_batch_1.bin ... data_batch_5.bin) are split as one.
     Split {
-        /// The LibSVM file.
-        file: PathBuf,
+        /// The data file(s).
+        #[arg(required = true, num_args = 1..)]
+        files: Vec<PathBuf>,
         /// Number of partitions (= workers).
         #[arg(long)]
         parts: usize,
@@ -814,6 +825,21 @@ async fn channel_command(cmd: ChannelCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The images of `files` when they are image files (every one CIFAR-10 binary, or one IDX
+/// file); `None` for a LibSVM file.
+fn split_image_source(files: &[PathBuf]) -> anyhow::Result<Option<crate::data::images::ImageSet>> {
+    if files.len() > 1 {
+        if files
+            .iter()
+            .all(|f| f.extension().is_some_and(|e| e == "bin"))
+        {
+            return Ok(Some(crate::data::images::read_cifar(files)?));
+        }
+        return Ok(None);
+    }
+    crate::job::plan::read_image_file(&files[0])
+}
+
 fn data(cmd: DataCommand) -> anyhow::Result<()> {
     let ui = BarUi::new(true);
     use crate::job::plan::DataProgress;
@@ -840,11 +866,19 @@ fn data(cmd: DataCommand) -> anyhow::Result<()> {
             eprintln!("wrote {rows} rows to {}", out.display());
         }
         DataCommand::Split {
-            file,
+            files,
             parts,
             out,
             features,
         } => {
+            let images = split_image_source(&files)?;
+            let file = match (&images, files.as_slice()) {
+                (Some(_), _) => files[0].clone(),
+                (None, [one]) => one.clone(),
+                (None, _) => bail!(
+                    "several files are split together only when they are CIFAR-10 binary files (*.bin)"
+                ),
+            };
             let len = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
             let local = match &out {
                 DataLocation::Local(dir) => dir.clone(),
@@ -852,9 +886,20 @@ fn data(cmd: DataCommand) -> anyhow::Result<()> {
                     std::env::temp_dir().join(format!("lambdaml-split-{}", std::process::id()))
                 }
             };
-            ui.phase("split", len, true);
-            let m = partition::split_file(&file, parts, &local, features, |b| ui.advance(b))?;
-            ui.done();
+            let m = match &images {
+                Some(set) => {
+                    let names: Vec<String> =
+                        files.iter().map(|f| f.display().to_string()).collect();
+                    partition::split_images(set, parts, &local, &names.join(", "))?
+                }
+                None => {
+                    ui.phase("split", len, true);
+                    let m =
+                        partition::split_file(&file, parts, &local, features, |b| ui.advance(b))?;
+                    ui.done();
+                    m
+                }
+            };
             if let DataLocation::S3 { bucket, prefix } = &out {
                 ui.phase("upload", len, true);
                 let uploaded = runtime()?.block_on(crate::job::data_source::upload(

@@ -3,6 +3,7 @@
 //! This layer knows nothing of channels, platforms or training; it turns bytes on disk into
 //! feature matrices and labels, and files into partitions that workers load by index.
 
+pub mod images;
 pub mod libsvm;
 pub mod location;
 pub mod matrix;

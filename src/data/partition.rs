@@ -50,6 +50,9 @@ pub struct Manifest {
     /// How the partition files are encoded (LibSVM text in manifests that do not say).
     #[serde(default)]
     pub format: PartFormat,
+    /// Image locations: the images' shape, classes and channel statistics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<super::images::ImageFacts>,
 }
 
 /// How the partition files of a location are encoded.
@@ -61,6 +64,9 @@ pub enum PartFormat {
     Libsvm,
     /// Parsed rows in the binary format of [`super::rows`].
     Rows,
+    /// Image records of [`super::images`] (CIFAR-10's binary format for 3x32x32 images):
+    /// a label byte and `n_features` pixel bytes each.
+    Images,
 }
 
 impl Manifest {
@@ -119,6 +125,47 @@ pub fn split_file(
         pieces: rayon::current_num_threads().clamp(1, 16),
     };
     split_in(src, parts, out, n_features, progress, cut)
+}
+
+/// Deals the images of `set` round-robin into `parts` image partitions under `out` (records
+/// in CIFAR-10's binary format for 3x32x32 images), with the set's channel statistics in the
+/// manifest so every worker normalises alike. `source` names the input in the manifest.
+pub fn split_images(
+    set: &super::images::ImageSet,
+    parts: usize,
+    out: &Path,
+    source: &str,
+) -> Result<Manifest, DataError> {
+    if parts == 0 {
+        return Err(DataError::Invalid("cannot split into 0 partitions".into()));
+    }
+    if set.is_empty() {
+        return Err(DataError::Invalid(format!("{source} holds no images")));
+    }
+    std::fs::create_dir_all(out).map_err(|e| DataError::io(out, e))?;
+    let mut rows = Vec::with_capacity(parts);
+    for i in 0..parts {
+        let path = part_path(out, i, parts);
+        let mine: Vec<usize> = (i..set.len()).step_by(parts).collect();
+        rows.push(mine.len());
+        std::fs::write(&path, set.records(mine)).map_err(|e| DataError::io(&path, e))?;
+    }
+    let facts = set.facts();
+    let manifest = Manifest {
+        parts,
+        rows,
+        n_features: set.shape.pixels(),
+        max_index: set.shape.pixels(),
+        max_index_line: None,
+        nnz: (set.len() * set.shape.pixels()) as u64,
+        labels: (0..facts.classes).map(|c| c as f32).collect(),
+        labels_truncated: false,
+        source: source.to_string(),
+        format: PartFormat::Images,
+        images: Some(facts),
+    };
+    write_manifest(out, &manifest)?;
+    Ok(manifest)
 }
 
 /// How [`split_in`] cuts the text it parses in parallel.
@@ -194,6 +241,7 @@ fn split_in(
         labels_truncated: scan.labels_truncated,
         source: src.display().to_string(),
         format: PartFormat::Rows,
+        images: None,
     };
     write_manifest(out, &manifest)?;
     Ok(manifest)
@@ -364,6 +412,7 @@ pub fn decode_part(
     match format {
         PartFormat::Libsvm => libsvm::parse_bytes(bytes, path, n_features, layout),
         PartFormat::Rows => rows::decode(bytes, path, n_features, layout),
+        PartFormat::Images => super::images::decode_part(bytes, path, n_features),
     }
 }
 

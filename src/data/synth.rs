@@ -26,6 +26,9 @@ pub enum SynthKind {
     /// Dense Gaussian clusters for KMeans: 8 well-separated centres in 16 dimensions (by
     /// default), the label is the cluster index.
     Blobs,
+    /// 3x32x32 images in 10 classes, in CIFAR-10's binary format, for the CNNs
+    /// ([`super::images::synth_cifar`]).
+    Cifar,
 }
 
 impl SynthKind {
@@ -35,6 +38,7 @@ impl SynthKind {
             SynthKind::Higgs => HIGGS_FEATURES,
             SynthKind::Rcv1 => RCV1_FEATURES,
             SynthKind::Blobs => BLOBS_FEATURES,
+            SynthKind::Cifar => super::images::ImageShape::CIFAR.pixels(),
         }
     }
 }
@@ -54,7 +58,7 @@ const HIGGS_LOW: usize = 21;
 /// Terms of the RCV1-like set that carry the label.
 const RCV1_INFORMATIVE_TERMS: usize = 300;
 
-/// Writes `rows` rows of the chosen dataset in LibSVM format. `n_features` applies to rcv1
+/// Writes `rows` rows of the chosen dataset in LibSVM format (`cifar`: image records). `n_features` applies to rcv1
 /// and blobs (higgs always has 28). `progress` is called with the rows written so far.
 pub fn generate(
     kind: SynthKind,
@@ -80,6 +84,13 @@ pub fn generate(
             out,
             progress,
         ),
+        SynthKind::Cifar => {
+            let set = super::images::synth_cifar(rows, seed);
+            out.write_all(&set.records(0..set.len()))?;
+            let mut progress = progress;
+            progress(rows);
+            Ok(())
+        }
     }
 }
 

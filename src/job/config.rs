@@ -58,6 +58,11 @@ pub struct JobConfig {
     pub rho: Option<f32>,
     /// ADMM: epochs of local SGD per round.
     pub local_epochs: u32,
+    /// CNNs: momentum of the SGD step.
+    pub momentum: f32,
+    /// CNNs: width multiplier of every layer's channels (1 = the published network; tests
+    /// train tiny variants such as 0.125).
+    pub width: f32,
     /// Early stop: KMeans when the objective's relative change is below it; ADMM when both
     /// residuals are. 0 disables.
     pub tol: f64,
@@ -139,6 +144,8 @@ impl Default for JobConfig {
             reg: Reg::L2,
             rho: None,
             local_epochs: 1,
+            momentum: 0.9,
+            width: 1.0,
             tol: 1e-4,
             k: 8,
             init_centroids: None,
@@ -305,6 +312,30 @@ impl JobConfig {
                 "must be at least the number of workers",
             ));
         }
+        if !(self.momentum.is_finite() && (0.0..1.0).contains(&self.momentum)) {
+            return Err(field(
+                "momentum",
+                format!("must be in [0, 1), got {}", self.momentum),
+            ));
+        }
+        if !(self.width.is_finite() && self.width > 0.0 && self.width <= 4.0) {
+            return Err(field(
+                "width",
+                format!("must be in (0, 4], got {}", self.width),
+            ));
+        }
+        if self.data.is_none() && self.synth == SynthKind::Cifar && !self.model.is_cnn() {
+            return Err(field(
+                "synth",
+                "synthetic cifar images train the CNNs (--model resnet20, resnet18, mobilenet)",
+            ));
+        }
+        if self.model.is_cnn() && self.optim == OptimKind::Admm {
+            return Err(field(
+                "optim",
+                "ADMM is for convex models: train a CNN with grad_avg or model_avg",
+            ));
+        }
         if self.model.is_clustering() {
             if self.optim == OptimKind::Admm {
                 return Err(field(
@@ -425,6 +456,8 @@ impl JobConfig {
     pub fn learning_rate(&self) -> f32 {
         self.lr
             .unwrap_or(match (self.step_rule(), self.model.loss()) {
+                // SGD with momentum 0.9, batch 32 to 128: the usual rate for CIFAR ResNets.
+                (StepRule::Sgd, _) if self.model.is_cnn() => 0.05,
                 (StepRule::Sgd, _) => 0.1,
                 (StepRule::Adagrad, Some(crate::algo::linear::Loss::Hinge)) => 2.0,
                 (StepRule::Adagrad, _) => 1.0,
@@ -443,7 +476,9 @@ impl JobConfig {
     /// The regularisation strength for `training_rows` rows: as given, else the model's
     /// default.
     pub fn regularisation(&self, training_rows: usize) -> f32 {
-        self.lam.unwrap_or(if self.model.is_sparse() {
+        self.lam.unwrap_or(if self.model.is_cnn() {
+            5e-4 // weight decay of the CIFAR ResNets
+        } else if self.model.is_sparse() {
             1.0 / training_rows.max(1) as f32
         } else {
             1e-4

@@ -112,7 +112,21 @@ async fn run_prepared(
     ui: &dyn JobProgress,
 ) -> anyhow::Result<JobOutcome> {
     let usage_base = crate::channel::meter::snapshot();
-    let labels = if cfg.model.is_clustering() {
+    match (&data.manifest.images, cfg.model.is_cnn()) {
+        (None, true) => bail!(
+            "--model {} trains on images, and '{}' holds rows of features: pass a CIFAR-10 \
+             binary file, an IDX image file, or their partitions (`lambdaml data split`)",
+            cfg.model,
+            data.location
+        ),
+        (Some(facts), false) => bail!(
+            "'{}' holds {} images: train them with --model resnet20, resnet18 or mobilenet",
+            data.location,
+            facts.shape
+        ),
+        _ => {}
+    }
+    let labels = if cfg.model.is_clustering() || cfg.model.is_cnn() {
         None
     } else if data.manifest.labels_truncated {
         bail!("the data has more than 16 distinct labels; lr and svm are binary classifiers");
@@ -150,6 +164,7 @@ async fn run_prepared(
         data_location: data.location.clone(),
         n_features: data.n_features,
         labels,
+        images: data.manifest.images.clone(),
         total_rows: data.manifest.total_rows(),
         steps_per_epoch,
         platform: PlatformSpec::new(

@@ -24,6 +24,9 @@ pub struct JobSpec {
     pub n_features: usize,
     /// Raw label values of the two classes (classifiers only).
     pub labels: Option<BinaryLabels>,
+    /// CNNs: the images' shape, classes and channel statistics (from the manifest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<crate::data::images::ImageFacts>,
     /// Rows in all partitions.
     pub total_rows: usize,
     /// Minibatches per epoch, the same on every worker.
@@ -64,6 +67,9 @@ impl JobSpec {
             steps_per_epoch: self.steps_per_epoch,
             total_rows: self.total_rows,
             threads: crate::algo::threads::vcpus_for_memory(c.memory_mb),
+            images: self.images.clone(),
+            momentum: c.momentum,
+            width: c.width,
         }
     }
 

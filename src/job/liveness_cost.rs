@@ -58,6 +58,7 @@ pub async fn measure(
             data_location: DataLocation::Local(Default::default()),
             n_features: 0,
             labels: None,
+            images: None,
             total_rows: 0,
             steps_per_epoch: 0,
             platform: PlatformSpec::Local(FunctionSpec {

@@ -9,9 +9,9 @@ use anyhow::{Context, bail};
 
 use super::config::JobConfig;
 use super::data_source;
-use crate::data::DataLocation;
 use crate::data::partition::{self, Manifest};
 use crate::data::synth;
+use crate::data::{DataLocation, images};
 
 /// Partitions ready for the workers.
 #[derive(Debug, Clone)]
@@ -49,6 +49,16 @@ pub async fn prepare_data(
             return partitioned(cfg, remote.clone(), manifest);
         }
         Some(DataLocation::Local(path)) => path.clone(),
+        None if cfg.model.is_cnn() => {
+            ui.phase("synthesise", cfg.synth_rows as u64, false);
+            let set = images::synth_cifar(cfg.synth_rows, cfg.seed);
+            ui.done();
+            let source = format!(
+                "synthetic cifar, {} images, seed {}",
+                cfg.synth_rows, cfg.seed
+            );
+            return split_images(cfg, run_dir, &set, &source);
+        }
         None => synthesize(cfg, ui)?,
     };
     let meta = std::fs::metadata(&source)
@@ -57,12 +67,51 @@ pub async fn prepare_data(
         let manifest = partition::read_manifest(&source)?;
         return partitioned(cfg, DataLocation::Local(source), manifest);
     }
+    if let Some(set) = read_image_file(&source)? {
+        return split_images(cfg, run_dir, &set, &source.display().to_string());
+    }
     let location = run_dir.join("partitions");
     ui.phase("split", meta.len(), true);
     let manifest = partition::split_file(&source, cfg.workers, &location, cfg.features, |b| {
         ui.advance(b)
     })?;
     ui.done();
+    Ok(PreparedData {
+        location: DataLocation::Local(location),
+        n_features: manifest.n_features,
+        manifest,
+        temporary: true,
+    })
+}
+
+/// The images of `path` when it is an image file: CIFAR-10 binary (`*.bin`) or IDX
+/// (`*-images-idx3-ubyte[.gz]`, with its labels file beside it); `None` for LibSVM.
+pub fn read_image_file(path: &Path) -> anyhow::Result<Option<images::ImageSet>> {
+    if images::is_idx(path) {
+        let labels = images::idx_labels_path(path).with_context(|| {
+            format!(
+                "{}: an IDX image file is named *-images-idx3-ubyte[.gz], with its labels in \
+                 *-labels-idx1-ubyte[.gz] beside it",
+                path.display()
+            )
+        })?;
+        return Ok(Some(images::read_idx(path, &labels)?));
+    }
+    if path.extension().is_some_and(|e| e == "bin") {
+        return Ok(Some(images::read_cifar(&[path])?));
+    }
+    Ok(None)
+}
+
+/// Partitions of `set` for the job, made in its run folder.
+fn split_images(
+    cfg: &JobConfig,
+    run_dir: &Path,
+    set: &images::ImageSet,
+    source: &str,
+) -> anyhow::Result<PreparedData> {
+    let location = run_dir.join("partitions");
+    let manifest = partition::split_images(set, cfg.workers, &location, source)?;
     Ok(PreparedData {
         location: DataLocation::Local(location),
         n_features: manifest.n_features,
@@ -252,6 +301,7 @@ mod tests {
             labels_truncated: false,
             source: "data.svm".into(),
             format: PartFormat::Rows,
+            images: None,
         };
         let cfg = JobConfig::default();
         let err = check_memory(&cfg, &m, m.n_features, None)
@@ -293,6 +343,7 @@ mod tests {
             labels_truncated: false,
             source: String::new(),
             format: PartFormat::Rows,
+            images: None,
         };
         // 999 - 99 = 900 training rows -> 9 batches of 100.
         assert_eq!(steps_per_epoch(&m, 0.1, 100).unwrap(), 9);

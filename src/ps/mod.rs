@@ -47,7 +47,7 @@ pub fn to_chunks(values: &[f32]) -> Vec<Bytes> {
 
 /// Appends little-endian f32 `bytes` to `out`; an error when the length is not a multiple of 4.
 pub fn extend_from_bytes(out: &mut Vec<f32>, bytes: &[u8]) -> Result<(), String> {
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return Err(format!(
             "a chunk of {} bytes is not a whole number of f32 values",
             bytes.len()

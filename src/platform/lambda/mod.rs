@@ -171,16 +171,16 @@ impl Platform for LambdaPlatform {
                 None
             }
         };
-        if let Some(reserved) = reserved {
-            if (reserved.max(0) as usize) < workers {
-                return Err(unfit(format!(
-                    "the Lambda function '{}' can run at most {reserved} invocations at once \
+        if let Some(reserved) = reserved
+            && (reserved.max(0) as usize) < workers
+        {
+            return Err(unfit(format!(
+                "the Lambda function '{}' can run at most {reserved} invocations at once \
                      (its reserved concurrency), fewer than the job's {workers} workers, which \
                      must all run together: raise it (aws lambda put-function-concurrency \
                      --reserved-concurrent-executions {workers}) or use --workers {reserved}",
-                    self.f.function
-                )));
-            }
+                self.f.function
+            )));
         }
         let facts = FunctionFacts {
             timeout_s: config.timeout().map_or(self.f.timeout_s, f64::from),

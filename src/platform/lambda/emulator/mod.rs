@@ -347,21 +347,21 @@ impl Emulator {
                 if handle.arriving {
                     book.arriving -= 1;
                 }
-                if let Some(rid) = handle.current {
-                    if let Some(run) = book.running.remove(&rid) {
-                        match killed {
-                            Some(Kill::Timeout) => book.stats.timeouts += 1,
-                            Some(Kill::Retired) => {}
-                            None if why.contains("memory") => book.stats.out_of_memory += 1,
-                            None => book.stats.crashed += 1,
-                        }
-                        tracing::warn!(request_id = %rid, instance = id, "{why}");
-                        let body = serde_json::json!({
-                            "errorType": "Runtime.ExitError", "errorMessage": why,
-                        });
-                        if let Some(reply) = run.reply {
-                            let _ = reply.send(Answer::FunctionError(body.to_string().into()));
-                        }
+                if let Some(rid) = handle.current
+                    && let Some(run) = book.running.remove(&rid)
+                {
+                    match killed {
+                        Some(Kill::Timeout) => book.stats.timeouts += 1,
+                        Some(Kill::Retired) => {}
+                        None if why.contains("memory") => book.stats.out_of_memory += 1,
+                        None => book.stats.crashed += 1,
+                    }
+                    tracing::warn!(request_id = %rid, instance = id, "{why}");
+                    let body = serde_json::json!({
+                        "errorType": "Runtime.ExitError", "errorMessage": why,
+                    });
+                    if let Some(reply) = run.reply {
+                        let _ = reply.send(Answer::FunctionError(body.to_string().into()));
                     }
                 }
             }
@@ -402,12 +402,11 @@ impl Emulator {
     /// Ends instance `id` for `why`, if it still runs `request_id`.
     fn kill_if_running(&self, id: u64, request_id: &str, why: Kill) {
         let mut book = self.book.lock().unwrap();
-        if let Some(handle) = book.instances.get_mut(&id) {
-            if handle.current.as_deref() == Some(request_id) {
-                if let Some(kill) = handle.kill.take() {
-                    let _ = kill.send(why);
-                }
-            }
+        if let Some(handle) = book.instances.get_mut(&id)
+            && handle.current.as_deref() == Some(request_id)
+            && let Some(kill) = handle.kill.take()
+        {
+            let _ = kill.send(why);
         }
     }
 }

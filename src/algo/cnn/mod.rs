@@ -1,0 +1,360 @@
+//! Convolutional networks (ResNet-20, ResNet-18, MobileNet v1) trained with burn's `flex`
+//! CPU backend, behind the same [`Learner`] trait as every other model.
+//!
+//! The network lives in the flat vector of [`LearnerState::params`] ([`flat`]); each step
+//! loads it into a burn module, runs forward and backward on one augmented minibatch, and
+//! writes one vector to combine across workers: the gradient (plus weight decay) at the
+//! trainable values and the batch-updated BatchNorm running statistics at the others.
+//! Applying a (mean) vector takes an SGD step with momentum at the trainable values and sets
+//! the statistics to the (mean) statistics. Every worker applies the same mean to the same
+//! state with the same plain loop, so grad_avg keeps their models bit-identical, statistics
+//! included. Momentum lives in [`LearnerState::aux`], so checkpoints carry it.
+
+pub mod flat;
+pub mod nets;
+
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+use super::learner::{
+    EpochSync, Init, Learner, LearnerState, Metrics, ModelError, Segment, Step, StepSync, TrainSpec,
+};
+use super::{ModelKind, OptimKind, sgd};
+use crate::data::images::{Augment, ImageFacts, fill_batch};
+use crate::data::{Dataset, Features};
+use nets::{MobileNet, Net, NetShape, ResNet};
+
+/// Images evaluated per forward pass when measuring validation loss and accuracy.
+const EVAL_BATCH: usize = 256;
+
+/// The learner of the CNN `spec.model` on this worker's images `data`.
+pub fn learner(spec: &TrainSpec, data: Dataset) -> Result<Box<dyn Learner>, ModelError> {
+    let facts = spec.images.clone().ok_or_else(|| {
+        ModelError::Invalid(format!(
+            "--model {} trains on images: split a CIFAR-10 or IDX file with `lambdaml data split`",
+            spec.model
+        ))
+    })?;
+    if spec.optim == OptimKind::Admm {
+        return Err(ModelError::Invalid(format!(
+            "ADMM is for convex models; train --model {} with grad_avg or model_avg",
+            spec.model
+        )));
+    }
+    let Features::Dense(pixels) = data.features else {
+        return Err(ModelError::Invalid(
+            "image partitions load as dense pixels".into(),
+        ));
+    };
+    if pixels.n_features != facts.shape.pixels() {
+        return Err(ModelError::Invalid(format!(
+            "images of {} have {} pixels, the partition rows {}",
+            facts.shape,
+            facts.shape.pixels(),
+            pixels.n_features
+        )));
+    }
+    let shape = NetShape {
+        channels: facts.shape.channels,
+        classes: facts.classes,
+        width: spec.width,
+    };
+    let device = Device::flex().autodiff();
+    device.seed(spec.seed);
+    let labels = data.labels.iter().map(|&l| l as i64).collect();
+    let data = Images {
+        pixels: pixels.values,
+        labels,
+        facts,
+    };
+    Ok(match spec.model {
+        ModelKind::Resnet20 => Box::new(Cnn::new(
+            ResNet::resnet20(shape, &device),
+            device,
+            data,
+            spec,
+        )),
+        ModelKind::Resnet18 => Box::new(Cnn::new(
+            ResNet::resnet18(shape, &device),
+            device,
+            data,
+            spec,
+        )),
+        ModelKind::Mobilenet => {
+            Box::new(Cnn::new(MobileNet::new(shape, &device), device, data, spec))
+        }
+        other => unreachable!("{other} is not a CNN"),
+    })
+}
+
+/// A worker's images: pixels (0-255 as `f32`, one image per row) and class labels.
+struct Images {
+    pixels: Vec<f32>,
+    labels: Vec<i64>,
+    facts: ImageFacts,
+}
+
+/// A network with its optimizer and its partition.
+struct Cnn<N: Net> {
+    /// The network's structure on the autodiff device; its values are replaced from the
+    /// flat vector at every step.
+    net: N,
+    device: Device,
+    layout: flat::Layout,
+    trainable: Vec<bool>,
+    data: Images,
+    optim: OptimKind,
+    lr: f32,
+    momentum: f32,
+    weight_decay: f32,
+    seed: u64,
+    worker: usize,
+    steps: usize,
+    train_rows: Vec<u32>,
+    val_rows: Vec<u32>,
+    order: Option<(u32, Vec<u32>)>,
+    pool: rayon::ThreadPool,
+    batch: Vec<f32>,
+}
+
+impl<N: Net> Cnn<N> {
+    fn new(net: N, device: Device, data: Images, spec: &TrainSpec) -> Self {
+        let layout = flat::Layout::of(&net);
+        let (val_rows, train_rows) =
+            sgd::train_val_split(data.labels.len(), spec.val_ratio, spec.seed, spec.worker);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(spec.threads.max(1))
+            .thread_name(|i| format!("cnn-{i}"))
+            .build()
+            .expect("a thread pool starts");
+        Cnn {
+            trainable: layout.trainable_mask(),
+            layout,
+            net,
+            device,
+            data,
+            optim: spec.optim,
+            lr: spec.lr,
+            momentum: spec.momentum,
+            weight_decay: spec.lam,
+            seed: spec.seed,
+            worker: spec.worker,
+            steps: spec.steps_per_epoch,
+            train_rows,
+            val_rows,
+            order: None,
+            pool,
+            batch: Vec::new(),
+        }
+    }
+
+    /// The images `[b, c, h, w]` in `self.batch` and their labels as tensors.
+    fn tensors(&self, labels: Vec<i64>) -> (Tensor<4>, Tensor<1, Int>) {
+        let s = self.data.facts.shape;
+        let b = labels.len();
+        let x = Tensor::from_data(
+            TensorData::new(self.batch.clone(), [b, s.channels, s.height, s.width]),
+            &self.device,
+        );
+        let y = Tensor::from_data(TensorData::new(labels, [b]), &self.device);
+        (x, y)
+    }
+
+    /// Steps `state` with `vector`: momentum SGD at trainable values, statistics replaced.
+    fn apply(&self, state: &mut LearnerState, vector: &[f32]) {
+        let (lr, mu) = (self.lr, self.momentum);
+        let velocity = &mut state.aux;
+        for (i, (w, &v)) in state.params.iter_mut().zip(vector).enumerate() {
+            if self.trainable[i] {
+                velocity[i] = mu * velocity[i] + v;
+                *w -= lr * velocity[i];
+            } else {
+                *w = v;
+            }
+        }
+    }
+
+    /// A seed for the augmentation of one step, so a resumed invocation replays it.
+    fn step_seed(&self, epoch: u32, step: usize) -> u64 {
+        self.seed
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .wrapping_add((self.worker as u64) << 40)
+            .wrapping_add(u64::from(epoch) << 20)
+            .wrapping_add(step as u64)
+    }
+}
+
+impl<N: Net> Learner for Cnn<N> {
+    fn segments(&self) -> Vec<Segment> {
+        self.layout.segments()
+    }
+
+    /// Worker 0's freshly initialised network, broadcast so every worker starts from it.
+    fn init(&self) -> Result<Init, ModelError> {
+        let own = (self.worker == 0).then(|| flat::flatten(&self.net.valid()));
+        Ok(Init::Broadcast {
+            own,
+            len: self.layout.len(),
+        })
+    }
+
+    fn state_from_broadcast(&self, values: Vec<f32>) -> LearnerState {
+        let aux = vec![0.0; values.len()];
+        LearnerState {
+            params: values,
+            aux,
+        }
+    }
+
+    fn steps_per_epoch(&self) -> usize {
+        self.steps
+    }
+
+    fn step(
+        &mut self,
+        state: &mut LearnerState,
+        epoch: u32,
+        step: usize,
+        grad: &mut Vec<f32>,
+    ) -> Step {
+        if self.order.as_ref().is_none_or(|(e, _)| *e != epoch) {
+            let o = sgd::epoch_order(&self.train_rows, self.seed, self.worker, epoch);
+            self.order = Some((epoch, o));
+        }
+        let order = &self.order.as_ref().expect("order set above").1;
+        let rows = order[sgd::batch_bounds(order.len(), self.steps, step)].to_vec();
+        let loss = if rows.is_empty() {
+            // Nothing to learn from: no gradient, statistics as they are.
+            grad.clear();
+            grad.extend(
+                state
+                    .params
+                    .iter()
+                    .zip(&self.trainable)
+                    .map(|(&w, &t)| if t { 0.0 } else { w }),
+            );
+            0.0
+        } else {
+            let mut rng = StdRng::seed_from_u64(self.step_seed(epoch, step));
+            let mut batch = std::mem::take(&mut self.batch);
+            fill_batch(
+                &self.data.pixels,
+                &self.data.facts,
+                &rows,
+                Some((Augment::CIFAR, &mut rng)),
+                &mut batch,
+            );
+            self.batch = batch;
+            let labels = rows.iter().map(|&r| self.data.labels[r as usize]).collect();
+            let (x, y) = self.tensors(labels);
+            let net = flat::load(self.net.clone(), &state.params);
+            let loss = self.pool.install(|| {
+                let logits = net.forward(x);
+                let loss = CrossEntropyLossConfig::new()
+                    .init(&self.device)
+                    .forward(logits, y);
+                let value = loss.clone().into_scalar::<f32>();
+                let grads = GradientsParams::from_grads(loss.backward(), &net);
+                flat::flatten_grads(&net, &grads, grad);
+                value
+            });
+            let after = flat::flatten(&net.valid());
+            for (i, g) in grad.iter_mut().enumerate() {
+                if self.trainable[i] {
+                    *g += self.weight_decay * state.params[i];
+                } else {
+                    *g = after[i];
+                }
+            }
+            loss
+        };
+        let sync = match self.optim {
+            OptimKind::GradAvg => StepSync::MeanGradient,
+            OptimKind::ModelAvg | OptimKind::Admm => {
+                let own = std::mem::take(grad);
+                self.apply(state, &own);
+                *grad = own;
+                StepSync::Local
+            }
+        };
+        Step { loss, sync }
+    }
+
+    fn apply_mean_gradient(&self, state: &mut LearnerState, mean: &mut [f32]) {
+        self.apply(state, mean);
+    }
+
+    fn syncs_each_epoch(&self) -> bool {
+        self.optim == OptimKind::ModelAvg
+    }
+
+    fn epoch_vector(&self, state: &LearnerState) -> Vec<f32> {
+        state.params.clone()
+    }
+
+    fn apply_epoch_mean(&self, state: &mut LearnerState, mean: &[f32]) -> EpochSync {
+        state.params = mean.to_vec();
+        EpochSync::default()
+    }
+
+    fn evaluate(&self, state: &LearnerState) -> Metrics {
+        if self.val_rows.is_empty() {
+            return Metrics::default();
+        }
+        let net = flat::load(self.net.clone(), &state.params).valid();
+        let s = self.data.facts.shape;
+        let device = Device::flex();
+        let (mut loss, mut correct) = (0f64, 0usize);
+        let mut batch = Vec::new();
+        for rows in self.val_rows.chunks(EVAL_BATCH) {
+            fill_batch(&self.data.pixels, &self.data.facts, rows, None, &mut batch);
+            let x = Tensor::from_data(
+                TensorData::new(batch.clone(), [rows.len(), s.channels, s.height, s.width]),
+                &device,
+            );
+            let logits = self.pool.install(|| net.forward(x)).into_data();
+            let logits = logits.as_slice::<f32>().expect("f32 logits");
+            let classes = logits.len() / rows.len();
+            for (z, &r) in logits.chunks_exact(classes).zip(rows) {
+                let label = self.data.labels[r as usize] as usize;
+                let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let log_sum = z.iter().map(|v| (v - max).exp()).sum::<f32>().ln() + max;
+                loss += f64::from(log_sum - z[label]);
+                let best = z
+                    .iter()
+                    .enumerate()
+                    .fold(0, |b, (i, v)| if *v > z[b] { i } else { b });
+                correct += usize::from(best == label);
+            }
+        }
+        let n = self.val_rows.len() as f64;
+        Metrics {
+            val_loss: Some(loss / n),
+            val_accuracy: Some(correct as f64 / n),
+            ..Metrics::default()
+        }
+    }
+
+    fn converged(&self, _previous: Option<&Metrics>, _current: &Metrics) -> bool {
+        false
+    }
+
+    fn result(&self, state: &LearnerState) -> Vec<f32> {
+        state.params.clone()
+    }
+
+    fn rows(&self) -> (usize, usize) {
+        (self.train_rows.len(), self.val_rows.len())
+    }
+
+    fn divergence_hint(&self) -> String {
+        format!(
+            "try a smaller learning rate (--lr {}) or momentum (--momentum {})",
+            self.lr, self.momentum
+        )
+    }
+}
