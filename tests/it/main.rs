@@ -10,6 +10,7 @@ mod admm_kmeans;
 mod bad_input;
 mod bench;
 mod channel_conformance;
+mod cnn;
 mod collective_conformance;
 mod examples;
 mod gc;

@@ -13,7 +13,12 @@ fn run_on(dir: &std::path::Path, args: &[&str], channel: &str) -> Run {
 
 /// The same workload over Memcached, Redis, S3 and DynamoDB: same parameters as `dir:` for
 /// synchronous modes, and nothing of the job left on the service.
-fn check_remote_channels(dir: &std::path::Path, args: &[&str], reference: &Run, sync: &str) {
+pub(crate) fn check_remote_channels(
+    dir: &std::path::Path,
+    args: &[&str],
+    reference: &Run,
+    sync: &str,
+) {
     let memcached = Server::memcached(None);
     let redis = Server::redis();
     let s3 = format!(

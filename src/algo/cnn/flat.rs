@@ -187,3 +187,63 @@ pub fn flatten_grads<M: Module>(net: &M, grads: &GradientsParams, out: &mut Vec<
     out.clear();
     net.visit(&mut Grads { grads, out });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::algo::cnn::nets::{MobileNet, Net, NetShape, ResNet};
+
+    const CIFAR: NetShape = NetShape {
+        channels: 3,
+        classes: 10,
+        width: 1.0,
+    };
+
+    /// The published sizes: trainable parameters, then the vector with BatchNorm statistics.
+    #[test]
+    fn full_size_networks_have_the_published_parameter_counts() {
+        let device = Device::flex().autodiff();
+        let r20 = Layout::of(&ResNet::resnet20(CIFAR, &device));
+        assert_eq!((r20.trainable(), r20.len()), (272_474, 274_042));
+        let mobile = Layout::of(&MobileNet::new(CIFAR, &device));
+        assert_eq!((mobile.trainable(), mobile.len()), (3_217_226, 3_239_114));
+        let r18 = Layout::of(&ResNet::resnet18(CIFAR, &device));
+        assert_eq!((r18.trainable(), r18.len()), (11_173_962, 11_183_562));
+        assert_ne!(r20.hash(), mobile.hash());
+    }
+
+    /// A network loaded from another's vector computes the same outputs (training mode, so
+    /// BatchNorm uses batch statistics, and eval mode, so it uses the loaded running ones),
+    /// and flattens back to the same vector.
+    #[test]
+    fn a_network_loaded_from_a_vector_is_the_same_network() {
+        let device = Device::flex().autodiff();
+        let shape = NetShape {
+            width: 0.25,
+            ..CIFAR
+        };
+        let a = ResNet::resnet20(shape, &device);
+        let x = Tensor::<4>::random(
+            [4, 3, 32, 32],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        // A training forward moves the running statistics away from their initial values.
+        let _ = a.forward(x.clone());
+        let values = flatten(&a.valid());
+        let b = load(ResNet::resnet20(shape, &device), &values);
+        assert_eq!(flatten(&b.valid()), values);
+        let out = |n: &ResNet| n.valid().forward(x.clone().inner()).into_data();
+        assert_eq!(out(&a), out(&b));
+        let train = |n: &ResNet| n.forward(x.clone()).into_data();
+        assert_eq!(train(&a), train(&b));
+        // Statistics are not trainable, weights are.
+        let layout = Layout::of(&b);
+        let stats: Vec<_> = layout.slots.iter().filter(|s| !s.trainable).collect();
+        assert!(
+            stats.iter().all(|s| s.name.contains("running_")),
+            "{stats:?}"
+        );
+        assert_eq!(stats.len(), 2 * 21);
+    }
+}

@@ -358,3 +358,99 @@ impl<N: Net> Learner for Cnn<N> {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::algo::StepRule;
+    use crate::algo::admm::Reg;
+    use crate::data::images::synth_cifar;
+
+    fn spec(worker: usize) -> TrainSpec {
+        let set = synth_cifar(64, 1);
+        TrainSpec {
+            model: ModelKind::Resnet20,
+            optim: OptimKind::GradAvg,
+            n_features: 3072,
+            labels: None,
+            lr: 0.05,
+            step: StepRule::Sgd,
+            lam: 5e-4,
+            reg: Reg::L2,
+            rho: 1.0,
+            local_epochs: 1,
+            tol: 0.0,
+            k: 0,
+            init_centroids: None,
+            seed: 7,
+            val_ratio: 0.25,
+            worker,
+            workers: 2,
+            steps_per_epoch: 3,
+            total_rows: 128,
+            threads: 1,
+            images: Some(set.facts()),
+            momentum: 0.9,
+            width: 0.125,
+        }
+    }
+
+    fn learner_on(worker: usize, seed: u64) -> Box<dyn Learner> {
+        let set = synth_cifar(64, seed);
+        let data = crate::data::images::decode_part(
+            &set.records(0..set.len()),
+            std::path::Path::new("p"),
+            3072,
+        )
+        .unwrap();
+        learner(&spec(worker), data).unwrap()
+    }
+
+    /// A step's vector holds gradients at trainable values and the batch-updated running
+    /// statistics at the others; two workers on different images that apply the same mean
+    /// end in the same state, statistics included.
+    #[test]
+    fn statistics_ride_with_the_gradient_and_the_mean_makes_workers_equal() {
+        let mut a = learner_on(0, 1);
+        let mut b = learner_on(1, 2);
+        let Init::Broadcast {
+            own: Some(init), ..
+        } = a.init().unwrap()
+        else {
+            panic!("worker 0 proposes the initial network")
+        };
+        let mut sa = a.state_from_broadcast(init.clone());
+        let mut sb = b.state_from_broadcast(init.clone());
+        let (mut ga, mut gb) = (Vec::new(), Vec::new());
+        let step = a.step(&mut sa, 0, 0, &mut ga);
+        assert!(step.loss.is_finite() && step.loss > 0.0);
+        assert_eq!(step.sync, StepSync::MeanGradient);
+        b.step(&mut sb, 0, 0, &mut gb);
+        let mask = flat::Layout::of(&ResNet::resnet20(
+            NetShape {
+                channels: 3,
+                classes: 10,
+                width: 0.125,
+            },
+            &Device::flex().autodiff(),
+        ))
+        .trainable_mask();
+        let moved = |g: &[f32]| {
+            mask.iter()
+                .zip(g.iter().zip(&init))
+                .filter(|(t, (v, w))| !**t && v != w)
+                .count()
+        };
+        assert!(moved(&ga) > 0, "running statistics did not move");
+        assert_ne!(ga, gb, "different images, same vector");
+        let mut mean: Vec<f32> = ga.iter().zip(&gb).map(|(x, y)| (x + y) / 2.0).collect();
+        a.apply_mean_gradient(&mut sa, &mut mean.clone());
+        b.apply_mean_gradient(&mut sb, &mut mean);
+        assert_eq!(sa, sb);
+        for (i, t) in mask.iter().enumerate() {
+            if !t {
+                assert_eq!(sa.params[i], (ga[i] + gb[i]) / 2.0);
+            }
+        }
+    }
+}

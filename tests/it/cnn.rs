@@ -1,0 +1,212 @@
+//! CNNs (tiny ResNet-20 and MobileNet: the same graphs at 1/8 width) trained by 4 worker
+//! processes on synthetic CIFAR-format images: synchronous modes end with bit-identical
+//! workers, BatchNorm statistics included, and the loss falls; every sync mode, the
+//! parameter server and every channel carry them; a run cut by deadlines ends as an
+//! uninterrupted one.
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use crate::common::*;
+use crate::ps::PsServer;
+
+/// 1,024 synthetic 3x32x32 images in CIFAR-10's binary format.
+fn cifar_data() -> &'static Path {
+    static P: OnceLock<std::path::PathBuf> = OnceLock::new();
+    P.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("data");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("cifar-1024.bin");
+        if !path.exists() {
+            let tmp = dir.join(format!("cifar-1024.bin.{}", std::process::id()));
+            let out = output(
+                lambdaml()
+                    .args([
+                        "data", "synth", "cifar", "--rows", "1024", "--seed", "2", "--out",
+                    ])
+                    .arg(&tmp),
+            );
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::fs::rename(&tmp, &path).unwrap();
+        }
+        path
+    })
+}
+
+/// The arguments of a tiny CNN job on 4 workers.
+fn cnn_args<'a>(model: &'a str, optim: &'a str, sync: &'a str) -> Vec<&'a str> {
+    vec![
+        "--data",
+        cifar_data().to_str().unwrap(),
+        "--workers",
+        "4",
+        "--model",
+        model,
+        "--width",
+        "0.125",
+        "--optim",
+        optim,
+        "--sync",
+        sync,
+        "--epochs",
+        "3",
+        "--batch-size",
+        "16",
+        "--memory-mb",
+        "1769",
+    ]
+}
+
+/// Replaces the value of `flag` in `args`.
+fn set<'a>(args: &mut [&'a str], flag: &str, value: &'a str) {
+    let at = args.iter().position(|a| *a == flag).expect("flag present");
+    args[at + 1] = value;
+}
+
+fn check(model: &str, optim: &str, sync: &str) {
+    let dir = scratch();
+    let chan = dir.path().join("chan");
+    let args = cnn_args(model, optim, sync);
+    let run = train(
+        dir.path(),
+        &[
+            &args[..],
+            &["--channel", &format!("dir:{}", chan.display())],
+        ]
+        .concat(),
+    );
+    let losses = run.train_losses();
+    assert_eq!(losses.len(), 3);
+    assert!(
+        losses[2] < losses[0],
+        "{model}/{optim}/{sync}: training loss did not fall: {losses:?}"
+    );
+    let digests = run.digests();
+    if sync != "async" {
+        assert!(
+            digests.iter().all(|d| d == &digests[0]),
+            "{model}/{optim}/{sync}: workers ended with different parameters: {digests:?}"
+        );
+    }
+    assert!(files_under(&chan).is_empty(), "keys left on the channel");
+}
+
+#[test]
+fn resnet_grad_avg_reduce() {
+    check("resnet20", "grad_avg", "reduce");
+}
+
+#[test]
+fn resnet_grad_avg_reduce_scatter() {
+    check("resnet20", "grad_avg", "reduce_scatter");
+}
+
+#[test]
+fn mobilenet_grad_avg_reduce() {
+    check("mobilenet", "grad_avg", "reduce");
+}
+
+#[test]
+fn mobilenet_grad_avg_reduce_scatter() {
+    check("mobilenet", "grad_avg", "reduce_scatter");
+}
+
+#[test]
+fn resnet_model_avg_reduce() {
+    check("resnet20", "model_avg", "reduce");
+}
+
+#[test]
+fn resnet_grad_avg_async() {
+    check("resnet20", "grad_avg", "async");
+}
+
+/// Every channel carries a CNN and ends with the same parameters as `dir:`.
+#[test]
+fn resnet_over_every_channel() {
+    let dir = scratch();
+    let args = cnn_args("resnet20", "grad_avg", "reduce");
+    let reference = train(dir.path(), &args);
+    crate::train_matrix::check_remote_channels(dir.path(), &args, &reference, "reduce");
+}
+
+/// Through the parameter server, two runs train the same model.
+#[test]
+fn resnet_through_the_parameter_server() {
+    let server = PsServer::start(&[]);
+    let dir = scratch();
+    let mut args = cnn_args("resnet20", "grad_avg", "ps");
+    args.extend(["--ps-addr", &server.addr]);
+    let a = train(dir.path(), &args);
+    let losses = a.train_losses();
+    assert!(losses[2] < losses[0], "{losses:?}");
+    let b = train(dir.path(), &args);
+    assert_eq!(a.model_bytes(), b.model_bytes());
+}
+
+/// Deadlines that cut every worker at least twice, mid-epoch: the same parameters (and
+/// metrics) as an uninterrupted run with the same seed, momentum and augmentation included.
+#[test]
+fn a_cnn_cut_by_deadlines_ends_as_an_uninterrupted_run() {
+    let dir = scratch();
+    let mut base = cnn_args("resnet20", "grad_avg", "reduce");
+    set(&mut base, "--width", "0.25");
+    set(&mut base, "--batch-size", "8");
+    let whole = train(dir.path(), &base);
+    let cut = train(
+        dir.path(),
+        &[
+            &base[..],
+            &["--invocation-timeout", "1", "--reinvoke-margin", "0.3"],
+        ]
+        .concat(),
+    );
+    let per_worker = cut.invocations_per_worker();
+    assert!(
+        per_worker.iter().all(|&n| n >= 3),
+        "expected at least 2 re-invocations per worker, got invocations {per_worker:?}"
+    );
+    assert_eq!(
+        whole.model_bytes(),
+        cut.model_bytes(),
+        "re-invoked run ended with other parameters"
+    );
+    assert_eq!(cut.train_losses(), whole.train_losses());
+}
+
+/// A CNN on rows of features, a linear model on images, and ADMM for a CNN are refused
+/// with one message each, before any worker starts.
+#[test]
+fn cnns_and_their_data_are_checked_at_start() {
+    let dir = scratch();
+    let run = |args: &[&str]| {
+        let out = output(
+            lambdaml()
+                .current_dir(dir.path())
+                .args(["train", "--runs-dir"])
+                .arg(dir.path().join("runs"))
+                .args(args),
+        );
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let cifar = cifar_data().to_str().unwrap();
+    let err = run(&[
+        "--model",
+        "resnet20",
+        "--data",
+        dense_data().to_str().unwrap(),
+    ]);
+    assert!(err.contains("trains on images"), "{err}");
+    let err = run(&["--model", "lr", "--data", cifar]);
+    assert!(
+        err.contains("3x32x32 images") && err.contains("resnet20"),
+        "{err}"
+    );
+    let err = run(&["--model", "mobilenet", "--optim", "admm", "--data", cifar]);
+    assert!(err.contains("ADMM is for convex models"), "{err}");
+}
