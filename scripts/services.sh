@@ -25,6 +25,14 @@ need_debian_package() { # COMMAND PACKAGE
 }
 need_debian_package memcached memcached
 need_debian_package redis-server redis-server
+# Real images for the CNN tests: Fashion-MNIST (IDX files, 60,000 + 10,000 28x28 images).
+FASHION_MNIST=/usr/share/datasets/fashion-mnist
+if [ ! -f "$FASHION_MNIST/train-images-idx3-ubyte.gz" ] && [ "$(id -u)" = 0 ]; then
+    echo "services: installing dataset-fashion-mnist" >&2
+    if [ -z "${APT_UPDATED:-}" ]; then apt-get update -qq >/dev/null; APT_UPDATED=1; fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
+fi
+export LAMBDAML_TEST_FASHION_MNIST="$FASHION_MNIST"
 if [ ! -x "$SERVICES_DIR/venv/bin/moto_server" ]; then
     echo "services: installing moto[server] (PyPI)" >&2
     python3 -m venv "$SERVICES_DIR/venv"

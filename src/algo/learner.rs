@@ -249,6 +249,8 @@ pub struct TrainSpec {
     pub momentum: f32,
     /// CNNs: multiplies every layer's channel count (1 = the published network).
     pub width: f32,
+    /// Epochs of the job (CNNs decay their learning rate over them).
+    pub epochs: u32,
 }
 
 /// A learner that cannot be built.

@@ -70,6 +70,7 @@ impl JobSpec {
             images: self.images.clone(),
             momentum: c.momentum,
             width: c.width,
+            epochs: c.epochs,
         }
     }
 

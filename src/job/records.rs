@@ -109,6 +109,10 @@ pub struct EpochRecord {
     pub epoch_s: f64,
     /// Invocation (0-based) that finished the epoch.
     pub invocation: u32,
+    /// Peak resident memory of that invocation's process so far, in MB (Linux; what to
+    /// size `memory_mb` by).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_rss_mb: Option<f64>,
 }
 
 impl EpochRecord {

@@ -109,6 +109,9 @@ struct Cnn<N: Net> {
     data: Images,
     optim: OptimKind,
     lr: f32,
+    /// The rate of the current step: `lr` decayed along a cosine over the whole run.
+    step_lr: f32,
+    epochs: u32,
     momentum: f32,
     weight_decay: f32,
     seed: u64,
@@ -139,6 +142,8 @@ impl<N: Net> Cnn<N> {
             data,
             optim: spec.optim,
             lr: spec.lr,
+            step_lr: spec.lr,
+            epochs: spec.epochs,
             momentum: spec.momentum,
             weight_decay: spec.lam,
             seed: spec.seed,
@@ -166,7 +171,7 @@ impl<N: Net> Cnn<N> {
 
     /// Steps `state` with `vector`: momentum SGD at trainable values, statistics replaced.
     fn apply(&self, state: &mut LearnerState, vector: &[f32]) {
-        let (lr, mu) = (self.lr, self.momentum);
+        let (lr, mu) = (self.step_lr, self.momentum);
         let velocity = &mut state.aux;
         for (i, (w, &v)) in state.params.iter_mut().zip(vector).enumerate() {
             if self.trainable[i] {
@@ -176,6 +181,15 @@ impl<N: Net> Cnn<N> {
                 *w = v;
             }
         }
+    }
+
+    /// The cosine-decayed rate of `step` of `epoch` (SGDR without restarts): large steps
+    /// early, small ones at the end, so the weights and the BatchNorm statistics settle
+    /// instead of ending wherever the last large step left them.
+    fn decayed_lr(&self, epoch: u32, step: usize) -> f32 {
+        let total = (self.epochs as usize * self.steps).max(1) as f64;
+        let done = (epoch as usize * self.steps + step) as f64;
+        (f64::from(self.lr) * 0.5 * (1.0 + (std::f64::consts::PI * done / total).cos())) as f32
     }
 
     /// A seed for the augmentation of one step, so a resumed invocation replays it.
@@ -221,6 +235,7 @@ impl<N: Net> Learner for Cnn<N> {
         step: usize,
         grad: &mut Vec<f32>,
     ) -> Step {
+        self.step_lr = self.decayed_lr(epoch, step);
         if self.order.as_ref().is_none_or(|(e, _)| *e != epoch) {
             let o = sgd::epoch_order(&self.train_rows, self.seed, self.worker, epoch);
             self.order = Some((epoch, o));
@@ -392,6 +407,7 @@ mod tests {
             images: Some(set.facts()),
             momentum: 0.9,
             width: 0.125,
+            epochs: 2,
         }
     }
 

@@ -470,6 +470,8 @@ impl<'a> Session<'a> {
             round_max_s: acc.round_max_s,
             epoch_s: acc.wall_s,
             invocation: self.event.invocation,
+            peak_rss_mb: crate::platform::local::memory_of(std::process::id())
+                .map(|m| m.peak_kb as f64 / 1024.0),
         }
     }
 
