@@ -179,6 +179,27 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Time one CNN training step (forward, backward, momentum update) on this machine.
+    Cnn {
+        /// The network.
+        #[arg(long, value_enum, default_value = "resnet20")]
+        model: ModelKind,
+        /// Width multiplier of its channels.
+        #[arg(long, default_value_t = 1.0)]
+        width: f32,
+        /// Images per step.
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        /// Compute threads.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Measured steps (after one warm-up step).
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `lambdaml channel ...`.
@@ -544,6 +565,32 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 written.charts.len(),
                 args.out.display()
             );
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Cnn {
+            model,
+            width,
+            batch,
+            threads,
+            steps,
+            json,
+        }) => {
+            let t = crate::job::cnn_bench::measure(model, width, batch, threads, steps)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&t)?);
+            } else {
+                println!(
+                    "{} (width {}, {} values), batch {}, {} thread(s): {:.1} ms per step (median of {}, fastest {:.1} ms)",
+                    t.model,
+                    t.width,
+                    t.params,
+                    t.batch,
+                    t.threads,
+                    t.step_s_median * 1e3,
+                    t.steps,
+                    t.step_s_min * 1e3
+                );
+            }
             Ok(())
         }
         Command::Bench(BenchCommand::Liveness {

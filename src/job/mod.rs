@@ -3,6 +3,7 @@
 //! exchange.
 
 pub mod bench;
+pub mod cnn_bench;
 pub mod config;
 pub mod control;
 pub mod data_source;

@@ -255,3 +255,31 @@ fn fashion_mnist_is_read_split_and_learned() {
     let acc = run.summary["final_val_accuracy"].as_f64().unwrap();
     assert!(acc > 0.3, "validation accuracy {acc}");
 }
+
+/// `lambdaml bench cnn` times training steps and reports the network's size.
+#[test]
+fn the_step_bench_runs() {
+    let out = output(lambdaml().args([
+        "bench",
+        "cnn",
+        "--model",
+        "mobilenet",
+        "--width",
+        "0.125",
+        "--batch",
+        "8",
+        "--steps",
+        "2",
+        "--json",
+    ]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(t["model"], "mobilenet");
+    assert_eq!(t["steps"], 2);
+    assert!(t["step_s_median"].as_f64().unwrap() > 0.0);
+    assert!(t["params"].as_u64().unwrap() > 1000);
+}
