@@ -15,26 +15,10 @@ use crate::ps::PsServer;
 fn cifar_data() -> &'static Path {
     static P: OnceLock<std::path::PathBuf> = OnceLock::new();
     P.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("data");
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("cifar-1024.bin");
-        if !path.exists() {
-            let tmp = dir.join(format!("cifar-1024.bin.{}", std::process::id()));
-            let out = output(
-                lambdaml()
-                    .args([
-                        "data", "synth", "cifar", "--rows", "1024", "--seed", "2", "--out",
-                    ])
-                    .arg(&tmp),
-            );
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            std::fs::rename(&tmp, &path).unwrap();
-        }
-        path
+        shared_data(
+            "cifar-1024.bin",
+            &["cifar", "--rows", "1024", "--seed", "2"],
+        )
     })
 }
 

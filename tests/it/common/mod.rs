@@ -27,7 +27,8 @@ pub fn scratch() -> tempfile::TempDir {
         .expect("temp dir")
 }
 
-fn shared_data(name: &str, args: &[&str]) -> PathBuf {
+/// `lambdaml data synth ARGS` written once per test binary run as `name` in the shared data folder.
+pub fn shared_data(name: &str, args: &[&str]) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("data");
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(name);
