@@ -58,6 +58,14 @@ pub fn learner(spec: &TrainSpec, data: Dataset) -> Result<Box<dyn Learner>, Mode
             pixels.n_features
         )));
     }
+    check_facts(&facts)?;
+    if let Some(bad) = data.labels.iter().find(|&&l| l as usize >= facts.classes) {
+        return Err(ModelError::Invalid(format!(
+            "label {bad} in the partition, but the manifest says {} classes (0 to {})",
+            facts.classes,
+            facts.classes - 1
+        )));
+    }
     let shape = NetShape {
         channels: facts.shape.channels,
         classes: facts.classes,
@@ -89,6 +97,33 @@ pub fn learner(spec: &TrainSpec, data: Dataset) -> Result<Box<dyn Learner>, Mode
         }
         other => unreachable!("{other} is not a CNN"),
     })
+}
+
+/// Checks what a manifest (a file anyone may have edited) says of the images before a
+/// network is sized from it.
+fn check_facts(facts: &ImageFacts) -> Result<(), ModelError> {
+    let s = facts.shape;
+    let fits = (1..=16).contains(&s.channels)
+        && (1..=1024).contains(&s.height)
+        && (1..=1024).contains(&s.width)
+        && (2..=crate::data::images::MAX_CLASSES).contains(&facts.classes)
+        && facts.mean.len() == s.channels
+        && facts.std.len() == s.channels
+        && facts.mean.iter().all(|m| m.is_finite())
+        && facts.std.iter().all(|d| d.is_finite() && *d > 0.0);
+    if fits {
+        Ok(())
+    } else {
+        Err(ModelError::Invalid(format!(
+            "the manifest's images are not usable: {s} images (at most 16 channels, 1024 x \
+             1024 pixels), {} classes (2 to {}), {} means and {} standard deviations (one \
+             finite value per channel, deviations > 0)",
+            facts.classes,
+            crate::data::images::MAX_CLASSES,
+            facts.mean.len(),
+            facts.std.len()
+        )))
+    }
 }
 
 /// A worker's images: pixels (0-255 as `f32`, one image per row) and class labels.
@@ -420,6 +455,30 @@ mod tests {
         )
         .unwrap();
         learner(&spec(worker), data).unwrap()
+    }
+
+    /// What a manifest says is checked before a network is sized from it, and labels past
+    /// its classes are refused instead of indexing past the logits.
+    #[test]
+    fn manifest_facts_and_labels_are_checked() {
+        let set = synth_cifar(16, 1);
+        let data = || {
+            crate::data::images::decode_part(
+                &set.records(0..set.len()),
+                std::path::Path::new("p"),
+                3072,
+            )
+            .unwrap()
+        };
+        let mut s = spec(0);
+        s.images.as_mut().unwrap().classes = 1_000_000_000;
+        let err = learner(&s, data()).err().unwrap().to_string();
+        assert!(err.contains("1000000000 classes"), "{err}");
+        let mut s = spec(0);
+        s.images.as_mut().unwrap().classes = 3;
+        let err = learner(&s, data()).err().unwrap().to_string();
+        assert!(err.contains("but the manifest says 3 classes"), "{err}");
+        assert!(learner(&spec(0), data()).is_ok());
     }
 
     /// A step's vector holds gradients at trainable values and the batch-updated running
