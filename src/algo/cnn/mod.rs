@@ -156,7 +156,6 @@ struct Cnn<N: Net> {
     val_rows: Vec<u32>,
     order: Option<(u32, Vec<u32>)>,
     pool: rayon::ThreadPool,
-    batch: Vec<f32>,
 }
 
 impl<N: Net> Cnn<N> {
@@ -188,20 +187,25 @@ impl<N: Net> Cnn<N> {
             val_rows,
             order: None,
             pool,
-            batch: Vec::new(),
         }
     }
 
-    /// The images `[b, c, h, w]` in `self.batch` and their labels as tensors.
-    fn tensors(&self, labels: Vec<i64>) -> (Tensor<4>, Tensor<1, Int>) {
+    /// Images `rows`, normalised (and cropped and flipped at random from `augment`), as a
+    /// `[batch, channels, height, width]` tensor on `device`.
+    fn images(&self, rows: &[u32], augment: Option<&mut StdRng>, device: &Device) -> Tensor<4> {
         let s = self.data.facts.shape;
-        let b = labels.len();
-        let x = Tensor::from_data(
-            TensorData::new(self.batch.clone(), [b, s.channels, s.height, s.width]),
-            &self.device,
+        let mut pixels = Vec::new();
+        fill_batch(
+            &self.data.pixels,
+            &self.data.facts,
+            rows,
+            augment.map(|rng| (Augment::CIFAR, rng)),
+            &mut pixels,
         );
-        let y = Tensor::from_data(TensorData::new(labels, [b]), &self.device);
-        (x, y)
+        Tensor::from_data(
+            TensorData::new(pixels, [rows.len(), s.channels, s.height, s.width]),
+            device,
+        )
     }
 
     /// Steps `state` with `vector`: momentum SGD at trainable values, statistics replaced.
@@ -276,7 +280,7 @@ impl<N: Net> Learner for Cnn<N> {
             self.order = Some((epoch, o));
         }
         let order = &self.order.as_ref().expect("order set above").1;
-        let rows = order[sgd::batch_bounds(order.len(), self.steps, step)].to_vec();
+        let rows = &order[sgd::batch_bounds(order.len(), self.steps, step)];
         let loss = if rows.is_empty() {
             // Nothing to learn from: no gradient, statistics as they are.
             grad.clear();
@@ -290,17 +294,10 @@ impl<N: Net> Learner for Cnn<N> {
             0.0
         } else {
             let mut rng = StdRng::seed_from_u64(self.step_seed(epoch, step));
-            let mut batch = std::mem::take(&mut self.batch);
-            fill_batch(
-                &self.data.pixels,
-                &self.data.facts,
-                &rows,
-                Some((Augment::CIFAR, &mut rng)),
-                &mut batch,
-            );
-            self.batch = batch;
+            let x = self.images(rows, Some(&mut rng), &self.device);
             let labels = rows.iter().map(|&r| self.data.labels[r as usize]).collect();
-            let (x, y) = self.tensors(labels);
+            let y =
+                Tensor::<1, Int>::from_data(TensorData::new(labels, [rows.len()]), &self.device);
             let net = flat::load(self.net.clone(), &state.params);
             let loss = self.pool.install(|| {
                 let logits = net.forward(x);
@@ -325,9 +322,7 @@ impl<N: Net> Learner for Cnn<N> {
         let sync = match self.optim {
             OptimKind::GradAvg => StepSync::MeanGradient,
             OptimKind::ModelAvg | OptimKind::Admm => {
-                let own = std::mem::take(grad);
-                self.apply(state, &own);
-                *grad = own;
+                self.apply(state, grad);
                 StepSync::Local
             }
         };
@@ -356,16 +351,10 @@ impl<N: Net> Learner for Cnn<N> {
             return Metrics::default();
         }
         let net = flat::load(self.net.clone(), &state.params).valid();
-        let s = self.data.facts.shape;
         let device = Device::flex();
         let (mut loss, mut correct) = (0f64, 0usize);
-        let mut batch = Vec::new();
         for rows in self.val_rows.chunks(EVAL_BATCH) {
-            fill_batch(&self.data.pixels, &self.data.facts, rows, None, &mut batch);
-            let x = Tensor::from_data(
-                TensorData::new(batch.clone(), [rows.len(), s.channels, s.height, s.width]),
-                &device,
-            );
+            let x = self.images(rows, None, &device);
             let logits = self.pool.install(|| net.forward(x)).into_data();
             let logits = logits.as_slice::<f32>().expect("f32 logits");
             let classes = logits.len() / rows.len();
