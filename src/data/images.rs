@@ -108,34 +108,10 @@ impl ImageSet {
 
     /// Appends the records of `bytes` (label byte + pixels each); `path` names it in errors.
     pub fn extend_from_records(&mut self, bytes: &[u8], path: &Path) -> Result<(), DataError> {
-        let len = self.shape.record_len();
-        if !bytes.len().is_multiple_of(len) {
-            return Err(DataError::Corrupt {
-                path: path.to_path_buf(),
-                row: None,
-                message: format!(
-                    "{} bytes is not a whole number of {} records ({len} bytes: a label byte and {} pixels)",
-                    bytes.len(),
-                    self.shape,
-                    self.shape.pixels()
-                ),
-            });
-        }
-        let n = bytes.len() / len;
-        self.labels.reserve(n);
-        self.pixels.reserve(n * self.shape.pixels());
-        for (i, record) in bytes.chunks_exact(len).enumerate() {
-            if usize::from(record[0]) >= MAX_CLASSES {
-                return Err(DataError::Corrupt {
-                    path: path.to_path_buf(),
-                    row: Some(self.labels.len() + 1),
-                    message: format!(
-                        "record {}: label {} is not a class (at most {MAX_CLASSES})",
-                        i + 1,
-                        record[0]
-                    ),
-                });
-            }
+        let records = checked_records(bytes, self.shape.pixels(), path)?;
+        self.labels.reserve(records.len());
+        self.pixels.reserve(records.len() * self.shape.pixels());
+        for record in records {
             self.labels.push(record[0]);
             self.pixels.extend_from_slice(&record[1..]);
         }
@@ -197,31 +173,47 @@ impl ImageSet {
     }
 }
 
+/// The records of `bytes` (a label byte and `pixels` pixel bytes each), once the length is a
+/// whole number of records and every label a class; `path` names the file in errors.
+fn checked_records<'b>(
+    bytes: &'b [u8],
+    pixels: usize,
+    path: &Path,
+) -> Result<std::slice::ChunksExact<'b, u8>, DataError> {
+    let corrupt = |message: String| DataError::Corrupt {
+        path: path.to_path_buf(),
+        row: None,
+        message,
+    };
+    let len = pixels + 1;
+    if !bytes.len().is_multiple_of(len) {
+        return Err(corrupt(format!(
+            "{} bytes is not a whole number of image records of {len} bytes (a label byte and \
+             {pixels} pixels)",
+            bytes.len()
+        )));
+    }
+    let records = bytes.chunks_exact(len);
+    if let Some(i) = records
+        .clone()
+        .position(|r| usize::from(r[0]) >= MAX_CLASSES)
+    {
+        return Err(corrupt(format!(
+            "record {}: label {} is not a class (at most {MAX_CLASSES})",
+            i + 1,
+            bytes[i * len]
+        )));
+    }
+    Ok(records)
+}
+
 /// A partition of image records of `pixels` bytes each, as a dataset of dense rows (pixel
 /// values 0-255) and class labels; `path` names it in errors.
 pub fn decode_part(bytes: &[u8], path: &Path, pixels: usize) -> Result<super::Dataset, DataError> {
-    let len = pixels + 1;
-    if !bytes.len().is_multiple_of(len) {
-        return Err(DataError::Corrupt {
-            path: path.to_path_buf(),
-            row: None,
-            message: format!(
-                "{} bytes is not a whole number of image records of {len} bytes",
-                bytes.len()
-            ),
-        });
-    }
-    let n = bytes.len() / len;
-    let mut labels = Vec::with_capacity(n);
-    let mut values = Vec::with_capacity(n * pixels);
-    for (i, record) in bytes.chunks_exact(len).enumerate() {
-        if usize::from(record[0]) >= MAX_CLASSES {
-            return Err(DataError::Corrupt {
-                path: path.to_path_buf(),
-                row: Some(i + 1),
-                message: format!("label {} is not a class", record[0]),
-            });
-        }
+    let records = checked_records(bytes, pixels, path)?;
+    let mut labels = Vec::with_capacity(records.len());
+    let mut values = Vec::with_capacity(records.len() * pixels);
+    for record in records {
         labels.push(f32::from(record[0]));
         values.extend(record[1..].iter().map(|&p| f32::from(p)));
     }
