@@ -141,26 +141,7 @@ fn a_cnn_cut_by_deadlines_ends_as_an_uninterrupted_run() {
     let mut base = cnn_args("resnet20", "grad_avg", "reduce");
     set(&mut base, "--width", "0.25");
     set(&mut base, "--batch-size", "8");
-    let whole = train(dir.path(), &base);
-    let cut = train(
-        dir.path(),
-        &[
-            &base[..],
-            &["--invocation-timeout", "1", "--reinvoke-margin", "0.3"],
-        ]
-        .concat(),
-    );
-    let per_worker = cut.invocations_per_worker();
-    assert!(
-        per_worker.iter().all(|&n| n >= 3),
-        "expected at least 2 re-invocations per worker, got invocations {per_worker:?}"
-    );
-    assert_eq!(
-        whole.model_bytes(),
-        cut.model_bytes(),
-        "re-invoked run ended with other parameters"
-    );
-    assert_eq!(cut.train_losses(), whole.train_losses());
+    train_whole_and_cut(dir.path(), &base);
 }
 
 /// A CNN on rows of features, a linear model on images, and ADMM for a CNN are refused

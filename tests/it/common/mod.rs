@@ -247,6 +247,33 @@ pub fn train_with(mut cmd: Command, dir: &Path, args: &[&str]) -> Run {
     Run { summary, run_dir }
 }
 
+/// Trains `args` once whole and once cut by 1-second deadlines, and checks what a cut must
+/// not change: every worker was re-invoked at least twice, and the cut run ends with the same
+/// model.bin and epoch losses as the whole one. Returns (whole, cut).
+pub fn train_whole_and_cut(dir: &Path, args: &[&str]) -> (Run, Run) {
+    let whole = train(dir, args);
+    let cut = train(
+        dir,
+        &[
+            args,
+            &["--invocation-timeout", "1", "--reinvoke-margin", "0.3"],
+        ]
+        .concat(),
+    );
+    let per_worker = cut.invocations_per_worker();
+    assert!(
+        per_worker.iter().all(|&n| n >= 3),
+        "expected at least 2 re-invocations per worker, got invocations {per_worker:?}"
+    );
+    assert_eq!(
+        whole.model_bytes(),
+        cut.model_bytes(),
+        "re-invoked run ended with other parameters"
+    );
+    assert_eq!(cut.train_losses(), whole.train_losses());
+    (whole, cut)
+}
+
 /// Every file left under a `dir:` channel root (temp files included).
 pub fn files_under(root: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
