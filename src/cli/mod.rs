@@ -918,31 +918,32 @@ fn data(cmd: DataCommand) -> anyhow::Result<()> {
             out,
             features,
         } => {
-            let images = split_image_source(&files)?;
-            let file = match (&images, files.as_slice()) {
-                (Some(_), _) => files[0].clone(),
-                (None, [one]) => one.clone(),
-                (None, _) => bail!(
-                    "several files are split together only when they are CIFAR-10 binary files (*.bin)"
-                ),
-            };
-            let len = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+            let len: u64 = files
+                .iter()
+                .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
+                .sum();
             let local = match &out {
                 DataLocation::Local(dir) => dir.clone(),
                 DataLocation::S3 { .. } => {
                     std::env::temp_dir().join(format!("lambdaml-split-{}", std::process::id()))
                 }
             };
-            let m = match &images {
+            let m = match split_image_source(&files)? {
                 Some(set) => {
                     let names: Vec<String> =
                         files.iter().map(|f| f.display().to_string()).collect();
-                    partition::split_images(set, parts, &local, &names.join(", "))?
+                    partition::split_images(&set, parts, &local, &names.join(", "))?
                 }
                 None => {
+                    let [file] = files.as_slice() else {
+                        bail!(
+                            "several files are split together only when they are CIFAR-10 \
+                             binary files (*.bin)"
+                        );
+                    };
                     ui.phase("split", len, true);
                     let m =
-                        partition::split_file(&file, parts, &local, features, |b| ui.advance(b))?;
+                        partition::split_file(file, parts, &local, features, |b| ui.advance(b))?;
                     ui.done();
                     m
                 }
