@@ -35,6 +35,22 @@ impl Segment {
     }
 }
 
+/// A 64-bit FNV-1a hash of `segments`' names and lengths, in order.
+pub fn segments_hash(segments: &[Segment]) -> u64 {
+    fnv1a(segments.iter().map(|s| format!("{}:{};", s.name, s.len)))
+}
+
+/// A 64-bit FNV-1a hash of the bytes of `parts`, in order.
+pub fn fnv1a(parts: impl IntoIterator<Item = String>) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for b in part.bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
 /// What a learner carries between rounds and invocations; checkpoints store it whole.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LearnerState {
@@ -95,6 +111,10 @@ pub struct Metrics {
     pub val_loss: Option<f64>,
     /// Accuracy on the validation rows, in [0, 1].
     pub val_accuracy: Option<f64>,
+    /// Loss on the worker's share of the test set (`--test-data`).
+    pub test_loss: Option<f64>,
+    /// Accuracy on the worker's share of the test set, in [0, 1].
+    pub test_accuracy: Option<f64>,
     /// KMeans: within-cluster sum of squares over all rows.
     pub objective: Option<f64>,
     /// ADMM: mean over workers of `||w_i - z||`.
@@ -110,6 +130,8 @@ impl Metrics {
             train_loss: other.train_loss.or(self.train_loss),
             val_loss: other.val_loss.or(self.val_loss),
             val_accuracy: other.val_accuracy.or(self.val_accuracy),
+            test_loss: other.test_loss.or(self.test_loss),
+            test_accuracy: other.test_accuracy.or(self.test_accuracy),
             objective: other.objective.or(self.objective),
             primal_residual: other.primal_residual.or(self.primal_residual),
             dual_residual: other.dual_residual.or(self.dual_residual),
@@ -131,6 +153,13 @@ pub struct EpochSync {
 pub trait Learner: Send {
     /// The segments of the parameter vector, in order.
     fn segments(&self) -> Vec<Segment>;
+
+    /// A fingerprint of how the parameter vector is laid out (names, sizes and kinds of its
+    /// pieces): a checkpoint or a model written for another layout has another one, so it is
+    /// refused instead of being read as garbage of the right length.
+    fn layout_hash(&self) -> u64 {
+        segments_hash(&self.segments())
+    }
 
     /// How training starts on this worker.
     fn init(&self) -> Result<Init, ModelError>;
@@ -193,6 +222,11 @@ pub trait Learner: Send {
 
     /// (training rows, validation rows) of this worker.
     fn rows(&self) -> (usize, usize);
+
+    /// Rows of this worker's share of the test set (0 without one).
+    fn test_rows(&self) -> usize {
+        0
+    }
 
     /// What to try when the model's numbers stop being finite.
     fn divergence_hint(&self) -> String {

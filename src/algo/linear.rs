@@ -387,6 +387,8 @@ pub struct LinearClassifier {
     features: Features,
     targets: Vec<f32>,
     compute: Compute,
+    /// The worker's share of the test set (`--test-data`): features and targets.
+    test: Option<(Features, Vec<f32>)>,
 }
 
 impl Differentiable for LinearClassifier {
@@ -426,10 +428,34 @@ impl Differentiable for LinearClassifier {
             ..Metrics::default()
         }
     }
+
+    fn evaluate_test(&self, params: &[f32]) -> Metrics {
+        let Some((features, targets)) = &self.test else {
+            return Metrics::default();
+        };
+        let rows: Vec<u32> = (0..targets.len() as u32).collect();
+        let eval = self
+            .model
+            .evaluate_on(&self.compute, params, features, targets, &rows);
+        Metrics {
+            test_loss: Some(eval.loss()),
+            test_accuracy: Some(eval.accuracy()),
+            ..Metrics::default()
+        }
+    }
+
+    fn test_rows(&self) -> usize {
+        self.test.as_ref().map_or(0, |(_, t)| t.len())
+    }
 }
 
-/// The learner of a linear model (`spec.model` with a loss) on `data`.
-pub fn learner(spec: &TrainSpec, data: Dataset) -> Result<Box<dyn Learner>, ModelError> {
+/// The learner of a linear model (`spec.model` with a loss) on `data`, measured on `test`
+/// after every epoch when given.
+pub fn learner(
+    spec: &TrainSpec,
+    data: Dataset,
+    test: Option<Dataset>,
+) -> Result<Box<dyn Learner>, ModelError> {
     let loss = spec
         .model
         .loss()
@@ -448,11 +474,16 @@ pub fn learner(spec: &TrainSpec, data: Dataset) -> Result<Box<dyn Learner>, Mode
         },
     };
     let targets = model.targets(&data.labels, labels);
+    let test = test.map(|t| {
+        let targets = model.targets(&t.labels, labels);
+        (t.features, targets)
+    });
     let classifier = LinearClassifier {
         model,
         features: data.features,
         targets,
         compute: Compute::with_threads(spec.threads),
+        test,
     };
     Ok(Box::new(Optimized::new(classifier, spec)))
 }

@@ -21,15 +21,23 @@ use serde::{Deserialize, Serialize};
 use crate::data::Dataset;
 use learner::{Learner, ModelError, TrainSpec};
 
-/// The learner of `spec.model` on this worker's partition `data`: the registry of models.
-pub fn build(spec: &TrainSpec, data: Dataset) -> Result<Box<dyn Learner>, ModelError> {
+/// The learner of `spec.model` on this worker's partition `data`, measured after every
+/// epoch on its share of the test set `test` when given: the registry of models.
+pub fn build(
+    spec: &TrainSpec,
+    data: Dataset,
+    test: Option<Dataset>,
+) -> Result<Box<dyn Learner>, ModelError> {
     match spec.model {
         ModelKind::Lr | ModelKind::Svm | ModelKind::SparseLr | ModelKind::SparseSvm => {
-            linear::learner(spec, data)
+            linear::learner(spec, data, test)
         }
+        ModelKind::Kmeans | ModelKind::SparseKmeans if test.is_some() => Err(ModelError::Invalid(
+            "a test set measures classifiers; KMeans has none".into(),
+        )),
         ModelKind::Kmeans | ModelKind::SparseKmeans => kmeans::learner(spec, data),
         ModelKind::Resnet20 | ModelKind::Resnet18 | ModelKind::Mobilenet => {
-            cnn::learner(spec, data)
+            cnn::learner(spec, data, test)
         }
     }
 }

@@ -33,6 +33,15 @@ pub trait Differentiable: Send {
     fn gradient(&self, params: &[f32], rows: &[u32], grad: &mut [f32]) -> f32;
     /// Loss and accuracy on `rows`.
     fn evaluate(&self, params: &[f32], rows: &[u32]) -> Metrics;
+    /// Loss and accuracy on the test set (`--test-data`), in the `test_` fields; nothing
+    /// without one.
+    fn evaluate_test(&self, _params: &[f32]) -> Metrics {
+        Metrics::default()
+    }
+    /// Rows of the test set (0 without one).
+    fn test_rows(&self) -> usize {
+        0
+    }
 }
 
 /// A [`Differentiable`] model with its optimizer: a [`Learner`].
@@ -230,7 +239,9 @@ impl<M: Differentiable> Learner for Optimized<M> {
             OptimKind::Admm => &state.aux[..state.params.len()],
             OptimKind::GradAvg | OptimKind::ModelAvg => &state.params[..],
         };
-        self.model.evaluate(params, &self.val_rows)
+        self.model
+            .evaluate(params, &self.val_rows)
+            .or(self.model.evaluate_test(params))
     }
 
     /// ADMM stops when both residuals of the last complete round are below the tolerance.
@@ -264,6 +275,10 @@ impl<M: Differentiable> Learner for Optimized<M> {
 
     fn rows(&self) -> (usize, usize) {
         (self.train_rows.len(), self.val_rows.len())
+    }
+
+    fn test_rows(&self) -> usize {
+        self.model.test_rows()
     }
 
     fn divergence_hint(&self) -> String {

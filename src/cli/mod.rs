@@ -257,6 +257,10 @@ pub struct TrainArgs {
     /// synthesise data.
     #[arg(long)]
     pub data: Option<DataLocation>,
+    /// Test set measured after every epoch: a file like --data's (LibSVM, CIFAR-10 .bin,
+    /// IDX) or a partition location with one partition per worker.
+    #[arg(long)]
+    pub test_data: Option<DataLocation>,
     /// Number of features (inferred when absent).
     #[arg(long)]
     pub features: Option<usize>,
@@ -310,6 +314,9 @@ pub struct TrainArgs {
     /// ADMM: local epochs per round.
     #[arg(long)]
     pub local_epochs: Option<u32>,
+    /// model_avg: minibatches between two model averages (default: one per epoch).
+    #[arg(long)]
+    pub sync_every: Option<usize>,
     /// CNNs: momentum of the SGD step (default 0.9).
     #[arg(long)]
     pub momentum: Option<f32>,
@@ -422,6 +429,8 @@ impl TrainArgs {
             lam,
             step,
             data,
+            test_data,
+            sync_every,
             features,
             channel,
             reinvoke_margin,

@@ -85,10 +85,11 @@ impl JobProgress for BarUi {
         self.with(|b| {
             b.set_position(done);
             if let Some(r) = latest {
-                let detail = match (r.val_accuracy, r.objective) {
-                    (Some(acc), _) => format!("val acc {:.2}%", 100.0 * acc),
-                    (None, Some(obj)) => format!("objective {obj:.6e}"),
-                    (None, None) => String::new(),
+                let detail = match (r.test_accuracy, r.val_accuracy, r.objective) {
+                    (Some(test), _, _) => format!("test acc {:.2}%", 100.0 * test),
+                    (None, Some(acc), _) => format!("val acc {:.2}%", 100.0 * acc),
+                    (None, None, Some(obj)) => format!("objective {obj:.6e}"),
+                    (None, None, None) => String::new(),
                 };
                 b.set_message(format!(
                     "epoch {} loss {:.4} {detail}",

@@ -75,7 +75,7 @@ pub fn measure(
         width,
         epochs: 1_000_000,
     };
-    let mut learner = crate::algo::build(&spec, data)?;
+    let mut learner = crate::algo::build(&spec, data, None)?;
     let Init::Broadcast {
         own: Some(init), ..
     } = learner.init()?

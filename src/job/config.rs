@@ -20,6 +20,10 @@ pub struct JobConfig {
     /// LibSVM file (split on the fly, one partition per worker) or a partition location made
     /// by `lambdaml data split`. None: synthesise `synth_rows` rows of `synth`.
     pub data: Option<DataLocation>,
+    /// Test set measured after every epoch (classifiers): a file like `data`'s (LibSVM,
+    /// CIFAR-10 binary, IDX), split on the fly so each worker measures a share, or a
+    /// partition location with one partition per worker. The summary pools the shares.
+    pub test_data: Option<DataLocation>,
     /// Number of features; inferred from the data when absent.
     pub features: Option<usize>,
     /// Synthetic dataset used when `data` is absent.
@@ -58,6 +62,9 @@ pub struct JobConfig {
     pub rho: Option<f32>,
     /// ADMM: epochs of local SGD per round.
     pub local_epochs: u32,
+    /// model_avg: minibatches between two averages of the models (default: one average at
+    /// the end of each epoch); an epoch still ends with one.
+    pub sync_every: Option<usize>,
     /// CNNs: momentum of the SGD step.
     pub momentum: f32,
     /// CNNs: width multiplier of every layer's channels (1 = the published network; tests
@@ -127,6 +134,7 @@ impl Default for JobConfig {
     fn default() -> Self {
         JobConfig {
             data: None,
+            test_data: None,
             features: None,
             synth: SynthKind::Higgs,
             synth_rows: 200_000,
@@ -144,6 +152,7 @@ impl Default for JobConfig {
             reg: Reg::L2,
             rho: None,
             local_epochs: 1,
+            sync_every: None,
             momentum: 0.9,
             width: 1.0,
             tol: 1e-4,
@@ -305,6 +314,22 @@ impl JobConfig {
         in_range("driver-lease", self.driver_lease, 1.0, MAX_SECONDS)?;
         if let Some(k) = self.checkpoint_every {
             in_range("checkpoint-every", k, 1, 1_000_000)?;
+        }
+        if let Some(k) = self.sync_every {
+            if self.optim != OptimKind::ModelAvg || self.model.is_clustering() {
+                return Err(field(
+                    "sync-every",
+                    "averages models every so many minibatches: it is for --optim model_avg \
+                     (grad_avg averages every minibatch, ADMM every round)",
+                ));
+            }
+            in_range("sync-every", k, 1, 1_000_000_000)?;
+        }
+        if self.test_data.is_some() && self.model.is_clustering() {
+            return Err(field(
+                "test-data",
+                "a test set measures classifiers; KMeans reports its objective",
+            ));
         }
         if self.data.is_none() && self.synth_rows < self.workers {
             return Err(field(

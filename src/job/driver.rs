@@ -62,6 +62,9 @@ pub async fn run(mut cfg: JobConfig, ui: &dyn JobProgress) -> anyhow::Result<Job
     if let Some(d) = cfg.data.take() {
         cfg.data = Some(d.absolute().context("resolving --data")?);
     }
+    if let Some(d) = cfg.test_data.take() {
+        cfg.test_data = Some(d.absolute().context("resolving --test-data")?);
+    }
     if let Some(p) = &cfg.prices {
         cfg.prices = Some(absolute(p)?);
     }
@@ -95,11 +98,27 @@ pub async fn run(mut cfg: JobConfig, ui: &dyn JobProgress) -> anyhow::Result<Job
     check_reachable(&cfg, &channel_url)?;
     adopt_function_settings(&mut cfg).await?;
     let data = plan::prepare_data(&cfg, &run_dir, ui).await?;
-    let result = run_prepared(&cfg, &job_id, &run_dir, &channel_url, &data, &prices, ui).await;
+    let test = match plan::prepare_test_data(&cfg, &run_dir, &data, ui).await {
+        Ok(test) => test,
+        Err(e) => {
+            remove_temporary(&data);
+            return Err(e);
+        }
+    };
+    let sets = (&data, test.as_ref());
+    let result = run_prepared(&cfg, &job_id, &run_dir, &channel_url, sets, &prices, ui).await;
+    remove_temporary(&data);
+    if let Some(test) = &test {
+        remove_temporary(test);
+    }
+    result
+}
+
+/// Deletes partitions made for the job alone.
+fn remove_temporary(data: &PreparedData) {
     if let Some(dir) = data.location.local().filter(|_| data.temporary) {
         let _ = std::fs::remove_dir_all(dir);
     }
-    result
 }
 
 async fn run_prepared(
@@ -107,7 +126,7 @@ async fn run_prepared(
     job_id: &str,
     run_dir: &Path,
     channel_url: &ChannelUrl,
-    data: &PreparedData,
+    (data, test): (&PreparedData, Option<&PreparedData>),
     prices: &crate::cost::Prices,
     ui: &dyn JobProgress,
 ) -> anyhow::Result<JobOutcome> {
@@ -162,6 +181,7 @@ async fn run_prepared(
         config: cfg.clone(),
         channel: channel_url.clone(),
         data_location: data.location.clone(),
+        test_location: test.map(|t| t.location.clone()),
         n_features: data.n_features,
         labels,
         images: data.manifest.images.clone(),
@@ -422,7 +442,20 @@ pub(super) async fn delete_job_keys(
         ])
         .collect();
     match outcome {
-        Followed::Done { results, .. } => {
+        Followed::Done {
+            results,
+            recoveries,
+        } => {
+            if !recoveries.is_empty() {
+                // A worker found lost may have been slow, not dead, and two invocations of it
+                // may be running: the job's record goes first, so that every invocation's
+                // pulse sees the job over within a beat and no write passes its fence after
+                // a lease; then the rest.
+                ch.delete(&[records::job_key(&spec.job_id)])
+                    .await
+                    .with_context(|| format!("deleting the record of job {}", spec.job_id))?;
+                tokio::time::sleep(spec.config.dead_time(&spec.channel)).await;
+            }
             keys.extend(results.iter().flat_map(|r| r.residual_keys.iter().cloned()))
         }
         Followed::Failed { residual, .. } => keys.extend(residual.iter().cloned()),

@@ -20,6 +20,9 @@ pub struct JobSpec {
     pub channel: ChannelUrl,
     /// Partition location (one partition per worker): a directory or `s3://bucket/prefix`.
     pub data_location: DataLocation,
+    /// The test set's partition location (`--test-data`), one partition per worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_location: Option<DataLocation>,
     /// Number of features.
     pub n_features: usize,
     /// Raw label values of the two classes (classifiers only).

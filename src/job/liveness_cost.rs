@@ -56,6 +56,7 @@ pub async fn measure(
             config: config.clone(),
             channel: url.clone(),
             data_location: DataLocation::Local(Default::default()),
+            test_location: None,
             n_features: 0,
             labels: None,
             images: None,

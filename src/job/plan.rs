@@ -84,6 +84,128 @@ pub async fn prepare_data(
     })
 }
 
+/// Ensures the test set `cfg.test_data` (if any) is partitioned for the workers like the
+/// training data `train`: split on the fly from a file into the run folder, or taken as it
+/// is from a partition location; checked to fit the training data (same kind, shape and
+/// features, known labels).
+pub async fn prepare_test_data(
+    cfg: &JobConfig,
+    run_dir: &Path,
+    train: &PreparedData,
+    ui: &dyn DataProgress,
+) -> anyhow::Result<Option<PreparedData>> {
+    let Some(source) = &cfg.test_data else {
+        return Ok(None);
+    };
+    let location = run_dir.join("test-partitions");
+    let test = match source {
+        remote @ DataLocation::S3 { .. } => {
+            let manifest = data_source::read_manifest(remote).await?;
+            located(cfg, remote.clone(), manifest, train.n_features)?
+        }
+        DataLocation::Local(path) => {
+            let meta = std::fs::metadata(path)
+                .with_context(|| format!("test data '{}' cannot be read", path.display()))?;
+            if meta.is_dir() {
+                let manifest = partition::read_manifest(path)?;
+                located(cfg, source.clone(), manifest, train.n_features)?
+            } else if let Some(set) = read_image_file(path)? {
+                let source = path.display().to_string();
+                let manifest = partition::split_images(&set, cfg.workers, &location, &source)?;
+                made(location, manifest)
+            } else {
+                ui.phase("split test", meta.len(), true);
+                let manifest = partition::split_file(
+                    path,
+                    cfg.workers,
+                    &location,
+                    Some(train.n_features),
+                    |b| ui.advance(b),
+                )
+                .with_context(|| {
+                    format!(
+                        "splitting --test-data '{}' ({} features, as the training data)",
+                        path.display(),
+                        train.n_features
+                    )
+                })?;
+                ui.done();
+                made(location, manifest)
+            }
+        }
+    };
+    fits_training(&train.manifest, &test.manifest, source)?;
+    Ok(Some(test))
+}
+
+/// Partitions made for this job in `location`.
+fn made(location: PathBuf, manifest: Manifest) -> PreparedData {
+    PreparedData {
+        location: DataLocation::Local(location),
+        n_features: manifest.n_features,
+        manifest,
+        temporary: true,
+    }
+}
+
+/// An existing test partition location, checked to have one partition per worker and no
+/// feature past the training data's `n_features`.
+fn located(
+    cfg: &JobConfig,
+    source: DataLocation,
+    manifest: Manifest,
+    n_features: usize,
+) -> anyhow::Result<PreparedData> {
+    if manifest.parts != cfg.workers {
+        bail!(
+            "test data '{source}' holds {} partitions but the job has {} workers: split the \
+             test file with --parts {}, or pass the file itself",
+            manifest.parts,
+            cfg.workers,
+            cfg.workers
+        );
+    }
+    if manifest.max_index > n_features {
+        bail!(
+            "test data '{source}' has feature index {} but the model has {n_features} features: \
+             pass --features {}",
+            manifest.max_index,
+            manifest.max_index
+        );
+    }
+    Ok(PreparedData {
+        location: source,
+        manifest,
+        n_features,
+        temporary: false,
+    })
+}
+
+/// Checks that test partitions hold what the model trained on: images of the same shape, or
+/// rows whose labels the training data has.
+fn fits_training(train: &Manifest, test: &Manifest, source: &DataLocation) -> anyhow::Result<()> {
+    match (&train.images, &test.images) {
+        (Some(a), Some(b)) if a.shape != b.shape => bail!(
+            "test data '{source}' holds {} images, the training data {}",
+            b.shape,
+            a.shape
+        ),
+        (Some(_), Some(_)) | (None, None) => {}
+        (Some(_), None) => bail!("test data '{source}' holds rows of features, not images"),
+        (None, Some(_)) => bail!("test data '{source}' holds images, not rows of features"),
+    }
+    if train.images.is_none()
+        && !train.labels_truncated
+        && let Some(bad) = test.labels.iter().find(|l| !train.labels.contains(l))
+    {
+        bail!(
+            "test data '{source}' has label {bad}, which the training data does not have ({:?})",
+            train.labels
+        );
+    }
+    Ok(())
+}
+
 /// The images of `path` when it is an image file: CIFAR-10 binary (`*.bin`) or IDX
 /// (`*-images-idx3-ubyte[.gz]`, with its labels file beside it); `None` for LibSVM.
 pub fn read_image_file(path: &Path) -> anyhow::Result<Option<images::ImageSet>> {

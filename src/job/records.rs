@@ -75,6 +75,12 @@ pub struct EpochRecord {
     pub val_loss: Option<f64>,
     /// Accuracy on the validation rows, in [0, 1] (classifiers).
     pub val_accuracy: Option<f64>,
+    /// Loss on the worker's share of the test set (`--test-data`).
+    #[serde(default)]
+    pub test_loss: Option<f64>,
+    /// Accuracy on the worker's share of the test set, in [0, 1].
+    #[serde(default)]
+    pub test_accuracy: Option<f64>,
     /// KMeans: within-cluster sum of squares over all workers' rows, for the centroids the
     /// round started with.
     pub objective: Option<f64>,
@@ -86,6 +92,9 @@ pub struct EpochRecord {
     pub n_train: u64,
     /// Validation rows of the worker.
     pub n_val: u64,
+    /// Rows of the worker's share of the test set.
+    #[serde(default)]
+    pub n_test: u64,
     /// Seconds computing gradients, steps and validation in this epoch.
     pub compute_s: f64,
     /// Seconds in collectives in this epoch, waiting included.
@@ -111,7 +120,7 @@ pub struct EpochRecord {
     pub invocation: u32,
     /// Peak resident memory of that invocation's process so far, in MB (Linux; what to
     /// size `memory_mb` by).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub peak_rss_mb: Option<f64>,
 }
 
@@ -122,6 +131,8 @@ impl EpochRecord {
             train_loss: Some(self.train_loss),
             val_loss: self.val_loss,
             val_accuracy: self.val_accuracy,
+            test_loss: self.test_loss,
+            test_accuracy: self.test_accuracy,
             objective: self.objective,
             primal_residual: self.primal_residual,
             dual_residual: self.dual_residual,
@@ -134,6 +145,8 @@ impl EpochRecord {
         self.train_loss = all.train_loss.unwrap_or(self.train_loss);
         self.val_loss = all.val_loss;
         self.val_accuracy = all.val_accuracy;
+        self.test_loss = all.test_loss;
+        self.test_accuracy = all.test_accuracy;
         self.objective = all.objective;
         self.primal_residual = all.primal_residual;
         self.dual_residual = all.dual_residual;
@@ -156,8 +169,12 @@ pub struct Progress {
 pub struct WorkerResult {
     /// Worker index.
     pub worker: usize,
-    /// Final parameters.
+    /// Worker 0's final parameters (`model.bin`); empty from the others, whose `digest`
+    /// says whether they hold the same model (a result as large as the model from every
+    /// worker made the driver read N models to keep one).
     pub params: Vec<f32>,
+    /// CRC-32 of the worker's final parameters ([`crate::job::summary::digest`]).
+    pub digest: String,
     /// Metrics of every epoch.
     pub history: Vec<EpochRecord>,
     /// Invocations used (1 + re-invocations).
@@ -174,6 +191,9 @@ pub struct WorkerResult {
     /// kept apart from `usage` because they go to S3 whatever the channel is.
     #[serde(default)]
     pub data_usage: Usage,
+    /// The parameter vector's layout ([`crate::algo::learner::Learner::layout_hash`]).
+    #[serde(default)]
+    pub layout: Option<u64>,
 }
 
 /// What a worker reports when it fails.
@@ -226,6 +246,27 @@ pub struct Checkpoint {
     /// every invocation so far, this one's included.
     #[serde(default)]
     pub data_usage: Usage,
+    /// The layout of `model.params`, checked when an invocation takes the checkpoint up.
+    #[serde(default)]
+    pub layout: Option<u64>,
+}
+
+impl Checkpoint {
+    /// Records that the state holds a model laid out as `layout`, failing when it already
+    /// holds one laid out otherwise (`key`: where the checkpoint was read, for the message).
+    pub fn adopt_layout(&mut self, layout: u64, key: &str) -> anyhow::Result<()> {
+        match self.layout {
+            Some(found) if found != layout => anyhow::bail!(
+                "checkpoint '{key}' holds a model laid out differently from this one (layout \
+                 {found:016x}, this model {layout:016x}): was the job resumed by another \
+                 version of lambdaml, or with another --model or --width?"
+            ),
+            _ => {
+                self.layout = Some(layout);
+                Ok(())
+            }
+        }
+    }
 }
 
 /// Running sums of the current epoch.
@@ -269,7 +310,9 @@ pub enum RecordError {
     },
 }
 
-/// Encodes a record: bincode (exact floats) inside a checksummed frame.
+/// Encodes a record: bincode (exact floats) inside a checksummed frame. Bincode is
+/// positional: a record's fields must never be skipped when serialised
+/// (`skip_serializing_if`), or every field after one skipped is read from the wrong bytes.
 pub fn encode<T: Serialize>(value: &T) -> Bytes {
     let body = bincode::serde::encode_to_vec(value, bincode::config::standard())
         .expect("records serialise");
@@ -301,5 +344,81 @@ pub async fn get<T: DeserializeOwned>(
     match ch.get(key).await? {
         Some(bytes) => decode(key, &bytes).map(Some),
         None => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records whose optional fields are all empty read back whole (bincode has no field
+    /// names: a field left out when empty made every later field unreadable).
+    #[test]
+    fn records_with_empty_optional_fields_read_back() {
+        let record = EpochRecord {
+            worker: 1,
+            epoch: 2,
+            train_loss: 0.5,
+            val_loss: None,
+            val_accuracy: None,
+            test_loss: None,
+            test_accuracy: None,
+            objective: None,
+            primal_residual: None,
+            dual_residual: None,
+            n_train: 10,
+            n_val: 0,
+            n_test: 0,
+            compute_s: 1.0,
+            comm_s: 0.5,
+            wait_s: 0.25,
+            load_s: 0.0,
+            usage: Usage::default(),
+            rounds: 3,
+            round_max_s: 0.1,
+            epoch_s: 2.0,
+            invocation: 0,
+            peak_rss_mb: None,
+        };
+        let progress = Progress {
+            epochs_done: 2,
+            last: Some(record.clone()),
+            invocations: 1,
+        };
+        let back: Progress = decode("k", &encode(&progress)).unwrap();
+        assert_eq!(back, progress);
+        let with = EpochRecord {
+            test_accuracy: Some(0.75),
+            peak_rss_mb: Some(12.0),
+            ..record
+        };
+        assert_eq!(decode::<EpochRecord>("k", &encode(&with)).unwrap(), with);
+    }
+
+    /// A checkpoint remembers the layout of its model, and one taken up by a model laid out
+    /// otherwise is refused, naming the key and both layouts.
+    #[test]
+    fn a_checkpoint_of_another_layout_is_refused() {
+        let mut ckpt: Checkpoint = serde_json::from_value(serde_json::json!({
+            "model": {"params": [], "aux": []},
+            "training_done": false, "epoch": 0, "step": 0, "round": 0,
+            "acc": EpochAcc::default(), "history": [],
+            "collective": CollectiveState::default(), "invocations": 1,
+            "comm": CommStats::default(), "usage": Usage::default(), "billed_s": 0.0
+        }))
+        .expect("a checkpoint written before layouts were recorded still reads");
+        ckpt.adopt_layout(0xabc, "job/worker/checkpoint/0").unwrap();
+        assert_eq!(ckpt.layout, Some(0xabc));
+        ckpt.adopt_layout(0xabc, "job/worker/checkpoint/0").unwrap();
+        let err = ckpt
+            .adopt_layout(0xdef, "job/worker/checkpoint/0")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("job/worker/checkpoint/0")
+                && err.contains("0000000000000abc")
+                && err.contains("0000000000000def"),
+            "{err}"
+        );
     }
 }

@@ -62,6 +62,12 @@ pub struct Summary {
     /// Validation accuracy after the last epoch, pooled over workers, in [0, 1] (classifiers).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub final_val_accuracy: Option<f64>,
+    /// Test loss after the last epoch, pooled over the workers' shares (`--test-data`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub final_test_loss: Option<f64>,
+    /// Test accuracy after the last epoch, pooled over the workers' shares, in [0, 1].
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub final_test_accuracy: Option<f64>,
     /// KMeans: the last round's within-cluster sum of squares.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub final_objective: Option<f64>,
@@ -83,6 +89,10 @@ pub struct Summary {
     pub invocations_per_worker: Vec<u32>,
     /// CRC-32 of each worker's final parameters (equal digests: identical models).
     pub param_digests: Vec<String>,
+    /// The layout of the vector in `model.bin` (a hash of its pieces' names and sizes, in
+    /// hex): a tool reading the file checks it against the model it builds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_layout: Option<String>,
     /// Channel traffic of all workers' collectives.
     pub comm: CommStats,
     /// Every channel request of the job (workers' invocations and the driver), as the
@@ -147,6 +157,11 @@ pub struct EpochSummary {
     pub val_loss: Option<f64>,
     /// Validation accuracy weighted by validation rows.
     pub val_accuracy: Option<f64>,
+    /// Test loss weighted by test rows (`--test-data`).
+    pub test_loss: Option<f64>,
+    /// Test accuracy weighted by test rows: the whole test set's when the workers hold the
+    /// same model (grad_avg, or after model_avg's epoch average).
+    pub test_accuracy: Option<f64>,
     /// KMeans objective (the same on every worker).
     pub objective: Option<f64>,
     /// ADMM primal residual (the same on every worker).
@@ -169,6 +184,7 @@ pub fn per_epoch(results: &[WorkerResult]) -> Vec<EpochSummary> {
 
 fn pool<'a>(epoch: u32, records: impl Iterator<Item = &'a EpochRecord>) -> EpochSummary {
     let (mut tl, mut nt, mut vl, mut va, mut nv) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    let (mut xl, mut xa, mut nx) = (0.0, 0.0, 0.0);
     let (mut slowest, mut comm_share, mut count) = (0f64, 0.0, 0.0);
     let mut first: Option<&EpochRecord> = None;
     for r in records {
@@ -179,6 +195,11 @@ fn pool<'a>(epoch: u32, records: impl Iterator<Item = &'a EpochRecord>) -> Epoch
             vl += l * r.n_val as f64;
             va += a * r.n_val as f64;
             nv += r.n_val as f64;
+        }
+        if let (Some(l), Some(a)) = (r.test_loss, r.test_accuracy) {
+            xl += l * r.n_test as f64;
+            xa += a * r.n_test as f64;
+            nx += r.n_test as f64;
         }
         slowest = slowest.max(r.epoch_s);
         comm_share += if r.epoch_s > 0.0 {
@@ -195,6 +216,8 @@ fn pool<'a>(epoch: u32, records: impl Iterator<Item = &'a EpochRecord>) -> Epoch
         train_loss: div(tl, nt),
         val_loss: has_val.then(|| div(vl, nv)),
         val_accuracy: has_val.then(|| div(va, nv)),
+        test_loss: (nx > 0.0).then(|| xl / nx),
+        test_accuracy: (nx > 0.0).then(|| xa / nx),
         objective: first.and_then(|r| r.objective),
         primal_residual: first.and_then(|r| r.primal_residual),
         dual_residual: first.and_then(|r| r.dual_residual),
@@ -263,6 +286,8 @@ pub fn summarize(
         final_train_loss: last.map_or(f64::NAN, |l| l.train_loss),
         final_val_loss: last.and_then(|l| l.val_loss),
         final_val_accuracy: last.and_then(|l| l.val_accuracy),
+        final_test_loss: last.and_then(|l| l.test_loss),
+        final_test_accuracy: last.and_then(|l| l.test_accuracy),
         final_objective: last.and_then(|l| l.objective),
         final_primal_residual: last.and_then(|l| l.primal_residual),
         final_dual_residual: last.and_then(|l| l.dual_residual),
@@ -270,7 +295,11 @@ pub fn summarize(
         recoveries: Vec::new(),
         invocations: invocations_per_worker.iter().sum(),
         invocations_per_worker,
-        param_digests: results.iter().map(|r| digest(&r.params)).collect(),
+        param_digests: results.iter().map(|r| r.digest.clone()).collect(),
+        model_layout: results
+            .first()
+            .and_then(|r| r.layout)
+            .map(|h| format!("{h:016x}")),
         comm: results
             .iter()
             .fold(CommStats::default(), |acc, r| acc + r.comm),
@@ -319,11 +348,15 @@ pub fn render_table(summary: &Summary, results: &[WorkerResult]) -> String {
     use std::fmt::Write as _;
     let epochs = per_epoch(results);
     type Column = (&'static str, fn(&EpochSummary) -> Option<String>);
-    let columns: [Column; 8] = [
+    let columns: [Column; 10] = [
         ("train loss", |e| Some(format!("{:.5}", e.train_loss))),
         ("val loss", |e| e.val_loss.map(|v| format!("{v:.5}"))),
         ("val acc", |e| {
             e.val_accuracy.map(|v| format!("{:.2}%", 100.0 * v))
+        }),
+        ("test loss", |e| e.test_loss.map(|v| format!("{v:.5}"))),
+        ("test acc", |e| {
+            e.test_accuracy.map(|v| format!("{:.2}%", 100.0 * v))
         }),
         ("objective", |e| e.objective.map(|v| format!("{v:.6e}"))),
         ("primal res", |e| {
@@ -353,6 +386,10 @@ pub fn render_table(summary: &Summary, results: &[WorkerResult]) -> String {
         (Some(acc), _) => format!("val accuracy {:.2}%", 100.0 * acc),
         (None, Some(obj)) => format!("objective {obj:.6e}"),
         (None, None) => "no metric".to_string(),
+    };
+    let outcome = match summary.final_test_accuracy {
+        Some(acc) => format!("test accuracy {:.2}%, {outcome}", 100.0 * acc),
+        None => outcome,
     };
     let _ = writeln!(
         out,

@@ -149,13 +149,16 @@ impl Run {
 /// The comparison table, in markdown.
 pub fn table(runs: &[Run]) -> String {
     let mut out = String::from(
-        "| # | job | model | optim | sync | channel | workers | rounds | final loss | val acc | wall s | requests | est. cost USD | cost per 1k rounds |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| # | job | model | optim | sync | channel | workers | rounds | final loss | val acc | test acc | wall s | requests | est. cost USD | cost per 1k rounds |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for (i, r) in runs.iter().enumerate() {
         let s = &r.summary;
         let acc = s
             .final_val_accuracy
+            .map_or_else(|| "-".to_string(), |a| format!("{:.2}%", 100.0 * a));
+        let test_acc = s
+            .final_test_accuracy
             .map_or_else(|| "-".to_string(), |a| format!("{:.2}%", 100.0 * a));
         let per_round = if s.rounds > 0 {
             format!("{:.6}", s.estimated_cost_usd * 1000.0 / s.rounds as f64)
@@ -163,7 +166,7 @@ pub fn table(runs: &[Run]) -> String {
             "-".to_string()
         };
         out.push_str(&format!(
-            "| {} | `{}` | {} | {} | {} | `{}` | {} | {} | {:.5} | {} | {:.2} | {} | {:.6} | {} |\n",
+            "| {} | `{}` | {} | {} | {} | `{}` | {} | {} | {:.5} | {} | {} | {:.2} | {} | {:.6} | {} |\n",
             i + 1,
             s.job_id,
             s.model,
@@ -174,6 +177,7 @@ pub fn table(runs: &[Run]) -> String {
             s.rounds,
             s.final_train_loss,
             acc,
+            test_acc,
             s.wall_seconds,
             s.requests.requests(),
             s.estimated_cost_usd,

@@ -110,6 +110,41 @@ fn resnet_grad_avg_async() {
     check("resnet20", "grad_avg", "async");
 }
 
+/// model_avg averaging within epochs (`--sync-every`), measured on a test set every epoch:
+/// a round per two minibatches (the epoch's last included), identical workers after each
+/// epoch's average, and the test shares covering the test file once.
+#[test]
+fn resnet_model_avg_within_epochs_with_a_test_set() {
+    let dir = scratch();
+    let test = shared_data(
+        "cifar-test-200.bin",
+        &["cifar", "--rows", "200", "--seed", "9"],
+    );
+    let mut args = cnn_args("resnet20", "model_avg", "reduce");
+    set(&mut args, "--epochs", "2");
+    args.extend(["--sync-every", "2", "--test-data", test.to_str().unwrap()]);
+    let run = train(dir.path(), &args);
+    let steps = run.summary["steps_per_epoch"].as_u64().unwrap();
+    let text = std::fs::read_to_string(run.run_dir.join("metrics.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for line in &lines {
+        assert_eq!(line["rounds"].as_u64(), Some(steps.div_ceil(2)), "{line}");
+    }
+    let shares: u64 = lines
+        .iter()
+        .filter(|l| l["epoch"] == 2)
+        .map(|l| l["n_test"].as_u64().unwrap())
+        .sum();
+    assert_eq!(shares, 200);
+    let accuracy = run.summary["final_test_accuracy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&accuracy));
+    let digests = run.digests();
+    assert!(digests.iter().all(|d| d == &digests[0]), "{digests:?}");
+}
+
 /// Every channel carries a CNN and ends with the same parameters as `dir:`.
 #[test]
 fn resnet_over_every_channel() {
@@ -250,13 +285,10 @@ fn the_step_bench_runs() {
     assert!(t["params"].as_u64().unwrap() > 1000);
 }
 
-/// A full-size ResNet-18 (11.2 M values, 45 MB) crosses Memcached's 1 MB items, Redis, S3
-/// and the parameter server: one round of gradient averaging (one minibatch per worker), the
-/// same parameters as over `dir:`, nothing left on the service.
-///
-/// DynamoDB is left out for now: on dynalite a 45 MB round takes tens of seconds, a worker is
-/// declared lost and re-invoked, and the superseded invocation's result write lands after the
-/// job's cleanup (one key left). Recorded in the note.
+/// A full-size ResNet-18 (11.2 M values, 45 MB) crosses Memcached's 1 MB items, Redis, S3,
+/// DynamoDB's 400 KB items and the parameter server: one round of gradient averaging (one
+/// minibatch per worker), the same parameters as over `dir:`, nothing left on the service.
+/// (On dynalite the round takes tens of seconds: no worker may be taken for lost meanwhile.)
 #[test]
 fn a_full_size_resnet18_round_crosses_the_channels_and_the_parameter_server() {
     let dir = scratch();
@@ -295,8 +327,15 @@ fn a_full_size_resnet18_round_crosses_the_channels_and_the_parameter_server() {
         shared("LAMBDAML_TEST_S3"),
         reference.summary["job_id"].as_str().unwrap()
     );
-    for url in [&memcached.url, &redis.url, &s3] {
+    let dynamodb = shared("LAMBDAML_TEST_DYNAMODB");
+    for url in [&memcached.url, &redis.url, &s3, &dynamodb] {
         let run = train(dir.path(), &[&args[..], &["--channel", url]].concat());
+        assert_eq!(
+            run.invocations_per_worker(),
+            vec![1; 4],
+            "{url}: a worker was re-invoked: {}",
+            run.summary["recoveries"]
+        );
         assert_eq!(
             run.digests(),
             digests,

@@ -24,4 +24,5 @@ mod recovery;
 mod reinvocation;
 mod remote;
 mod sparse_convergence;
+mod test_sets;
 mod train_matrix;

@@ -100,14 +100,11 @@ impl Layout {
     /// A 64-bit FNV-1a hash of the slots' names, sizes and kinds: two networks with the
     /// same hash lay their vectors out the same way.
     pub fn hash(&self) -> u64 {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for slot in &self.slots {
-            let text = format!("{}:{}:{};", slot.name, slot.len, slot.trainable);
-            for b in text.bytes() {
-                h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-            }
-        }
-        h
+        crate::algo::learner::fnv1a(
+            self.slots
+                .iter()
+                .map(|slot| format!("{}:{}:{};", slot.name, slot.len, slot.trainable)),
+        )
     }
 }
 
@@ -210,6 +207,22 @@ mod tests {
         let r18 = Layout::of(&ResNet::resnet18(CIFAR, &device));
         assert_eq!((r18.trainable(), r18.len()), (11_173_962, 11_183_562));
         assert_ne!(r20.hash(), mobile.hash());
+        let narrow = Layout::of(&ResNet::resnet20(
+            NetShape {
+                width: 0.5,
+                ..CIFAR
+            },
+            &device,
+        ));
+        assert_ne!(
+            r20.hash(),
+            narrow.hash(),
+            "another width, the same layout hash"
+        );
+        assert_eq!(
+            r20.hash(),
+            Layout::of(&ResNet::resnet20(CIFAR, &device)).hash()
+        );
     }
 
     /// A network loaded from another's vector computes the same outputs (training mode, so

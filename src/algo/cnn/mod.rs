@@ -31,8 +31,13 @@ use nets::{MobileNet, Net, NetShape, ResNet};
 /// Images evaluated per forward pass when measuring validation loss and accuracy.
 const EVAL_BATCH: usize = 256;
 
-/// The learner of the CNN `spec.model` on this worker's images `data`.
-pub fn learner(spec: &TrainSpec, data: Dataset) -> Result<Box<dyn Learner>, ModelError> {
+/// The learner of the CNN `spec.model` on this worker's images `data`, measured on its
+/// share of the test images `test` after every epoch when given.
+pub fn learner(
+    spec: &TrainSpec,
+    data: Dataset,
+    test: Option<Dataset>,
+) -> Result<Box<dyn Learner>, ModelError> {
     let facts = spec.images.clone().ok_or_else(|| {
         ModelError::Invalid(format!(
             "--model {} trains on images: split a CIFAR-10 or IDX file with `lambdaml data split`",
@@ -45,27 +50,11 @@ pub fn learner(spec: &TrainSpec, data: Dataset) -> Result<Box<dyn Learner>, Mode
             spec.model
         )));
     }
-    let Features::Dense(pixels) = data.features else {
-        return Err(ModelError::Invalid(
-            "image partitions load as dense pixels".into(),
-        ));
-    };
-    if pixels.n_features != facts.shape.pixels() {
-        return Err(ModelError::Invalid(format!(
-            "images of {} have {} pixels, the partition rows {}",
-            facts.shape,
-            facts.shape.pixels(),
-            pixels.n_features
-        )));
-    }
     check_facts(&facts)?;
-    if let Some(bad) = data.labels.iter().find(|&&l| l as usize >= facts.classes) {
-        return Err(ModelError::Invalid(format!(
-            "label {bad} in the partition, but the manifest says {} classes (0 to {})",
-            facts.classes,
-            facts.classes - 1
-        )));
-    }
+    let data = Images::of(data, &facts, "partition")?;
+    let test = test
+        .map(|t| Images::of(t, &facts, "test set"))
+        .transpose()?;
     let shape = NetShape {
         channels: facts.shape.channels,
         classes: facts.classes,
@@ -73,27 +62,22 @@ pub fn learner(spec: &TrainSpec, data: Dataset) -> Result<Box<dyn Learner>, Mode
     };
     let device = Device::flex().autodiff();
     device.seed(spec.seed);
-    let labels = data.labels.iter().map(|&l| l as i64).collect();
-    let data = Images {
-        pixels: pixels.values,
-        labels,
-        facts,
-    };
+    let sets = (data, test);
     Ok(match spec.model {
         ModelKind::Resnet20 => Box::new(Cnn::new(
             ResNet::resnet20(shape, &device),
             device,
-            data,
+            sets,
             spec,
         )),
         ModelKind::Resnet18 => Box::new(Cnn::new(
             ResNet::resnet18(shape, &device),
             device,
-            data,
+            sets,
             spec,
         )),
         ModelKind::Mobilenet => {
-            Box::new(Cnn::new(MobileNet::new(shape, &device), device, data, spec))
+            Box::new(Cnn::new(MobileNet::new(shape, &device), device, sets, spec))
         }
         other => unreachable!("{other} is not a CNN"),
     })
@@ -133,6 +117,56 @@ struct Images {
     facts: ImageFacts,
 }
 
+impl Images {
+    /// The images of `data` (`what`: which set, for errors), checked against what the
+    /// manifest says of them.
+    fn of(data: Dataset, facts: &ImageFacts, what: &str) -> Result<Images, ModelError> {
+        let Features::Dense(pixels) = data.features else {
+            return Err(ModelError::Invalid(format!(
+                "the {what}'s images load as dense pixels"
+            )));
+        };
+        if pixels.n_features != facts.shape.pixels() {
+            return Err(ModelError::Invalid(format!(
+                "images of {} have {} pixels, the {what}'s rows {}",
+                facts.shape,
+                facts.shape.pixels(),
+                pixels.n_features
+            )));
+        }
+        if let Some(bad) = data.labels.iter().find(|&&l| l as usize >= facts.classes) {
+            return Err(ModelError::Invalid(format!(
+                "label {bad} in the {what}, but the manifest says {} classes (0 to {})",
+                facts.classes,
+                facts.classes - 1
+            )));
+        }
+        Ok(Images {
+            pixels: pixels.values,
+            labels: data.labels.iter().map(|&l| l as i64).collect(),
+            facts: facts.clone(),
+        })
+    }
+
+    /// Images `rows`, normalised (and cropped and flipped at random from `augment`), as a
+    /// `[batch, channels, height, width]` tensor on `device`.
+    fn tensor(&self, rows: &[u32], augment: Option<&mut StdRng>, device: &Device) -> Tensor<4> {
+        let s = self.facts.shape;
+        let mut pixels = Vec::new();
+        fill_batch(
+            &self.pixels,
+            &self.facts,
+            rows,
+            augment.map(|rng| (Augment::CIFAR, rng)),
+            &mut pixels,
+        );
+        Tensor::from_data(
+            TensorData::new(pixels, [rows.len(), s.channels, s.height, s.width]),
+            device,
+        )
+    }
+}
+
 /// A network with its optimizer and its partition.
 struct Cnn<N: Net> {
     /// The network's structure on the autodiff device; its values are replaced from the
@@ -142,6 +176,8 @@ struct Cnn<N: Net> {
     layout: flat::Layout,
     trainable: Vec<bool>,
     data: Images,
+    /// This worker's share of the test set.
+    test: Option<Images>,
     optim: OptimKind,
     lr: f32,
     /// The rate of the current step: `lr` decayed along a cosine over the whole run.
@@ -159,7 +195,12 @@ struct Cnn<N: Net> {
 }
 
 impl<N: Net> Cnn<N> {
-    fn new(net: N, device: Device, data: Images, spec: &TrainSpec) -> Self {
+    fn new(
+        net: N,
+        device: Device,
+        (data, test): (Images, Option<Images>),
+        spec: &TrainSpec,
+    ) -> Self {
         let layout = flat::Layout::of(&net);
         let (val_rows, train_rows) =
             sgd::train_val_split(data.labels.len(), spec.val_ratio, spec.seed, spec.worker);
@@ -174,6 +215,7 @@ impl<N: Net> Cnn<N> {
             net,
             device,
             data,
+            test,
             optim: spec.optim,
             lr: spec.lr,
             step_lr: spec.lr,
@@ -188,24 +230,6 @@ impl<N: Net> Cnn<N> {
             order: None,
             pool,
         }
-    }
-
-    /// Images `rows`, normalised (and cropped and flipped at random from `augment`), as a
-    /// `[batch, channels, height, width]` tensor on `device`.
-    fn images(&self, rows: &[u32], augment: Option<&mut StdRng>, device: &Device) -> Tensor<4> {
-        let s = self.data.facts.shape;
-        let mut pixels = Vec::new();
-        fill_batch(
-            &self.data.pixels,
-            &self.data.facts,
-            rows,
-            augment.map(|rng| (Augment::CIFAR, rng)),
-            &mut pixels,
-        );
-        Tensor::from_data(
-            TensorData::new(pixels, [rows.len(), s.channels, s.height, s.width]),
-            device,
-        )
     }
 
     /// Steps `state` with `vector`: momentum SGD at trainable values, statistics replaced.
@@ -231,6 +255,32 @@ impl<N: Net> Cnn<N> {
         (f64::from(self.lr) * 0.5 * (1.0 + (std::f64::consts::PI * done / total).cos())) as f32
     }
 
+    /// Mean cross-entropy and accuracy of `net` (in evaluation mode) on images `rows` of
+    /// `set`.
+    fn measure(&self, net: &N, set: &Images, rows: &[u32]) -> (f64, f64) {
+        let device = Device::flex();
+        let (mut loss, mut correct) = (0f64, 0usize);
+        for rows in rows.chunks(EVAL_BATCH) {
+            let x = set.tensor(rows, None, &device);
+            let logits = self.pool.install(|| net.forward(x)).into_data();
+            let logits = logits.as_slice::<f32>().expect("f32 logits");
+            let classes = logits.len() / rows.len();
+            for (z, &r) in logits.chunks_exact(classes).zip(rows) {
+                let label = set.labels[r as usize] as usize;
+                let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let log_sum = z.iter().map(|v| (v - max).exp()).sum::<f32>().ln() + max;
+                loss += f64::from(log_sum - z[label]);
+                let best = z
+                    .iter()
+                    .enumerate()
+                    .fold(0, |b, (i, v)| if *v > z[b] { i } else { b });
+                correct += usize::from(best == label);
+            }
+        }
+        let n = rows.len().max(1) as f64;
+        (loss / n, correct as f64 / n)
+    }
+
     /// A seed for the augmentation of one step, so a resumed invocation replays it.
     fn step_seed(&self, epoch: u32, step: usize) -> u64 {
         self.seed
@@ -244,6 +294,11 @@ impl<N: Net> Cnn<N> {
 impl<N: Net> Learner for Cnn<N> {
     fn segments(&self) -> Vec<Segment> {
         self.layout.segments()
+    }
+
+    /// The flat layout's own hash, which also tells trainable values from statistics.
+    fn layout_hash(&self) -> u64 {
+        self.layout.hash()
     }
 
     /// Worker 0's freshly initialised network, broadcast so every worker starts from it.
@@ -294,7 +349,7 @@ impl<N: Net> Learner for Cnn<N> {
             0.0
         } else {
             let mut rng = StdRng::seed_from_u64(self.step_seed(epoch, step));
-            let x = self.images(rows, Some(&mut rng), &self.device);
+            let x = self.data.tensor(rows, Some(&mut rng), &self.device);
             let labels = rows.iter().map(|&r| self.data.labels[r as usize]).collect();
             let y =
                 Tensor::<1, Int>::from_data(TensorData::new(labels, [rows.len()]), &self.device);
@@ -347,35 +402,23 @@ impl<N: Net> Learner for Cnn<N> {
     }
 
     fn evaluate(&self, state: &LearnerState) -> Metrics {
-        if self.val_rows.is_empty() {
+        if self.val_rows.is_empty() && self.test.is_none() {
             return Metrics::default();
         }
         let net = flat::load(self.net.clone(), &state.params).valid();
-        let device = Device::flex();
-        let (mut loss, mut correct) = (0f64, 0usize);
-        for rows in self.val_rows.chunks(EVAL_BATCH) {
-            let x = self.images(rows, None, &device);
-            let logits = self.pool.install(|| net.forward(x)).into_data();
-            let logits = logits.as_slice::<f32>().expect("f32 logits");
-            let classes = logits.len() / rows.len();
-            for (z, &r) in logits.chunks_exact(classes).zip(rows) {
-                let label = self.data.labels[r as usize] as usize;
-                let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let log_sum = z.iter().map(|v| (v - max).exp()).sum::<f32>().ln() + max;
-                loss += f64::from(log_sum - z[label]);
-                let best = z
-                    .iter()
-                    .enumerate()
-                    .fold(0, |b, (i, v)| if *v > z[b] { i } else { b });
-                correct += usize::from(best == label);
-            }
+        let mut metrics = Metrics::default();
+        if !self.val_rows.is_empty() {
+            let (loss, accuracy) = self.measure(&net, &self.data, &self.val_rows);
+            metrics.val_loss = Some(loss);
+            metrics.val_accuracy = Some(accuracy);
         }
-        let n = self.val_rows.len() as f64;
-        Metrics {
-            val_loss: Some(loss / n),
-            val_accuracy: Some(correct as f64 / n),
-            ..Metrics::default()
+        if let Some(test) = self.test.as_ref().filter(|t| !t.labels.is_empty()) {
+            let rows: Vec<u32> = (0..test.labels.len() as u32).collect();
+            let (loss, accuracy) = self.measure(&net, test, &rows);
+            metrics.test_loss = Some(loss);
+            metrics.test_accuracy = Some(accuracy);
         }
+        metrics
     }
 
     fn converged(&self, _previous: Option<&Metrics>, _current: &Metrics) -> bool {
@@ -388,6 +431,10 @@ impl<N: Net> Learner for Cnn<N> {
 
     fn rows(&self) -> (usize, usize) {
         (self.train_rows.len(), self.val_rows.len())
+    }
+
+    fn test_rows(&self) -> usize {
+        self.test.as_ref().map_or(0, |t| t.labels.len())
     }
 
     fn divergence_hint(&self) -> String {
@@ -443,7 +490,7 @@ mod tests {
             3072,
         )
         .unwrap();
-        learner(&spec(worker), data).unwrap()
+        learner(&spec(worker), data, None).unwrap()
     }
 
     /// What a manifest says is checked before a network is sized from it, and labels past
@@ -461,13 +508,13 @@ mod tests {
         };
         let mut s = spec(0);
         s.images.as_mut().unwrap().classes = 1_000_000_000;
-        let err = learner(&s, data()).err().unwrap().to_string();
+        let err = learner(&s, data(), None).err().unwrap().to_string();
         assert!(err.contains("1000000000 classes"), "{err}");
         let mut s = spec(0);
         s.images.as_mut().unwrap().classes = 3;
-        let err = learner(&s, data()).err().unwrap().to_string();
+        let err = learner(&s, data(), None).err().unwrap().to_string();
         assert!(err.contains("but the manifest says 3 classes"), "{err}");
-        assert!(learner(&spec(0), data()).is_ok());
+        assert!(learner(&spec(0), data(), None).is_ok());
     }
 
     /// A step's vector holds gradients at trainable values and the batch-updated running

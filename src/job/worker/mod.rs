@@ -234,6 +234,19 @@ impl<'a> Session<'a> {
         let data =
             data_source::load_partition(&spec.data_location, &manifest, w, spec.n_features, layout)
                 .await?;
+        let test = match &spec.test_location {
+            Some(location) => {
+                let manifest = data_source::read_manifest(location)
+                    .await
+                    .context("reading the test set's manifest")?;
+                let part =
+                    data_source::load_partition(location, &manifest, w, spec.n_features, layout)
+                        .await
+                        .context("loading the test set")?;
+                Some(part)
+            }
+            None => None,
+        };
         // Data reads go to S3 whatever the channel is: counted apart, and out of the channel's.
         let data_usage = meter::snapshot() - before_data - (meter::apart_snapshot() - pulse_before);
         let usage_base = usage_base + data_usage;
@@ -250,7 +263,7 @@ impl<'a> Session<'a> {
                 cfg.memory_mb
             );
         }
-        let learner = algo::build(&train_spec, data)?;
+        let learner = algo::build(&train_spec, data, test)?;
         let n_params: usize = learner.segments().iter().map(|seg| seg.len).sum();
         // The same on every worker: it decides which keys are kept for a recovering peer.
         let keep_rounds = cfg.checkpoint_rounds(n_params);
@@ -294,6 +307,7 @@ impl<'a> Session<'a> {
                 usage: Usage::default(),
                 billed_s: 0.0,
                 data_usage: Usage::default(),
+                layout: None,
             }
         };
         state.data_usage = state.data_usage + data_usage;
@@ -348,16 +362,24 @@ impl<'a> Session<'a> {
         if block <= self.checkpoint_block {
             return Ok(());
         }
-        let key = records::key(
+        records::put(
+            self.channel.as_ref(),
+            &self.checkpoint_key(),
+            &self.snapshot(),
+        )
+        .await
+        .context("writing the checkpoint")?;
+        self.checkpoint_block = block;
+        Ok(())
+    }
+
+    /// Where this worker's checkpoint lives.
+    fn checkpoint_key(&self) -> String {
+        records::key(
             &self.event.job.job_id,
             records::CHECKPOINT,
             self.event.worker,
-        );
-        records::put(self.channel.as_ref(), &key, &self.snapshot())
-            .await
-            .context("writing the checkpoint")?;
-        self.checkpoint_block = block;
-        Ok(())
+        )
     }
 
     /// The state as a checkpoint: what this invocation did so far, with its traffic and
@@ -456,11 +478,14 @@ impl<'a> Session<'a> {
             train_loss,
             val_loss: None,
             val_accuracy: None,
+            test_loss: None,
+            test_accuracy: None,
             objective: None,
             primal_residual: None,
             dual_residual: None,
             n_train: n_train as u64,
             n_val: n_val as u64,
+            n_test: 0,
             compute_s: acc.compute_s,
             comm_s: acc.comm_s,
             wait_s: acc.wait_s,
@@ -481,6 +506,7 @@ impl<'a> Session<'a> {
             epoch = record.epoch,
             train_loss = record.train_loss,
             val_accuracy = record.val_accuracy,
+            test_accuracy = record.test_accuracy,
             objective = record.objective,
             "epoch done"
         );
@@ -505,21 +531,13 @@ impl<'a> Session<'a> {
         let snapshot = self.snapshot();
         within_bounds(self.event, self.event.invocation + 1)?;
         self.pulse.stop(self.raw.as_ref()).await;
+        // Before the checkpoint, which may be as slow as a round: the driver expects silence
+        // while it is written and while the next invocation starts.
+        let quiet = liveness::start_grace(&spec.config, &spec.channel) + self.transfer_allowance();
+        self.hand_over(quiet).await?;
         records::put(self.channel.as_ref(), &key, &snapshot)
             .await
             .context("writing the checkpoint")?;
-        // The driver expects silence while the next invocation starts.
-        let quiet = liveness::start_grace(&spec.config, &spec.channel);
-        liveness::hand_over(
-            self.channel.as_ref(),
-            self.event,
-            self.pulse.instance(),
-            self.state.round,
-            self.state.epoch,
-            quiet,
-        )
-        .await
-        .context("handing over to the next invocation")?;
         let next = WorkerEvent {
             invocation: self.event.invocation + 1,
             resume: true,
@@ -552,9 +570,17 @@ impl<'a> Session<'a> {
         self.pulse.stop(self.raw.as_ref()).await;
         let spec = &self.event.job;
         let w = self.event.worker;
+        let digest = super::summary::digest(&params);
+        let params = if w == 0 { params } else { Vec::new() };
+        if !params.is_empty() {
+            // The model rides in the result: the driver expects silence while it travels.
+            let quiet = spec.config.dead_time(&spec.channel) + self.transfer_allowance();
+            self.hand_over(quiet).await?;
+        }
         let result = WorkerResult {
             worker: w,
             params,
+            digest,
             history: self.state.history.clone(),
             invocations: self.state.invocations,
             residual_keys: self.collective.residual_keys(),
@@ -562,11 +588,34 @@ impl<'a> Session<'a> {
             usage: self.state.usage + (meter::snapshot() - self.usage_base),
             billed_s: self.state.billed_s + billed(self.started),
             data_usage: self.state.data_usage,
+            layout: self.state.layout,
         };
         let key = records::key(&spec.job_id, records::RESULT, w);
         records::put(self.channel.as_ref(), &key, &result).await?;
         tracing::info!("worker finished");
         Ok(Outcome::Finished)
+    }
+
+    /// How long writing a model-sized value may take: twice the slowest round so far (a
+    /// round moves at least a vector each way), at least a second.
+    fn transfer_allowance(&self) -> Duration {
+        (2 * self.longest_round).max(Duration::from_secs(1))
+    }
+
+    /// Writes a beat asking the driver to expect silence for `quiet`: the pulse has
+    /// stopped, and what follows (a checkpoint or a result of a large model, then maybe the
+    /// next invocation's start) may take longer than the silence a dead worker is known by.
+    async fn hand_over(&self, quiet: Duration) -> anyhow::Result<()> {
+        liveness::hand_over(
+            self.channel.as_ref(),
+            self.event,
+            self.pulse.instance(),
+            self.state.round,
+            self.state.epoch,
+            quiet,
+        )
+        .await
+        .context("telling the driver to expect silence")
     }
 }
 

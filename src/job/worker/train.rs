@@ -11,6 +11,8 @@ pub(super) async fn train(
     s: &mut Session<'_>,
     learner: &mut dyn Learner,
 ) -> anyhow::Result<Outcome> {
+    let key = s.checkpoint_key();
+    s.state.adopt_layout(learner.layout_hash(), &key)?;
     if s.state.model.params.is_empty() {
         s.state.model = match learner.init()? {
             Init::Ready(state) => state,
@@ -28,6 +30,13 @@ pub(super) async fn train(
     );
     let steps = learner.steps_per_epoch();
     let epochs = s.event.job.config.epochs;
+    // Validated at the edge: only model_avg averages within an epoch.
+    let sync_every = s
+        .event
+        .job
+        .config
+        .sync_every
+        .filter(|_| learner.syncs_each_epoch());
     let mut grad = Vec::new();
 
     while !s.state.training_done {
@@ -36,6 +45,18 @@ pub(super) async fn train(
                 return s.reinvoke().await;
             }
             s.checkpoint_if_due().await?;
+            if sync_every.is_some_and(|k| s.state.step > 0 && s.state.step.is_multiple_of(k)) {
+                // model_avg's average within the epoch, before the step that follows it, so
+                // that a re-invocation in its round redoes it from the same state.
+                let started = Instant::now();
+                let vector = learner.epoch_vector(&s.state.model);
+                s.state.acc.compute_s += started.elapsed().as_secs_f64();
+                let Some(mean) = s.mean(&vector).await? else {
+                    return s.reinvoke().await;
+                };
+                learner.apply_epoch_mean(&mut s.state.model, &mean);
+                s.state.acc.wall_s += started.elapsed().as_secs_f64();
+            }
             let started = Instant::now();
             let step = learner.step(&mut s.state.model, s.state.epoch, s.state.step, &mut grad);
             let compute = started.elapsed().as_secs_f64();
@@ -105,6 +126,7 @@ pub(super) async fn train(
             n_val,
         );
         record.set_metrics(metrics);
+        record.n_test = learner.test_rows() as u64;
         s.finish_epoch(record).await?;
         if converged || s.state.epoch >= epochs {
             s.state.training_done = true;
