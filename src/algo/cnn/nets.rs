@@ -255,3 +255,109 @@ impl Net for MobileNet {
         self.classifier.forward(pool(x))
     }
 }
+
+#[cfg(test)]
+mod weight_gradient_tests {
+    use burn::tensor::TensorData;
+    use burn::tensor::module::conv2d;
+    use burn::tensor::ops::ConvOptions;
+    use rand::{Rng, SeedableRng};
+
+    /// One convolution's sizes: (batch, input channels, side, output channels, kernel,
+    /// stride, padding, dilation, groups).
+    type Case = (
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+    );
+
+    /// The weight gradient burn computes (with the patched flex backend) for `case`, against
+    /// the sum `dW[co][ci][i][j] = sum over n, oy, ox of G[n][co][oy][ox] X[n][c][iy][ix]`
+    /// written out here.
+    fn check((n, c_in, side, c_out, k, stride, pad, dil, groups): Case) {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut draw =
+            |len: usize| -> Vec<f32> { (0..len).map(|_| rng.random_range(-1.0..1.0)).collect() };
+        let c_in_g = c_in / groups;
+        let out = (side + 2 * pad - dil * (k - 1) - 1) / stride + 1;
+        let x = draw(n * c_in * side * side);
+        let w = draw(c_out * c_in_g * k * k);
+        let r = draw(n * c_out * out * out);
+        let device = Device::flex().autodiff();
+        let xt = Tensor::<4>::from_data(TensorData::new(x.clone(), [n, c_in, side, side]), &device);
+        let wt = Tensor::<4>::from_data(TensorData::new(w, [c_out, c_in_g, k, k]), &device)
+            .require_grad();
+        let rt = Tensor::<4>::from_data(TensorData::new(r.clone(), [n, c_out, out, out]), &device);
+        let options = ConvOptions::new([stride; 2], [pad; 2], [dil; 2], groups);
+        let y = conv2d(xt, wt.clone(), None, options);
+        assert_eq!(y.dims(), [n, c_out, out, out]);
+        let grads = (y * rt).sum().backward();
+        let got = wt.grad(&grads).expect("a weight gradient").into_data();
+        let got = got.as_slice::<f32>().unwrap();
+        let c_out_g = c_out / groups;
+        let mut max_err = 0f32;
+        for co in 0..c_out {
+            let g = co / c_out_g;
+            for ci in 0..c_in_g {
+                let c = g * c_in_g + ci;
+                for i in 0..k {
+                    for j in 0..k {
+                        let mut want = 0f64;
+                        for b in 0..n {
+                            for oy in 0..out {
+                                for ox in 0..out {
+                                    let iy = (oy * stride + i * dil) as isize - pad as isize;
+                                    let ix = (ox * stride + j * dil) as isize - pad as isize;
+                                    if iy < 0
+                                        || ix < 0
+                                        || iy >= side as isize
+                                        || ix >= side as isize
+                                    {
+                                        continue;
+                                    }
+                                    let xv = x[((b * c_in + c) * side + iy as usize) * side
+                                        + ix as usize];
+                                    let rv = r[((b * c_out + co) * out + oy) * out + ox];
+                                    want += f64::from(xv) * f64::from(rv);
+                                }
+                            }
+                        }
+                        let at = ((co * c_in_g + ci) * k + i) * k + j;
+                        max_err = max_err.max((got[at] - want as f32).abs());
+                    }
+                }
+            }
+        }
+        assert!(
+            max_err < 1e-3,
+            "{:?}: the weight gradient is off by {max_err}",
+            (n, c_in, side, c_out, k, stride, pad, dil, groups)
+        );
+    }
+
+    use burn::prelude::*;
+
+    /// The shapes the networks use (3x3 same-padding, strided, 1x1 shortcuts, depthwise) and
+    /// a few they do not (dilation, groups of several channels, an odd size).
+    #[test]
+    fn the_weight_gradient_is_the_sum_it_stands_for() {
+        for case in [
+            (2, 3, 8, 4, 3, 1, 1, 1, 1),
+            (3, 4, 9, 6, 3, 2, 1, 1, 1),
+            (2, 8, 8, 4, 1, 2, 0, 1, 1),
+            (2, 6, 8, 6, 3, 1, 1, 1, 6),
+            (2, 6, 9, 6, 3, 2, 1, 1, 6),
+            (2, 4, 7, 8, 3, 1, 1, 1, 2),
+            (1, 3, 10, 2, 3, 1, 2, 2, 1),
+            (2, 2, 5, 3, 5, 1, 0, 1, 1),
+        ] {
+            check(case);
+        }
+    }
+}
