@@ -184,17 +184,7 @@ fn a_cnn_cut_by_deadlines_ends_as_an_uninterrupted_run() {
 #[test]
 fn cnns_and_their_data_are_checked_at_start() {
     let dir = scratch();
-    let run = |args: &[&str]| {
-        let out = output(
-            lambdaml()
-                .current_dir(dir.path())
-                .args(["train", "--runs-dir"])
-                .arg(dir.path().join("runs"))
-                .args(args),
-        );
-        assert!(!out.status.success());
-        String::from_utf8_lossy(&out.stderr).to_string()
-    };
+    let run = |args: &[&str]| failing_job(dir.path(), None, args).0;
     let cifar = cifar_data().to_str().unwrap();
     let err = run(&[
         "--model",

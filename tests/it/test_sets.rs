@@ -110,17 +110,7 @@ fn linear_test_accuracy_is_the_models_accuracy_on_the_test_file() {
 #[test]
 fn test_sets_that_do_not_fit_are_refused() {
     let dir = scratch();
-    let refused = |args: &[&str]| {
-        let out = output(
-            lambdaml()
-                .current_dir(dir.path())
-                .args(["train", "--runs-dir"])
-                .arg(dir.path().join("runs"))
-                .args(args),
-        );
-        assert!(!out.status.success(), "{args:?} was accepted");
-        String::from_utf8_lossy(&out.stderr).to_string()
-    };
+    let refused = |args: &[&str]| failing_job(dir.path(), None, args).0;
     let data = dense_data().to_str().unwrap();
     let wide = dir.path().join("wide.svm");
     std::fs::write(&wide, "1 1:0.5 99:1\n0 2:0.25\n").unwrap();

@@ -134,6 +134,37 @@ pub fn flatten<M: Module>(net: &M) -> Vec<f32> {
     f.0
 }
 
+/// Writes the running statistics of `net` (call it on `net.valid()`, as [`flatten`]) into
+/// their places in `out`, a vector of `layout`; trainable values are left as they are, and
+/// never read out of the network (most of a network's values).
+pub fn copy_statistics<M: Module>(net: &M, layout: &Layout, out: &mut [f32]) {
+    struct Stats<'a> {
+        slots: std::slice::Iter<'a, Slot>,
+        at: usize,
+        out: &'a mut [f32],
+    }
+    impl ModuleVisitor for Stats<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let slot = self
+                .slots
+                .next()
+                .expect("the network has the layout's tensors");
+            if !slot.trainable {
+                let mut values = Vec::with_capacity(slot.len);
+                push_values(param.val(), &mut values);
+                self.out[self.at..self.at + slot.len].copy_from_slice(&values);
+            }
+            self.at += slot.len;
+        }
+    }
+    assert_eq!(out.len(), layout.len(), "vector and layout sizes differ");
+    net.visit(&mut Stats {
+        slots: layout.slots.iter(),
+        at: 0,
+        out,
+    });
+}
+
 /// `net` with its values replaced by `values` (layout order); tensors keep their ids, devices
 /// and whether they require gradients.
 pub fn load<M: Module>(net: M, values: &[f32]) -> M {
@@ -258,5 +289,17 @@ mod tests {
             "{stats:?}"
         );
         assert_eq!(stats.len(), 2 * 21);
+        // The statistics alone land where `flatten` puts them (the training forwards above
+        // moved them); nothing else is touched.
+        let now = flatten(&b.valid());
+        let mut out = vec![f32::NAN; layout.len()];
+        copy_statistics(&b.valid(), &layout, &mut out);
+        for ((o, v), t) in out.iter().zip(&now).zip(layout.trainable_mask()) {
+            if t {
+                assert!(o.is_nan());
+            } else {
+                assert_eq!(o, v);
+            }
+        }
     }
 }

@@ -364,12 +364,11 @@ impl<N: Net> Learner for Cnn<N> {
                 flat::flatten_grads(&net, &grads, grad);
                 value
             });
-            let after = flat::flatten(&net.valid());
-            for (i, g) in grad.iter_mut().enumerate() {
-                if self.trainable[i] {
-                    *g += self.weight_decay * state.params[i];
-                } else {
-                    *g = after[i];
+            // The batch-updated statistics take their places; weight decay joins the gradient.
+            flat::copy_statistics(&net.valid(), &self.layout, grad);
+            for ((g, &w), &t) in grad.iter_mut().zip(&state.params).zip(&self.trainable) {
+                if t {
+                    *g += self.weight_decay * w;
                 }
             }
             loss
