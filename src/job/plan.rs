@@ -57,7 +57,7 @@ pub async fn prepare_data(
                 "synthetic cifar, {} images, seed {}",
                 cfg.synth_rows, cfg.seed
             );
-            return split_images(cfg, run_dir, &set, &source);
+            return split_images(cfg, run_dir.join("partitions"), &set, &source);
         }
         None => synthesize(cfg, ui)?,
     };
@@ -68,7 +68,8 @@ pub async fn prepare_data(
         return partitioned(cfg, DataLocation::Local(source), manifest);
     }
     if let Some(set) = read_image_file(&source)? {
-        return split_images(cfg, run_dir, &set, &source.display().to_string());
+        let source = source.display().to_string();
+        return split_images(cfg, run_dir.join("partitions"), &set, &source);
     }
     let location = run_dir.join("partitions");
     ui.phase("split", meta.len(), true);
@@ -76,12 +77,7 @@ pub async fn prepare_data(
         ui.advance(b)
     })?;
     ui.done();
-    Ok(PreparedData {
-        location: DataLocation::Local(location),
-        n_features: manifest.n_features,
-        manifest,
-        temporary: true,
-    })
+    Ok(made(location, manifest))
 }
 
 /// Ensures the test set `cfg.test_data` (if any) is partitioned for the workers like the
@@ -110,9 +106,7 @@ pub async fn prepare_test_data(
                 let manifest = partition::read_manifest(path)?;
                 located(cfg, source.clone(), manifest, train.n_features)?
             } else if let Some(set) = read_image_file(path)? {
-                let source = path.display().to_string();
-                let manifest = partition::split_images(&set, cfg.workers, &location, &source)?;
-                made(location, manifest)
+                split_images(cfg, location, &set, &path.display().to_string())?
             } else {
                 ui.phase("split test", meta.len(), true);
                 let manifest = partition::split_file(
@@ -225,21 +219,15 @@ pub fn read_image_file(path: &Path) -> anyhow::Result<Option<images::ImageSet>> 
     Ok(None)
 }
 
-/// Partitions of `set` for the job, made in its run folder.
+/// Partitions of `set` for the job, made in `location` (in its run folder).
 fn split_images(
     cfg: &JobConfig,
-    run_dir: &Path,
+    location: PathBuf,
     set: &images::ImageSet,
     source: &str,
 ) -> anyhow::Result<PreparedData> {
-    let location = run_dir.join("partitions");
     let manifest = partition::split_images(set, cfg.workers, &location, source)?;
-    Ok(PreparedData {
-        location: DataLocation::Local(location),
-        n_features: manifest.n_features,
-        manifest,
-        temporary: true,
-    })
+    Ok(made(location, manifest))
 }
 
 /// Checks an existing partition location against the job.

@@ -48,14 +48,9 @@ pub(super) async fn train(
             if sync_every.is_some_and(|k| s.state.step > 0 && s.state.step.is_multiple_of(k)) {
                 // model_avg's average within the epoch, before the step that follows it, so
                 // that a re-invocation in its round redoes it from the same state.
-                let started = Instant::now();
-                let vector = learner.epoch_vector(&s.state.model);
-                s.state.acc.compute_s += started.elapsed().as_secs_f64();
-                let Some(mean) = s.mean(&vector).await? else {
+                if average(s, learner).await?.is_none() {
                     return s.reinvoke().await;
-                };
-                learner.apply_epoch_mean(&mut s.state.model, &mean);
-                s.state.acc.wall_s += started.elapsed().as_secs_f64();
+                }
             }
             let started = Instant::now();
             let step = learner.step(&mut s.state.model, s.state.epoch, s.state.step, &mut grad);
@@ -95,14 +90,10 @@ pub(super) async fn train(
                 return s.reinvoke().await;
             }
             s.checkpoint_if_due().await?;
-            let started = Instant::now();
-            let vector = learner.epoch_vector(&s.state.model);
-            s.state.acc.compute_s += started.elapsed().as_secs_f64();
-            let Some(mean) = s.mean(&vector).await? else {
+            let Some(averaged) = average(s, learner).await? else {
                 return s.reinvoke().await;
             };
-            sync = learner.apply_epoch_mean(&mut s.state.model, &mean);
-            s.state.acc.wall_s += started.elapsed().as_secs_f64();
+            sync = averaged;
         }
         let started = Instant::now();
         let metrics = learner.evaluate(&s.state.model).or(sync.current);
@@ -145,6 +136,21 @@ pub(super) async fn train(
     }
     let result = learner.result(&s.state.model);
     s.finish(result).await
+}
+
+/// Averages the learner's epoch vector (model_avg: the model) over the workers and applies
+/// the mean; `None` when the deadline interrupted the round (the caller re-invokes, and the
+/// round is re-run from the same state).
+async fn average(s: &mut Session<'_>, learner: &dyn Learner) -> anyhow::Result<Option<EpochSync>> {
+    let started = Instant::now();
+    let vector = learner.epoch_vector(&s.state.model);
+    s.state.acc.compute_s += started.elapsed().as_secs_f64();
+    let Some(mean) = s.mean(&vector).await? else {
+        return Ok(None);
+    };
+    let sync = learner.apply_epoch_mean(&mut s.state.model, &mean);
+    s.state.acc.wall_s += started.elapsed().as_secs_f64();
+    Ok(Some(sync))
 }
 
 /// What is not a finite number after an epoch, if anything: a diverged model must fail the
