@@ -292,6 +292,21 @@ impl Pulse {
     }
 }
 
+/// Whether `job` was aborted, as an invocation asks before it starts work. Its pulse may
+/// have read the flag first, and a fenced channel then refuses every read: a late invocation
+/// that asked through it failed without saying it stopped, and ended its process while its
+/// pulse was still writing a beat. So the pulse's word counts, and the flag is read unfenced.
+pub async fn aborted(
+    raw: &dyn Channel,
+    state: &PulseState,
+    job: &str,
+) -> Result<bool, ChannelError> {
+    if state.stopped() == Some(Stop::Aborted) {
+        return Ok(true);
+    }
+    Ok(raw.get(&Keys::new(job).abort()).await?.is_some())
+}
+
 /// Ends the process when `value` (the generation key's) names a newer generation than
 /// `mine`: a newer invocation of this worker runs, and this one must not write anything.
 fn exit_if_superseded(value: Option<&[u8]>, job: &str, worker: usize, mine: u32) {
@@ -607,5 +622,25 @@ mod tests {
         });
         state.may_write("k", "mem:x").await.unwrap();
         later.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_abort_seen_by_the_pulse_first_is_an_abort() {
+        let raw = crate::channel::mem::MemChannel::named("");
+        let state = PulseState::new(Duration::from_secs(1), Duration::from_secs(1));
+        assert!(
+            !aborted(&raw, &state, "j").await.unwrap(),
+            "no flag, no stop"
+        );
+        state.set_stop(Stop::Aborted);
+        assert!(
+            aborted(&raw, &state, "j").await.unwrap(),
+            "the pulse saw the flag"
+        );
+        let state = PulseState::new(Duration::from_secs(1), Duration::from_secs(1));
+        raw.put(&Keys::new("j").abort(), Bytes::new())
+            .await
+            .unwrap();
+        assert!(aborted(&raw, &state, "j").await.unwrap(), "the flag is up");
     }
 }

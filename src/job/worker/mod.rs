@@ -51,8 +51,12 @@ pub async fn run(event: WorkerEvent, deadline: Option<SystemTime>) -> anyhow::Re
     // has stopped before it deletes the job's keys: a re-invocation whose predecessor was cut
     // off before it could see the flag (short invocations rarely wait long enough to look),
     // or a first invocation that started late.
-    let abort_key = crate::comm::Keys::new(&spec.job_id).abort();
-    if channel.get(&abort_key).await?.is_some() {
+    let aborted = liveness::aborted(raw.as_ref(), pulse.state(), &spec.job_id).await;
+    if aborted.is_err() {
+        // The pulse is stopped before the process ends, so no beat is cut off half written.
+        pulse.stop(raw.as_ref()).await;
+    }
+    if aborted? {
         tracing::info!("the job was aborted: not resuming");
         pulse.stop(raw.as_ref()).await;
         let stopped = WorkerFailure {
