@@ -2,6 +2,7 @@
 
 mod job;
 pub mod lambda;
+mod plan;
 mod progress;
 
 use std::io::Read;
@@ -64,6 +65,12 @@ pub enum Command {
     /// AWS Lambda: a local Lambda for tests and trials (`emulate`).
     #[command(subcommand)]
     Lambda(lambda::LambdaCommand),
+    /// Measure what `plan` needs of this machine and its channels (rounds, requests,
+    /// start-up) into a profile.
+    Profile(plan::ProfileArgs),
+    /// Predict the time and cost of configurations (workers, channels, sync modes,
+    /// optimizers, memory), rank them and recommend one under a deadline or a budget.
+    Plan(Box<plan::PlanArgs>),
     /// Compare finished runs: PNG charts (loss vs time, loss vs cost, time per worker) and a
     /// markdown table.
     Report(ReportArgs),
@@ -540,6 +547,8 @@ pub enum DataCommand {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Train(args) => train(*args),
+        Command::Profile(args) => plan::profile(args),
+        Command::Plan(args) => plan::plan(*args),
         Command::Worker(args) => run_worker(args),
         Command::Supervise(args) => supervise(args),
         Command::Data(cmd) => data(cmd),

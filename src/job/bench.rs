@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::event::Invocation;
 use super::records;
+use crate::channel::meter::Usage;
 use crate::channel::{self, ChannelUrl, RetryPolicy, codec};
 use crate::comm::{self, Comm, Keys, Member, PsTarget, SyncMode};
 use crate::platform::{FunctionSpec, PlatformChoice, PlatformSpec};
@@ -53,6 +54,9 @@ pub struct BenchSamples {
     /// Channel requests of this worker in the measured rounds, per sync mode.
     #[serde(default)]
     requests: std::collections::BTreeMap<String, u64>,
+    /// What those requests were (kinds, bytes, DynamoDB units), per sync mode.
+    #[serde(default)]
+    usage: std::collections::BTreeMap<String, Usage>,
     residual_keys: Vec<String>,
     /// The first round whose mean was not the exact mean, in words.
     #[serde(default)]
@@ -90,6 +94,10 @@ pub struct BenchReport {
     /// Channel requests of all workers together per round, per sync mode (the parameter
     /// server's calls are not channel requests).
     pub requests_per_round: std::collections::BTreeMap<String, f64>,
+    /// Everything those requests did over the measured rounds, all workers together, per
+    /// sync mode (divide by `rounds` for one round): what the cost model prices.
+    #[serde(default)]
+    pub usage: std::collections::BTreeMap<String, Usage>,
 }
 
 fn stat(mut v: Vec<f64>) -> Stat {
@@ -215,6 +223,16 @@ pub async fn run(
             .iter()
             .map(|(k, v)| (k.clone(), v.median))
             .collect(),
+        usage: round_ms
+            .keys()
+            .map(|mode| {
+                let all = samples
+                    .iter()
+                    .filter_map(|s| s.usage.get(mode))
+                    .fold(Usage::default(), |a, b| a + *b);
+                (mode.clone(), all)
+            })
+            .collect(),
         requests_per_round: round_ms
             .keys()
             .map(|mode| {
@@ -268,12 +286,12 @@ pub async fn worker(e: BenchEvent) -> anyhow::Result<()> {
         addr: addr.clone(),
         token: e.ps_token.clone(),
     });
-    let mut modes = vec![SyncMode::Reduce, SyncMode::ReduceScatter];
+    let mut modes = vec![SyncMode::Reduce, SyncMode::ReduceScatter, SyncMode::Async];
     modes.extend(ps.is_some().then_some(SyncMode::Ps));
     for mode in modes {
         let mut collective = comm::open(mode, ps.as_ref(), member.clone()).await?;
         let mut times = Vec::with_capacity(e.rounds);
-        let mut requests = 0;
+        let mut usage = Usage::default();
         for i in 0..WARMUP + e.rounds {
             let mine = contribution(e.seed, round, e.worker, values.len());
             comm.barrier(round).await?;
@@ -282,9 +300,10 @@ pub async fn worker(e: BenchEvent) -> anyhow::Result<()> {
             let mean = collective.mean(round, &mine).await?;
             if i >= WARMUP {
                 times.push(ms(t));
-                requests += (crate::channel::meter::snapshot() - before).requests();
+                usage = usage + (crate::channel::meter::snapshot() - before);
             }
-            if s.wrong.is_none() {
+            // `async` averages with the latest model of each peer, whichever round that was.
+            if s.wrong.is_none() && mode != SyncMode::Async {
                 s.wrong = check_mean(e.seed, round, e.workers, &mean)
                     .err()
                     .map(|why| format!("{mode}, round {i}: {why}"));
@@ -293,7 +312,8 @@ pub async fn worker(e: BenchEvent) -> anyhow::Result<()> {
         }
         s.residual_keys.extend(collective.residual_keys());
         s.round_ms.insert(mode.to_string(), times);
-        s.requests.insert(mode.to_string(), requests);
+        s.requests.insert(mode.to_string(), usage.requests());
+        s.usage.insert(mode.to_string(), usage);
     }
     comm.barrier(round).await?;
     s.residual_keys.extend(comm.residual_keys());
@@ -349,10 +369,11 @@ pub fn render(r: &BenchReport) -> String {
     for (mode, s) in &r.round_ms {
         match mode.as_str() {
             "ps" => row("push+pull (ps)", s),
+            "async" => row("exchange (async)", s),
             _ => row(&format!("all-reduce ({mode})"), s),
         }
     }
-    out.push_str("every round's result checked against the exact mean\nchannel requests per round (all workers):");
+    out.push_str("every all-reduce round's result checked against the exact mean\nchannel requests per round (all workers):");
     for (mode, n) in &r.requests_per_round {
         out.push_str(&format!(" {mode} {n:.1}"));
     }

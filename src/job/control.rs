@@ -267,6 +267,9 @@ pub struct Cancelled {
     pub seconds: f64,
 }
 
+/// The abort flag's value when `lambdaml job cancel` raised it (the driver raises it empty).
+pub const CANCEL_FLAG: &[u8] = b"cancel";
+
 /// Cancels job `job`: raises its abort flag; a live driver stops the workers and deletes
 /// the job's keys (waited for, up to `limit`); without one, this waits for every worker to
 /// stop or fall silent and deletes the keys itself.
@@ -278,7 +281,7 @@ pub async fn cancel(url: &ChannelUrl, job: &str, limit: Duration) -> anyhow::Res
     let ch = channel::open_with(url, driver::channel_options(cfg)).await?;
     ch.put(
         &Keys::new(job).abort(),
-        bytes::Bytes::from_static(b"cancel"),
+        bytes::Bytes::from_static(CANCEL_FLAG),
     )
     .await
     .context("raising the job's abort flag")?;

@@ -63,6 +63,8 @@ struct Tracked {
     /// Lost after the job was aborted: nothing will come from it any more.
     gone: bool,
     epochs_done: u32,
+    /// Seconds of the slowest round of its last reported epoch.
+    round_max_s: f64,
     generation: u32,
     retries: u32,
     /// The latest invocation known to have run.
@@ -116,6 +118,7 @@ pub async fn follow(
             failure: None,
             gone: false,
             epochs_done: 0,
+            round_max_s: 0.0,
             generation: start.generations.get(w).copied().unwrap_or(0),
             retries: start.generations.get(w).copied().unwrap_or(0),
             invocation: 0,
@@ -212,6 +215,7 @@ pub async fn follow(
                 && p.epochs_done != t.epochs_done
             {
                 t.epochs_done = p.epochs_done;
+                t.round_max_s = p.last.as_ref().map_or(0.0, |r| r.round_max_s);
                 last_move = Instant::now();
                 let done = workers.iter().map(|t| t.epochs_done as u64).sum();
                 ui.trained(done, p.last.as_ref());
@@ -229,7 +233,18 @@ pub async fn follow(
             }
             let silence = t.last_sign.elapsed();
             let quiet = t.beat.map_or(0, |b| b.quiet_until_unix_ms) > unix_ms();
-            let limit = if t.beat.is_none() { grace } else { dead_time };
+            // A worker done training stops beating and writes its result (worker 0's
+            // carries the model, as slow to write as a round): it says so with a quiet
+            // beat, and until that is seen its last epoch's slowest round is allowed twice,
+            // as the worker allows itself.
+            let finishing = t.epochs_done >= cfg.epochs;
+            let limit = match t.beat {
+                None => grace,
+                Some(_) if finishing => {
+                    dead_time + Duration::from_secs_f64(2.0 * t.round_max_s.clamp(0.5, 3600.0))
+                }
+                Some(_) => dead_time,
+            };
             let lost = lost.or_else(|| {
                 (silence > limit && !quiet).then(|| {
                     let what = if t.beat.is_none() {
@@ -309,7 +324,14 @@ pub async fn follow(
         let first_failure = workers.iter().find_map(|t| t.failure.as_ref());
         let stalled = last_move.elapsed() > stall_limit;
         if (first_failure.is_some() || stalled) && aborted_at.is_none() {
-            let _ = ch.put(&Keys::new(job).abort(), bytes::Bytes::new()).await;
+            // Workers that stopped at a flag `lambdaml job cancel` raised may report it
+            // before this driver's next beat looks at the flag: that is a cancel too.
+            match ch.get(&Keys::new(job).abort()).await {
+                Ok(Some(flag)) if flag.as_ref() == super::control::CANCEL_FLAG => cancelled = true,
+                _ => {
+                    let _ = ch.put(&Keys::new(job).abort(), bytes::Bytes::new()).await;
+                }
+            }
             aborted_at = Some(Instant::now());
         }
         if let Some(at) = aborted_at {

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use crate::cost::{self, Consumption};
+use crate::job::forecast::Forecast;
+use crate::job::planner::FORECAST_FILE;
 use crate::job::records::EpochRecord;
 use crate::job::summary::{Summary, TimeSplit};
 
@@ -22,6 +24,8 @@ pub struct Run {
     pub summary: Summary,
     /// `metrics.jsonl`: every worker's epoch records.
     pub records: Vec<EpochRecord>,
+    /// `forecast.json`: what `lambdaml plan` predicted for it, when it was planned.
+    pub forecast: Option<Forecast>,
 }
 
 /// A point of a run's curve: after `epoch`, the pooled training loss, the wall time and the
@@ -62,10 +66,20 @@ impl Run {
                     .with_context(|| format!("{}:{}: not an epoch record", path.display(), i + 1))
             })
             .collect::<anyhow::Result<_>>()?;
+        let path = dir.join(FORECAST_FILE);
+        let forecast = match std::fs::read_to_string(&path) {
+            Ok(text) => Some(
+                serde_json::from_str(&text)
+                    .with_context(|| format!("reading {}", path.display()))?,
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
         Ok(Run {
             dir: dir.to_path_buf(),
             summary,
             records,
+            forecast,
         })
     }
 
@@ -214,6 +228,47 @@ fn breakdown(runs: &[Run]) -> String {
     out
 }
 
+/// Predicted against measured, for the runs `lambdaml plan --run` started (empty when none
+/// was planned).
+pub fn predicted_vs_measured(runs: &[Run]) -> String {
+    let planned: Vec<(usize, &Run, &Forecast)> = runs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| Some((i, r, r.forecast.as_ref()?)))
+        .collect();
+    if planned.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from(
+        "## Predicted against measured (planned runs)\n\n\
+         | # | configuration | predicted wall s | measured wall s | error | predicted USD | measured USD | error |\n\
+         |---|---|---|---|---|---|---|---|\n",
+    );
+    let error = |p: f64, m: f64| {
+        if m > 0.0 {
+            format!("{:+.1}%", 100.0 * (p - m) / m)
+        } else {
+            "-".to_string()
+        }
+    };
+    for (i, r, f) in planned {
+        let s = &r.summary;
+        out.push_str(&format!(
+            "| {} | {} | {:.2} | {:.2} | {} | {:.6} | {:.6} | {} |\n",
+            i + 1,
+            f.choice.label(),
+            f.wall_s,
+            s.wall_seconds,
+            error(f.wall_s, s.wall_seconds),
+            f.cost.total,
+            s.estimated_cost_usd,
+            error(f.cost.total, s.estimated_cost_usd)
+        ));
+    }
+    out.push('\n');
+    out
+}
+
 /// What `write` produced.
 #[derive(Debug, Clone)]
 pub struct Written {
@@ -253,11 +308,12 @@ pub fn write(dirs: &[PathBuf], out: &Path, progress: &dyn Fn(&str)) -> anyhow::R
     };
     let prices = &runs[0].summary.prices;
     let md = format!(
-        "# lambdaml report\n\n{}\n## Cost breakdown (USD) and worker time (seconds, all workers)\n\n{}\n\
+        "# lambdaml report\n\n{}\n{}## Cost breakdown (USD) and worker time (seconds, all workers)\n\n{}\n\
          Costs are estimates as if the runs had run on AWS: Lambda at each run's memory size, \
          requests as the services count them, servers for the job's duration. Prices: {} ({}), \
          read {}.\n\n{images}",
         table(&runs),
+        predicted_vs_measured(&runs),
         breakdown(&runs),
         prices.region,
         prices.source,

@@ -18,6 +18,7 @@ mod job_control;
 mod lambda;
 mod lost_workers;
 mod metrics;
+mod plan;
 mod ps;
 mod quickstart;
 mod recovery;

@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""Predicted against measured: runs `lambdaml plan --json` over a few grids, then trains
+every configuration it predicted and compares wall time and estimated cost.
+
+Usage (from the repository root, servers from scripts/services.sh in the environment):
+    source scripts/services.sh
+    python3 scripts/plan-validate.py [--profile local|aws|FILE] [--bin target/release/lambdaml]
+
+Prints a markdown table (one row per configuration) and the median absolute errors; the
+table in BENCHMARKS.md "Planning" comes from it. Each grid alternates nothing: every run is
+a fresh job, one at a time, on a machine that should otherwise be idle.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--profile", default="local")
+ap.add_argument("--bin", default="target/release/lambdaml")
+ap.add_argument("--only", default="", help="run only grids whose name contains this")
+args = ap.parse_args()
+
+env = os.environ
+work = tempfile.mkdtemp(prefix="plan-validate-")
+chan_dir = f"dir:{work}/chan"
+channels = {
+    "dir": chan_dir,
+    "s3": env.get("LAMBDAML_TEST_S3", "") + "/plan-validate",
+    "memcached": env.get("LAMBDAML_TEST_MEMCACHED", ""),
+    "redis": env.get("LAMBDAML_TEST_REDIS", ""),
+    "dynamodb": env.get("LAMBDAML_TEST_DYNAMODB", ""),
+}
+
+cifar = os.path.join(work, "cifar-512.bin")
+subprocess.run([args.bin, "data", "synth", "cifar", "--rows", "512", "--out", cifar], check=True)
+
+# (name, job flags for both plan and train, grid flags for plan)
+grids = [
+    ("lr grad_avg", ["--synth-rows", "50000", "--epochs", "3", "--batch-size", "1000"],
+     ["--workers", "2,4,8", "--optim", "grad_avg", "--sync", "reduce",
+      "--channels", channels["dir"], channels["memcached"], channels["redis"], channels["s3"]]),
+    ("lr model_avg", ["--synth-rows", "50000", "--epochs", "5", "--batch-size", "1000"],
+     ["--workers", "2,4", "--optim", "model_avg", "--sync", "reduce_scatter",
+      "--channels", channels["dir"], channels["dynamodb"]]),
+    ("lr async", ["--synth-rows", "50000", "--epochs", "3", "--batch-size", "1000"],
+     ["--workers", "2,4", "--optim", "grad_avg", "--sync", "async", "--channels", channels["redis"]]),
+    ("resnet20 w0.125", ["--data", cifar, "--model", "resnet20", "--epochs", "1", "--batch-size", "32"],
+     ["--workers", "2,4", "--optim", "grad_avg", "--sync", "reduce",
+      "--channels", channels["dir"], channels["redis"]]),
+]
+width = {"resnet20 w0.125": ["--width", "0.125"]}
+
+rows = []
+for name, job, grid in grids:
+    if args.only and args.only not in name:
+        continue
+    runs = os.path.join(work, "runs")
+    cfg = []
+    if name in width:
+        cfg_path = os.path.join(work, "cnn.toml")
+        with open(cfg_path, "w") as f:
+            f.write("width = 0.125\n")
+        cfg = ["--config", cfg_path]
+    plan = subprocess.run(
+        [args.bin, "plan", *cfg, *job, *grid, "--profile", args.profile, "--runs-dir", runs, "--json"],
+        check=True, capture_output=True, text=True)
+    forecasts = json.loads(plan.stdout)["forecasts"]
+    for f in forecasts:
+        c = f["choice"]
+        url = c["channel"]
+        # The plan prints URLs without secrets: map back by scheme.
+        scheme = url.split(":", 1)[0]
+        train_url = channels[scheme] if scheme != "dir" else chan_dir
+        out = subprocess.run(
+            [args.bin, "train", *cfg, *job, "--workers", str(c["workers"]),
+             "--optim", c["optim"], "--sync", c["sync"], "--memory-mb", str(c["memory_mb"]),
+             "--channel", train_url, "--runs-dir", runs, "--json"],
+            check=True, capture_output=True, text=True)
+        s = json.loads(out.stdout)
+        row = dict(grid=name, label=f"{c['workers']} x {c['sync']} {c['optim']} {scheme}",
+                   pt=f["wall_s"], mt=s["wall_seconds"], pc=f["cost"]["total"],
+                   mc=s["estimated_cost_usd"])
+        row["et"] = (row["pt"] - row["mt"]) / row["mt"]
+        row["ec"] = (row["pc"] - row["mc"]) / row["mc"] if row["mc"] > 0 else 0.0
+        rows.append(row)
+        print(f"{name:<16} {row['label']:<34} time {row['pt']:8.2f} / {row['mt']:8.2f} s "
+              f"({100 * row['et']:+6.1f}%)  cost {row['pc']:.6f} / {row['mc']:.6f} "
+              f"({100 * row['ec']:+6.1f}%)", file=sys.stderr, flush=True)
+
+print("| model | configuration | predicted s | measured s | error | predicted USD | measured USD | error |")
+print("|---|---|---|---|---|---|---|---|")
+for r in rows:
+    print(f"| {r['grid']} | {r['label']} | {r['pt']:.2f} | {r['mt']:.2f} | {100 * r['et']:+.1f}% "
+          f"| {r['pc']:.6f} | {r['mc']:.6f} | {100 * r['ec']:+.1f}% |")
+if rows:
+    print()
+    print(f"{len(rows)} configurations; median absolute error: time "
+          f"{100 * statistics.median(abs(r['et']) for r in rows):.1f}%, cost "
+          f"{100 * statistics.median(abs(r['ec']) for r in rows):.1f}%")

@@ -1,0 +1,333 @@
+//! Predicting a configuration's time and cost before it runs.
+//!
+//! The model, written down (README "Planning"):
+//!
+//! ```text
+//! wall  = overhead.fixed + overhead.per_worker * n + load + epochs * epoch
+//! epoch = compute / n * slowdown + rounds * round(sync, n, bytes) + other * rounds / rounds_1
+//! load  = load_1 / n * max(1, n / cores)
+//! slowdown = max(1, n * threads / cores)   (workers sharing a machine's cores; 1 on Lambda)
+//! ```
+//!
+//! `compute`, `load_1` and `other` come from a *pilot*: the job itself trained by one
+//! worker for up to two epochs on this machine (so every model, optimizer and data layout
+//! is measured as it really runs); `round` and the requests come from the [`Profile`].
+//! `rounds` per epoch follow from the optimizer: one per minibatch (grad_avg, and async
+//! whatever the optimizer), one per epoch (model_avg, ADMM, KMeans), or one per
+//! `sync_every` minibatches. Cost is [`crate::cost::estimate`] of the predicted
+//! consumption: `n * busy` billed seconds, the rounds' requests plus each worker's
+//! background, per-epoch and one-off requests, and servers for the wall time.
+
+use serde::{Deserialize, Serialize};
+
+use super::JobConfig;
+use super::profile::{Profile, Requests};
+use crate::algo::{OptimKind, threads::vcpus_for_memory};
+use crate::channel::ChannelUrl;
+use crate::comm::SyncMode;
+use crate::cost::{self, Consumption, Cost, Prices};
+
+/// What one worker's pilot of a job measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pilot {
+    /// The optimizer it ran.
+    pub optim: OptimKind,
+    /// Its memory size (compute threads).
+    pub memory_mb: u32,
+    /// Rows of the whole dataset.
+    pub rows: usize,
+    /// Values in the synchronised vector.
+    pub params: usize,
+    /// Seconds for one worker to load every row.
+    pub load_s: f64,
+    /// Seconds for one worker to compute one epoch over every row.
+    pub compute_epoch_s: f64,
+    /// Seconds of bookkeeping per epoch (records, steps' overhead).
+    pub other_epoch_s: f64,
+    /// Synchronisation rounds per epoch of the pilot.
+    pub rounds_per_epoch: f64,
+}
+
+impl Pilot {
+    /// The pilot's figures from its run's summary.
+    pub fn from_run(
+        cfg: &JobConfig,
+        s: &super::summary::Summary,
+        params: usize,
+    ) -> anyhow::Result<Pilot> {
+        let epochs = f64::from(s.rounds.max(1));
+        let t = &s.time;
+        anyhow::ensure!(
+            s.workers == 1,
+            "a pilot runs one worker, this ran {}",
+            s.workers
+        );
+        Ok(Pilot {
+            optim: cfg.optim,
+            memory_mb: cfg.memory_mb,
+            rows: s.rows,
+            params,
+            load_s: t.load_s,
+            compute_epoch_s: t.compute_s / epochs,
+            // Its collectives are those of one worker: not what n workers' rounds cost.
+            other_epoch_s: t.other_s / epochs,
+            rounds_per_epoch: rounds_per_epoch(cfg, 1, s.rows),
+        })
+    }
+}
+
+/// The choices the planner varies, as one configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Choice {
+    /// Workers.
+    pub workers: usize,
+    /// Channel.
+    pub channel: ChannelUrl,
+    /// Sync mode.
+    pub sync: SyncMode,
+    /// Optimizer.
+    pub optim: OptimKind,
+    /// Memory of a worker (MB).
+    pub memory_mb: u32,
+}
+
+impl Choice {
+    /// The choice `cfg` makes.
+    pub fn of(cfg: &JobConfig) -> Choice {
+        Choice {
+            workers: cfg.workers,
+            channel: cfg.channel_url().without_secrets(),
+            sync: cfg.sync,
+            optim: cfg.optim,
+            memory_mb: cfg.memory_mb,
+        }
+    }
+
+    /// `base` with this choice made.
+    pub fn apply(&self, base: &JobConfig) -> JobConfig {
+        JobConfig {
+            workers: self.workers,
+            channel: Some(self.channel.clone()),
+            sync: self.sync,
+            optim: self.optim,
+            memory_mb: self.memory_mb,
+            ..base.clone()
+        }
+    }
+
+    /// One line: `8 x reduce grad_avg redis 2048 MB`.
+    pub fn label(&self) -> String {
+        format!(
+            "{} x {} {} {} {} MB",
+            self.workers,
+            self.sync,
+            self.optim,
+            self.channel.scheme(),
+            self.memory_mb
+        )
+    }
+}
+
+/// A configuration's predicted time and cost.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Forecast {
+    /// What was predicted.
+    pub choice: Choice,
+    /// Synchronisation rounds per epoch.
+    pub rounds_per_epoch: f64,
+    /// Seconds of one epoch: computing, communicating, the rest.
+    pub epoch_s: f64,
+    /// Of which computing.
+    pub compute_epoch_s: f64,
+    /// Of which in collectives.
+    pub comm_epoch_s: f64,
+    /// Seconds loading the partition.
+    pub load_s: f64,
+    /// Wall seconds from the first invocation to the last result.
+    pub wall_s: f64,
+    /// Invocations of all workers (re-invocations at the time limit included).
+    pub invocations: u64,
+    /// Seconds billed over all invocations.
+    pub billed_s: f64,
+    /// Channel requests of the whole job.
+    pub requests: Requests,
+    /// The cost by item.
+    pub cost: Cost,
+}
+
+/// Synchronisation rounds per epoch of `cfg` with `workers` workers over `rows` rows.
+pub fn rounds_per_epoch(cfg: &JobConfig, workers: usize, rows: usize) -> f64 {
+    let per_worker = rows as f64 / workers.max(1) as f64;
+    let train = per_worker - (cfg.val_ratio * per_worker).floor();
+    let steps = (train / cfg.batch_size.max(1) as f64).ceil().max(1.0);
+    if cfg.model.is_clustering() {
+        return 1.0;
+    }
+    match (cfg.optim, cfg.sync) {
+        (OptimKind::GradAvg, _) | (_, SyncMode::Async) => steps,
+        (OptimKind::ModelAvg, _) => cfg
+            .sync_every
+            .map_or(1.0, |k| (steps / k.max(1) as f64).ceil()),
+        (OptimKind::Admm, _) => 1.0,
+    }
+}
+
+/// Predicts `cfg` (a full job configuration) from its pilot and the environment.
+pub fn predict(
+    cfg: &JobConfig,
+    pilot: &Pilot,
+    profile: &Profile,
+    prices: &Prices,
+) -> anyhow::Result<Forecast> {
+    let n = cfg.workers.max(1);
+    let nf = n as f64;
+    let threads = vcpus_for_memory(cfg.memory_mb) as f64;
+    let (slowdown, load_share) = match profile.shared_cores {
+        Some(cores) => (
+            (nf * threads / cores as f64).max(1.0),
+            (nf / cores as f64).max(1.0),
+        ),
+        None => (1.0, 1.0),
+    };
+    let channel = cfg.channel_url();
+    let ch = profile.channel(&channel)?;
+    let rounds = rounds_per_epoch(cfg, n, pilot.rows);
+    let bytes = pilot.params * 4;
+    let round = if n == 1 {
+        super::profile::Round {
+            seconds: 0.0,
+            requests: Requests::default(),
+        }
+    } else {
+        ch.round(cfg.sync, n, bytes)?
+    };
+    let scale = profile.compute_scale;
+    let compute_epoch_s = pilot.compute_epoch_s / nf * slowdown * scale;
+    let comm_epoch_s = rounds * round.seconds;
+    let other_epoch_s = pilot.other_epoch_s * rounds / pilot.rounds_per_epoch.max(1.0) * scale;
+    let epoch_s = compute_epoch_s + comm_epoch_s + other_epoch_s;
+    let load_s = pilot.load_s / nf * load_share * scale;
+    let epochs = f64::from(cfg.epochs);
+    let busy = load_s + epochs * epoch_s;
+    // Each invocation works until its margin before the limit, then hands over.
+    let life = (cfg.invocation_timeout - cfg.margin()).max(1.0);
+    let per_worker_invocations = (busy / life).ceil().max(1.0);
+    let again = per_worker_invocations - 1.0;
+    let o = &profile.overhead;
+    let wall_s = o.fixed_s
+        + o.per_worker_s * nf
+        + busy
+        + again * (o.per_worker_s * nf + o.billed_extra_s + load_s);
+    let billed_s = nf * (busy + again * load_s + per_worker_invocations * o.billed_extra_s);
+    let all_rounds = epochs * rounds + 1.0;
+    let requests = round
+        .requests
+        .times(all_rounds)
+        .plus(ch.per_worker.times(nf * per_worker_invocations))
+        .plus(ch.per_epoch.times(nf * epochs))
+        .plus(ch.background.times(nf * wall_s));
+    let usage = requests.usage();
+    let cost = cost::estimate(
+        prices,
+        &Consumption {
+            channel: &channel,
+            parameter_server: cfg.sync == SyncMode::Ps,
+            memory_mb: cfg.memory_mb,
+            invocations: (nf * per_worker_invocations) as u64,
+            billed_s,
+            usage,
+            data_usage: Default::default(),
+            wall_s,
+        },
+    );
+    Ok(Forecast {
+        choice: Choice::of(cfg),
+        rounds_per_epoch: rounds,
+        epoch_s,
+        compute_epoch_s,
+        comm_epoch_s,
+        load_s,
+        wall_s,
+        invocations: (nf * per_worker_invocations) as u64,
+        billed_s,
+        requests,
+        cost,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::algo::ModelKind;
+
+    #[test]
+    fn rounds_follow_the_optimizer() {
+        let cfg = JobConfig {
+            batch_size: 100,
+            val_ratio: 0.0,
+            ..JobConfig::default()
+        };
+        assert_eq!(rounds_per_epoch(&cfg, 4, 4000), 10.0);
+        let model_avg = JobConfig {
+            optim: OptimKind::ModelAvg,
+            ..cfg.clone()
+        };
+        assert_eq!(rounds_per_epoch(&model_avg, 4, 4000), 1.0);
+        let every = JobConfig {
+            sync_every: Some(3),
+            ..model_avg.clone()
+        };
+        assert_eq!(rounds_per_epoch(&every, 4, 4000), 4.0);
+        let asynchronous = JobConfig {
+            sync: SyncMode::Async,
+            ..model_avg
+        };
+        assert_eq!(rounds_per_epoch(&asynchronous, 4, 4000), 10.0);
+        let kmeans = JobConfig {
+            model: ModelKind::Kmeans,
+            ..cfg
+        };
+        assert_eq!(rounds_per_epoch(&kmeans, 4, 4000), 1.0);
+    }
+
+    #[test]
+    fn workers_sharing_cores_compute_no_faster_than_the_cores_allow() {
+        let profile = Profile::load("local").unwrap();
+        let pilot = Pilot {
+            optim: OptimKind::GradAvg,
+            memory_mb: 1769,
+            rows: 100_000,
+            params: 29,
+            load_s: 1.0,
+            compute_epoch_s: 8.0,
+            other_epoch_s: 0.0,
+            rounds_per_epoch: 100.0,
+        };
+        let cores = profile.shared_cores.unwrap() as f64;
+        let at = |n: usize| {
+            let cfg = JobConfig {
+                workers: n,
+                memory_mb: 1769,
+                ..JobConfig::default()
+            };
+            predict(&cfg, &pilot, &profile, &Prices::default()).unwrap()
+        };
+        let two = at(cores as usize);
+        let eight = at(8 * cores as usize);
+        assert!((two.compute_epoch_s - 8.0 / cores).abs() < 1e-9, "{two:?}");
+        assert!(
+            (eight.compute_epoch_s - 8.0 / cores).abs() < 1e-9,
+            "{eight:?}"
+        );
+        let mut aws = profile.clone();
+        aws.shared_cores = None;
+        let cfg = JobConfig {
+            workers: 8,
+            memory_mb: 1769,
+            ..JobConfig::default()
+        };
+        let f = predict(&cfg, &pilot, &aws, &Prices::default()).unwrap();
+        assert!((f.compute_epoch_s - 1.0).abs() < 1e-9, "{f:?}");
+        assert!(f.cost.total > 0.0 && f.wall_s > f.epoch_s * 5.0);
+    }
+}
