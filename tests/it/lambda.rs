@@ -628,7 +628,7 @@ fn the_channel_bench_runs_its_workers_on_lambda() {
             .args(["--platform", &lambda.platform()]),
     );
     assert!(
-        out.contains("every round's result checked against the exact mean"),
+        out.contains("every all-reduce round's result checked against the exact mean"),
         "{out}"
     );
     assert_eq!(lambda.stats()["invocations"], 2);
