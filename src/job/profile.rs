@@ -535,9 +535,7 @@ pub async fn measure(opts: &ProfileOptions, say: &dyn Fn(&str)) -> anyhow::Resul
             let comm = round.requests.times(f64::from(s.rounds) + 1.0);
             let other = Requests::per(&s.requests, 1.0).minus(comm).times(0.5);
             points.push((f64::from(s.rounds), s.wall_seconds, other));
-            overheads.push((s.workers, s.wall_seconds - busy_per_worker(&s), {
-                s.billed_seconds / f64::from(s.invocations.max(1)) - busy_per_worker(&s)
-            }));
+            overheads.push(overhead_point(&s));
         }
         let (per_worker, per_epoch, background) = split_requests(&points);
         channels.push(ChannelProfile {
@@ -556,9 +554,7 @@ pub async fn measure(opts: &ProfileOptions, say: &dyn Fn(&str)) -> anyhow::Resul
         let out = driver::run(cfg, &Silent).await?;
         let _ = std::fs::remove_dir_all(&out.run_dir);
         let s = out.summary;
-        overheads.push((n, s.wall_seconds - busy_per_worker(&s), {
-            s.billed_seconds / f64::from(s.invocations.max(1)) - busy_per_worker(&s)
-        }));
+        overheads.push(overhead_point(&s));
     }
     Ok(Profile {
         name: format!(
@@ -575,6 +571,14 @@ pub async fn measure(opts: &ProfileOptions, say: &dyn Fn(&str)) -> anyhow::Resul
         overhead: fit_overhead(&overheads),
         channels,
     })
+}
+
+/// A job's `(workers, wall seconds beyond busy time, billed seconds per invocation beyond
+/// busy time)`, one point of the overhead fit.
+fn overhead_point(s: &super::summary::Summary) -> (usize, f64, f64) {
+    let busy = busy_per_worker(s);
+    let billed = s.billed_seconds / f64::from(s.invocations.max(1));
+    (s.workers, s.wall_seconds - busy, billed - busy)
 }
 
 /// Least squares of `wall - busy = fixed + per_worker * n` over the calibration jobs; the
