@@ -281,15 +281,34 @@ impl Pulse {
             t.thread().unpark();
             let _ = t.join();
         }
-        let at = Instant::now();
-        match channel.get(&generation_key(&self.job, self.worker)).await {
-            Ok(value) => {
-                exit_if_superseded(value.as_deref(), &self.job, self.worker, self.generation);
-                self.state.confirm(at);
-            }
-            Err(e) => tracing::warn!("could not read the worker's generation: {e}"),
+        if let Err(e) = confirm_current(
+            channel,
+            &self.state,
+            &self.job,
+            self.worker,
+            self.generation,
+        )
+        .await
+        {
+            tracing::warn!("could not read the worker's generation: {e}");
         }
     }
+}
+
+/// Reads `worker`'s generation key: ends the process when a newer generation than
+/// `generation` runs, else records the invocation as confirmed current.
+async fn confirm_current(
+    channel: &dyn Channel,
+    state: &PulseState,
+    job: &str,
+    worker: usize,
+    generation: u32,
+) -> Result<(), ChannelError> {
+    let at = Instant::now();
+    let value = channel.get(&generation_key(job, worker)).await?;
+    exit_if_superseded(value.as_deref(), job, worker, generation);
+    state.confirm(at);
+    Ok(())
 }
 
 /// Whether `job` was aborted, as an invocation asks before it starts work. Its pulse may
@@ -528,6 +547,9 @@ pub async fn abandon(
 pub struct Fenced {
     inner: Arc<dyn Channel>,
     state: Arc<PulseState>,
+    job: String,
+    worker: usize,
+    generation: u32,
 }
 
 impl Fenced {
@@ -536,7 +558,39 @@ impl Fenced {
         Fenced {
             inner,
             state: pulse.state().clone(),
+            job: pulse.job.clone(),
+            worker: pulse.worker,
+            generation: pulse.generation,
         }
+    }
+
+    /// Waits until a write is safe. Once the pulse has stopped nobody else confirms, and
+    /// the last writes (a result or a checkpoint, whose encoding alone may outlast the lease
+    /// on a loaded machine) would wait for nothing: such a write confirms the invocation
+    /// itself, with one read of the generation key.
+    async fn may_write(&self, key: &str) -> Result<(), ChannelError> {
+        if self.state.done.load(Ordering::SeqCst)
+            && !self.state.confirmed_recently()
+            && self.state.stopped() != Some(Stop::DriverGone)
+        {
+            confirm_current(
+                self.inner.as_ref(),
+                &self.state,
+                &self.job,
+                self.worker,
+                self.generation,
+            )
+            .await
+            .map_err(|e| {
+                refused(
+                    self.inner.url(),
+                    "put",
+                    key,
+                    format!("could not confirm that this invocation is still current: {e}"),
+                )
+            })?;
+        }
+        self.state.may_write(key, self.inner.url()).await
     }
 
     fn readable(&self, key: &str) -> Result<(), ChannelError> {
@@ -558,7 +612,7 @@ impl Channel for Fenced {
     }
 
     async fn put(&self, key: &str, value: Bytes) -> Result<(), ChannelError> {
-        self.state.may_write(key, self.inner.url()).await?;
+        self.may_write(key).await?;
         self.inner.put(key, value).await
     }
 
@@ -573,8 +627,7 @@ impl Channel for Fenced {
     }
 
     async fn delete(&self, keys: &[String]) -> Result<(), ChannelError> {
-        self.state
-            .may_write(keys.first().map_or("", String::as_str), self.inner.url())
+        self.may_write(keys.first().map_or("", String::as_str))
             .await?;
         self.inner.delete(keys).await
     }
@@ -622,6 +675,53 @@ mod tests {
         });
         state.may_write("k", "mem:x").await.unwrap();
         later.await.unwrap();
+    }
+
+    /// A result encoded slowly on a loaded machine (2.4 s for ResNet-18's 45 MB, longer than
+    /// a 2 s lease) was put after the stopped pulse's confirmation had lapsed: the write
+    /// waited for a confirmation nobody would give, and the driver took the worker for lost.
+    #[tokio::test]
+    async fn a_write_after_the_pulse_stopped_confirms_itself_once_the_lease_lapsed() {
+        let raw: Arc<dyn Channel> = Arc::new(crate::channel::mem::MemChannel::named(""));
+        let state = Arc::new(PulseState::new(
+            Duration::from_millis(50),
+            Duration::from_millis(500),
+        ));
+        let fenced = Fenced {
+            inner: raw.clone(),
+            state: state.clone(),
+            job: "j".into(),
+            worker: 1,
+            generation: 2,
+        };
+        state.confirm(Instant::now());
+        state.done.store(true, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(80));
+        assert!(!state.confirmed_recently(), "the lease ran out");
+        let at = Instant::now();
+        fenced.put("k", Bytes::from_static(b"v")).await.unwrap();
+        assert!(
+            at.elapsed() < Duration::from_millis(400),
+            "{:?}",
+            at.elapsed()
+        );
+        assert!(
+            state.confirmed_recently(),
+            "the write confirmed the invocation"
+        );
+        // A live pulse confirms on its own: the write waits for it instead.
+        let live = Arc::new(PulseState::new(
+            Duration::from_millis(50),
+            Duration::from_millis(100),
+        ));
+        let fenced = Fenced {
+            inner: raw,
+            state: live,
+            job: "j".into(),
+            worker: 1,
+            generation: 2,
+        };
+        assert!(fenced.put("k", Bytes::from_static(b"v")).await.is_err());
     }
 
     #[tokio::test]
