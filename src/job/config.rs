@@ -105,7 +105,9 @@ pub struct JobConfig {
     /// by channel: 1 s on caches and directories, 2 s on DynamoDB, 5 s on S3, whose requests
     /// cost most.
     pub heartbeat_s: Option<f64>,
-    /// Heartbeats an invocation may miss before the driver declares it dead.
+    /// Heartbeats an invocation may miss before the driver declares it dead. Five by
+    /// default: three (3 s on a cache) re-invoked a healthy worker whose heartbeat thread a
+    /// loaded 2-core machine left unscheduled that long, a retry paid for nothing.
     pub dead_after: u32,
     /// Seconds without a heartbeat of the driver after which the workers stop and delete the
     /// job's keys (`lambdaml job attach` within this time takes the job over).
@@ -167,7 +169,7 @@ impl Default for JobConfig {
             max_job_seconds: 86_400.0,
             max_retries: 2,
             heartbeat_s: None,
-            dead_after: 3,
+            dead_after: 5,
             driver_lease: 300.0,
             checkpoint_every: None,
             runs_dir: PathBuf::from("runs"),

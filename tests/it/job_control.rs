@@ -91,8 +91,8 @@ fn a_job_whose_driver_was_killed_is_finished_by_attach() {
     let (mut driver, job) = start_driver(dir.path(), &args, &mark);
     driver.kill().unwrap();
     driver.wait().unwrap();
-    // Past the 3 s after which a silent driver counts as gone (3 beats of 1 s).
-    std::thread::sleep(Duration::from_secs(4));
+    // Past the 5 s after which a silent driver counts as gone (5 beats of 1 s).
+    std::thread::sleep(Duration::from_secs(6));
     let status = job_command(&["status", &job, "--channel", &memcached.url]);
     let shown = String::from_utf8_lossy(&status.stdout);
     assert!(
@@ -194,7 +194,7 @@ fn cancel_stops_a_job_with_or_without_its_driver() {
     let (mut driver, job) = start_driver(dir.path(), &args, &mark);
     driver.kill().unwrap();
     driver.wait().unwrap();
-    std::thread::sleep(Duration::from_secs(4));
+    std::thread::sleep(Duration::from_secs(6));
     let out = job_command(&["cancel", &job, "--channel", &memcached.url]);
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{said}");

@@ -269,8 +269,8 @@ fn a_frozen_worker_is_replaced_and_its_stale_invocation_exits_without_writing() 
     job.wait_for_epochs(1, 2);
     let (_, worker) = job.worker_processes(1);
     signal("STOP", &worker);
-    // Declared dead after 3 missed beats of 1 s; the replacement takes over meanwhile.
-    std::thread::sleep(Duration::from_secs(5));
+    // Declared dead after 5 missed beats of 1 s; the replacement takes over meanwhile.
+    std::thread::sleep(Duration::from_secs(7));
     signal("CONT", &worker);
     let cut = job.finish();
     assert_eq!(whole.model_bytes(), cut.model_bytes());

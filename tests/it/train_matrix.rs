@@ -96,7 +96,7 @@ fn check(model: &str, optim: &str, sync: &str) {
     let run = run_on(dir.path(), &args, &format!("dir:{}", chan.display()));
     let s = &run.summary;
     assert_eq!(s["workers"], 4);
-    assert_eq!(s["invocations"], 4);
+    assert_eq!(s["invocations"], 4, "recoveries: {}", s["recoveries"]);
     let losses = run.train_losses();
     assert_eq!(losses.len(), 4);
     assert!(
