@@ -77,8 +77,9 @@ impl ChannelUrl {
         }
     }
 
-    /// The full text, secrets included: only for the events that carry it to workers.
-    fn text_with_secrets(&self) -> String {
+    /// The full text, secrets included: only for the events that carry it to workers and
+    /// the environment of a child process (`tune`'s trials), never for a file or a log.
+    pub fn text_with_secrets(&self) -> String {
         match self {
             ChannelUrl::Redis(url) => url.clone(),
             other => other.to_string(),

@@ -1,9 +1,11 @@
 //! Command-line interface: `train`, `worker`, `data synth`, `data split`.
 
+mod base;
 mod job;
 pub mod lambda;
 mod plan;
 mod progress;
+mod tune;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -71,6 +73,9 @@ pub enum Command {
     /// Predict the time and cost of configurations (workers, channels, sync modes,
     /// optimizers, memory), rank them and recommend one under a deadline or a budget.
     Plan(Box<plan::PlanArgs>),
+    /// Search hyper-parameters: trials of a grid or random draws, as jobs on one channel
+    /// under a concurrency limit, the clearly worse stopped early, the best written as TOML.
+    Tune(Box<tune::TuneArgs>),
     /// Compare finished runs: PNG charts (loss vs time, loss vs cost, time per worker) and a
     /// markdown table.
     Report(ReportArgs),
@@ -366,7 +371,7 @@ pub struct TrainArgs {
     /// Seconds between heartbeats (default by channel: 1 s caches, 2 s DynamoDB, 5 s S3).
     #[arg(long)]
     pub heartbeat_s: Option<f64>,
-    /// Missed heartbeats after which an invocation is declared dead.
+    /// Missed heartbeats after which an invocation is declared dead (default 5).
     #[arg(long)]
     pub dead_after: Option<u32>,
     /// Seconds without the driver's heartbeat after which workers stop and clean up.
@@ -549,6 +554,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(args) => train(*args),
         Command::Profile(args) => plan::profile(args),
         Command::Plan(args) => plan::plan(*args),
+        Command::Tune(args) => tune::tune(*args),
         Command::Worker(args) => run_worker(args),
         Command::Supervise(args) => supervise(args),
         Command::Data(cmd) => data(cmd),

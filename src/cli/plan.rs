@@ -5,12 +5,12 @@ use std::path::PathBuf;
 
 use clap::Args;
 
+use super::base::BaseJobArgs;
 use super::progress::BarUi;
 use super::runtime;
-use crate::algo::{ModelKind, OptimKind};
+use crate::algo::OptimKind;
 use crate::channel::ChannelUrl;
 use crate::comm::SyncMode;
-use crate::data::DataLocation;
 use crate::job::planner::{self, Grid, Limits};
 use crate::job::profile::{self, Profile, ProfileOptions};
 use crate::job::{JobConfig, driver, summary};
@@ -38,30 +38,15 @@ pub struct ProfileArgs {
 /// `lambdaml plan`: a job like `train`'s, and the values to try.
 #[derive(Debug, Args)]
 pub struct PlanArgs {
-    /// TOML file with job settings (see examples/); the flags below override it.
-    #[arg(long, short)]
-    pub config: Option<PathBuf>,
-    /// LibSVM file or partition location; none: synthesise data.
-    #[arg(long)]
-    pub data: Option<DataLocation>,
-    /// Rows to synthesise when --data is absent.
-    #[arg(long)]
-    pub synth_rows: Option<usize>,
-    /// Model.
-    #[arg(long, value_enum)]
-    pub model: Option<ModelKind>,
-    /// Epochs.
-    #[arg(long, short)]
-    pub epochs: Option<u32>,
+    /// The job planned.
+    #[command(flatten)]
+    pub base: BaseJobArgs,
     /// Rows per minibatch per worker.
     #[arg(long)]
     pub batch_size: Option<usize>,
     /// model_avg: minibatches between two model averages.
     #[arg(long)]
     pub sync_every: Option<usize>,
-    /// Where run folders go (the pilots' too, removed after).
-    #[arg(long)]
-    pub runs_dir: Option<PathBuf>,
     /// TOML file overriding prices of the cost model.
     #[arg(long)]
     pub prices: Option<PathBuf>,
@@ -104,16 +89,9 @@ pub struct PlanArgs {
 
 impl PlanArgs {
     fn base(&self) -> anyhow::Result<JobConfig> {
-        let mut c = match &self.config {
-            Some(path) => JobConfig::from_file(path)?,
-            None => JobConfig::default(),
-        };
-        macro_rules! set {
-            ($($f:ident),*) => { $(if let Some(v) = &self.$f { c.$f = v.clone(); })* };
-        }
-        set!(synth_rows, model, epochs, batch_size, runs_dir);
-        if self.data.is_some() {
-            c.data = self.data.clone();
+        let mut c = self.base.config()?;
+        if let Some(v) = self.batch_size {
+            c.batch_size = v;
         }
         if self.sync_every.is_some() {
             c.sync_every = self.sync_every;

@@ -19,6 +19,7 @@ pub mod planner;
 pub mod profile;
 pub mod records;
 pub mod summary;
+pub mod tune;
 pub mod worker;
 
 pub use config::JobConfig;

@@ -27,3 +27,4 @@ mod remote;
 mod sparse_convergence;
 mod test_sets;
 mod train_matrix;
+mod tune;
