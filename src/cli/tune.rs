@@ -399,9 +399,16 @@ async fn follow(ch: &dyn Channel, r: &mut Running) {
     }
     let Some(job) = &r.job else { return };
     let n = r.trial.config.workers;
-    for w in 0..n {
-        let key = records::key(job, records::PROGRESS, w);
-        if let Ok(Some(p)) = records::get::<Progress>(ch, &key).await
+    // One request for every worker's record where the backend batches reads.
+    let keys: Vec<String> = (0..n)
+        .map(|w| records::key(job, records::PROGRESS, w))
+        .collect();
+    let Ok(values) = ch.get_many(&keys).await else {
+        return;
+    };
+    for (w, (key, value)) in keys.iter().zip(values).enumerate() {
+        if let Some(bytes) = value
+            && let Ok(p) = records::decode::<Progress>(key, &bytes)
             && let Some(last) = &p.last
         {
             r.curve.add(w, n, last);
