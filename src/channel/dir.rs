@@ -91,6 +91,38 @@ impl DirChannel {
         }
     }
 
+    /// Removes the temp files of the keys `names` in `dir`, and every temp file there once no
+    /// key is left in it. A writer killed between its write and its rename (a SIGKILLed
+    /// Lambda instance) leaves one behind, and nobody else would ever remove it; its key may
+    /// never have been written whole, so the name alone does not find it. A live writer that
+    /// loses its temp file this way finds the rename failing with `NotFound` and writes
+    /// again, as it would had the delete come first. Best effort, as pruning is.
+    fn remove_orphaned_temp_files(&self, dir: &Path, names: &[String]) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        let mut temps = Vec::new();
+        let mut keys_left = false;
+        for entry in entries.flatten() {
+            let file = entry.file_name();
+            let file = file.to_string_lossy();
+            let Some((key, _)) = file.strip_prefix('.').and_then(|f| f.rsplit_once(".tmp-")) else {
+                keys_left = true;
+                continue;
+            };
+            if names.iter().any(|n| n == key) {
+                let _ = std::fs::remove_file(entry.path());
+            } else {
+                temps.push(entry.path());
+            }
+        }
+        if !keys_left {
+            for t in temps {
+                let _ = std::fs::remove_file(t);
+            }
+        }
+    }
+
     fn walk(&self, dir: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
         let entries = match std::fs::read_dir(dir) {
             Ok(e) => e,
@@ -164,7 +196,8 @@ impl Channel for DirChannel {
 
     async fn delete(&self, keys: &[String]) -> Result<(), ChannelError> {
         meter::record(Op::Delete, keys.len() as u64, 0);
-        let mut parents: Vec<PathBuf> = Vec::new();
+        // Each parent directory with the file names deleted in it.
+        let mut parents: Vec<(PathBuf, Vec<String>)> = Vec::new();
         for key in keys {
             let path = self.root.join(key);
             match std::fs::remove_file(&path) {
@@ -172,13 +205,17 @@ impl Channel for DirChannel {
                 Err(e) if e.kind() == ErrorKind::NotFound => {}
                 Err(e) => return Err(self.err("delete", key, e)),
             }
-            if let Some(p) = path.parent()
-                && !parents.iter().any(|q| q == p)
-            {
-                parents.push(p.to_path_buf());
+            let (Some(p), Some(name)) = (path.parent(), path.file_name()) else {
+                continue;
+            };
+            let name = name.to_string_lossy().into_owned();
+            match parents.iter_mut().find(|(q, _)| q == p) {
+                Some((_, names)) => names.push(name),
+                None => parents.push((p.to_path_buf(), vec![name])),
             }
         }
-        for p in parents {
+        for (p, names) in parents {
+            self.remove_orphaned_temp_files(&p, &names);
             self.prune_empty_dirs(&p);
         }
         Ok(())
@@ -243,5 +280,39 @@ mod tests {
             vec![std::ffi::OsString::from("shared")],
             "temp files left"
         );
+    }
+
+    /// A writer killed between writing its temp file and renaming it (a SIGKILLed Lambda
+    /// instance) leaves the temp file behind; deleting the key must take it too, or the job's
+    /// cleanup leaves litter and the directory is never pruned.
+    #[test]
+    fn deleting_a_key_removes_the_temp_file_of_a_writer_killed_mid_write() {
+        let root = tempfile::tempdir().unwrap();
+        let ch = DirChannel::new(root.path(), "dir:test");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        for key in ["job/r/7", "job/r/9"] {
+            rt.block_on(ch.put(key, Bytes::from_static(b"whole")))
+                .unwrap();
+        }
+        let orphan = root.path().join("job/r/.7.tmp-4242-abc-9");
+        std::fs::write(&orphan, b"half").unwrap();
+        let other = root.path().join("job/r/.70.tmp-4242-abc-10");
+        std::fs::write(&other, b"someone else's").unwrap();
+        rt.block_on(ch.delete(&["job/r/7".to_string()])).unwrap();
+        assert!(!orphan.exists(), "the deleted key's temp file is left");
+        assert!(
+            other.exists(),
+            "a temp file of another key was taken while keys remain"
+        );
+        // That writer's key was never written whole: the last delete in the directory takes
+        // its temp file all the same.
+        rt.block_on(ch.delete(&["job/r/9".to_string()])).unwrap();
+        assert!(
+            !other.exists(),
+            "an orphan outlived the directory's last key"
+        );
+        assert!(!root.path().join("job").exists(), "directories not pruned");
     }
 }
