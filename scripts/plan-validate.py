@@ -5,6 +5,7 @@ every configuration it predicted and compares wall time and estimated cost.
 Usage (from the repository root, servers from scripts/services.sh in the environment):
     source scripts/services.sh
     python3 scripts/plan-validate.py [--profile local|aws|FILE] [--bin target/release/lambdaml]
+        [--only GRID] [--deadline-check]
 
 Prints a markdown table (one row per configuration) and the median absolute errors; the
 table in BENCHMARKS.md "Planning" comes from it. Each grid alternates nothing: every run is
@@ -22,6 +23,10 @@ ap = argparse.ArgumentParser()
 ap.add_argument("--profile", default="local")
 ap.add_argument("--bin", default="target/release/lambdaml")
 ap.add_argument("--only", default="", help="run only grids whose name contains this")
+ap.add_argument("--deadline-check", action="store_true",
+                help="after each grid, plan it again under a deadline (the median of its "
+                     "predicted times), train the recommendation with `plan --run` and check "
+                     "it finished within the deadline")
 args = ap.parse_args()
 
 env = os.environ
@@ -55,6 +60,7 @@ grids = [
 width = {"resnet20 w0.125": ["--width", "0.125"]}
 
 rows = []
+deadlines = []
 for name, job, grid in grids:
     if args.only and args.only not in name:
         continue
@@ -90,6 +96,25 @@ for name, job, grid in grids:
         print(f"{name:<16} {row['label']:<34} time {row['pt']:8.2f} / {row['mt']:8.2f} s "
               f"({100 * row['et']:+6.1f}%)  cost {row['pc']:.6f} / {row['mc']:.6f} "
               f"({100 * row['ec']:+6.1f}%)", file=sys.stderr, flush=True)
+    if args.deadline_check:
+        # A deadline half the grid misses, so the choice under it is not trivially the
+        # cheapest of all.
+        deadline = statistics.median(f["wall_s"] for f in forecasts)
+        both = json.loads(subprocess.run(
+            [args.bin, "plan", *cfg, *job, *grid, "--profile", args.profile, "--runs-dir", runs,
+             "--deadline", f"{deadline:.3f}", "--run", "--json"],
+            check=True, capture_output=True, text=True).stdout)
+        p = both["plan"]
+        best = p["forecasts"][p["recommended"]["Ok"]]
+        c = best["choice"]
+        d = dict(grid=name, deadline=deadline,
+                 label=f"{c['workers']} x {c['sync']} {c['optim']} {c['channel'].split(':', 1)[0]}",
+                 pt=best["wall_s"], pc=best["cost"]["total"],
+                 mt=both["summary"]["wall_seconds"], mc=both["summary"]["estimated_cost_usd"])
+        deadlines.append(d)
+        print(f"{name:<16} deadline {deadline:.2f} s: {d['label']} predicted {d['pt']:.2f} s, "
+              f"measured {d['mt']:.2f} s: {'met' if d['mt'] <= deadline else 'MISSED'}",
+              file=sys.stderr, flush=True)
 
 print("| model | configuration | predicted s | measured s | error | predicted USD | measured USD | error |")
 print("|---|---|---|---|---|---|---|---|")
@@ -101,3 +126,10 @@ if rows:
     print(f"{len(rows)} configurations; median absolute error: time "
           f"{100 * statistics.median(abs(r['et']) for r in rows):.1f}%, cost "
           f"{100 * statistics.median(abs(r['ec']) for r in rows):.1f}%")
+if deadlines:
+    print()
+    print("| model | deadline s | recommended | predicted s | measured s | met | predicted USD | measured USD |")
+    print("|---|---|---|---|---|---|---|---|")
+    for d in deadlines:
+        print(f"| {d['grid']} | {d['deadline']:.2f} | {d['label']} | {d['pt']:.2f} | {d['mt']:.2f} "
+              f"| {'yes' if d['mt'] <= d['deadline'] else '**no**'} | {d['pc']:.6f} | {d['mc']:.6f} |")
