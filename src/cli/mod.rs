@@ -656,9 +656,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let exe = driver::worker_exe()?;
             let ps_token = token_from(ps_token, ps_token_file.as_deref())?;
             let ps = ps_addr.map(|a| (a, ps_token));
-            let report = runtime()?.block_on(bench::run(
-                &channel, workers, size, rounds, ps, platform, exe,
-            ))?;
+            let plan = bench::BenchPlan {
+                channel,
+                workers,
+                size,
+                rounds,
+                ps,
+                timing: bench::RoundTiming::Each,
+            };
+            let report = runtime()?.block_on(bench::run(plan, platform, exe))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

@@ -136,7 +136,7 @@ pub async fn follow(
     // After an abort, every invocation says it stopped within one invocation.
     let settle_limit = Duration::from_secs_f64(cfg.invocation_timeout + 10.0);
     let mut aborted_at: Option<Instant> = None;
-    let quickest = ch.poll_policy().max.max(Duration::from_millis(50));
+    let quickest = ch.poll_policy().max.max(QUICKEST_READ);
     let mut poll = quickest;
     let driver = DriverBeat {
         driver: rand::random(),
@@ -389,6 +389,34 @@ pub async fn follow(
     }
 }
 
+/// The driver's shortest pause between two reads of the workers' records. Every backend's
+/// poll policy tops out at or below it, so it is the pause of every channel.
+pub const QUICKEST_READ: Duration = Duration::from_millis(50);
+
+/// Seconds of reading at the quickest pace ([`QUICKEST_READ`]) that hold as many reads of
+/// the workers' records as the driver makes in a job of `wall` seconds with heartbeats
+/// every `heartbeat`: the integral of one read per pause between reads. What the driver
+/// reads grows with this, not with the wall time: `wall` for the first 2.5 s, then
+/// logarithmically, then linearly at one read per half heartbeat.
+pub fn read_seconds(heartbeat: Duration, wall: f64) -> f64 {
+    let q = QUICKEST_READ.as_secs_f64();
+    let h = (heartbeat.as_secs_f64() / 2.0).max(q);
+    let (fast_until, slow_from) = (q * AGE_PER_PAUSE, h * AGE_PER_PAUSE);
+    let wall = wall.max(0.0);
+    let reads = if wall <= fast_until {
+        wall / q
+    } else if wall <= slow_from {
+        fast_until / q + AGE_PER_PAUSE * (wall / fast_until).ln()
+    } else {
+        fast_until / q + AGE_PER_PAUSE * (slow_from / fast_until).ln() + (wall - slow_from) / h
+    };
+    reads * q
+}
+
+/// The job's age over the pause between two reads of its records (between the quickest
+/// and half a heartbeat): a read is at most 2% of the job's age late.
+const AGE_PER_PAUSE: f64 = 50.0;
+
 /// Time between two reads of the workers' records: each read is a request per record and
 /// worker (4 GETs per worker on S3), so a driver reading every 50 ms added 60% to a 2 GB
 /// worker's price on S3, and loaded a local server its workers were using. The pause grows
@@ -405,7 +433,7 @@ fn follow_poll(
     if finishing {
         return quickest;
     }
-    (age / 50).clamp(quickest, slowest)
+    age.div_f64(AGE_PER_PAUSE).clamp(quickest, slowest)
 }
 
 /// The failure of worker `w`, lost once more than `max_retries` allow.
@@ -567,5 +595,32 @@ mod tests {
         assert_eq!(poll(s(3600), true), ms(50));
         // A heartbeat quicker than the channel's quickest read.
         assert_eq!(follow_poll(ms(50), ms(20), s(60), false), ms(50));
+    }
+
+    /// The forecast's count of the driver's reads is what the driver's loop does.
+    #[test]
+    fn read_seconds_count_the_reads_the_driver_makes() {
+        for (heartbeat, wall) in [
+            (1.0, 1.0),
+            (1.0, 10.0),
+            (1.0, 300.0),
+            (5.0, 60.0),
+            (5.0, 900.0),
+        ] {
+            let hb = Duration::from_secs_f64(heartbeat);
+            let mut age = Duration::ZERO;
+            let mut reads = 0u32;
+            while age.as_secs_f64() < wall {
+                reads += 1;
+                age += follow_poll(QUICKEST_READ, hb, age, false);
+            }
+            let simulated = f64::from(reads) * QUICKEST_READ.as_secs_f64();
+            let model = read_seconds(hb, wall);
+            assert!(
+                (model - simulated).abs() <= 0.03 * simulated,
+                "heartbeat {heartbeat} s, {wall} s: {model} against {simulated}"
+            );
+        }
+        assert!(read_seconds(Duration::from_secs(1), 600.0) < 600.0 / 5.0);
     }
 }

@@ -6,17 +6,21 @@
 //! wall  = overhead.fixed + overhead.per_worker * n + load + epochs * epoch
 //! epoch = compute / n * slowdown + rounds * round(sync, n, bytes) + other * rounds / rounds_1
 //! load  = load_1 / n * max(1, n / cores)
-//! slowdown = max(1, n * threads / cores)   (workers sharing a machine's cores; 1 on Lambda)
+//! slowdown = max(1, n * threads / cores) * contention   (workers sharing a machine's
+//!            cores, contention growing to the profile's core_contention as they all get
+//!            busy; 1 on Lambda)
 //! ```
 //!
 //! `compute`, `load_1` and `other` come from a *pilot*: the job itself trained by one
 //! worker for up to two epochs on this machine (so every model, optimizer and data layout
-//! is measured as it really runs); `round` and the requests come from the [`Profile`].
+//! is measured as it really runs); `round`, the overhead (the channel's, where the profile
+//! has one) and the requests come from the [`Profile`].
 //! `rounds` per epoch follow from the optimizer: one per minibatch (grad_avg, and async
 //! whatever the optimizer), one per epoch (model_avg, ADMM, KMeans), or one per
 //! `sync_every` minibatches. Cost is [`crate::cost::estimate`] of the predicted
 //! consumption: `n * busy` billed seconds, the rounds' requests plus each worker's
-//! background, per-epoch and one-off requests, and servers for the wall time.
+//! background (reads by the driver's reading time, [`super::follow::read_seconds`], the
+//! rest by the wall time), per-epoch and one-off requests, and servers for the wall time.
 
 use serde::{Deserialize, Serialize};
 
@@ -172,6 +176,17 @@ pub fn rounds_per_epoch(cfg: &JobConfig, workers: usize, rows: usize) -> f64 {
     }
 }
 
+/// Collective rounds of a whole job of `epochs` epochs of `rounds_per_epoch`: those, one to
+/// start every worker from the same model, and ADMM's closing round for its residual.
+pub fn job_rounds(cfg: &JobConfig, epochs: f64, rounds_per_epoch: f64) -> f64 {
+    let closing = if cfg.optim == OptimKind::Admm && !cfg.model.is_clustering() {
+        1.0
+    } else {
+        0.0
+    };
+    epochs * rounds_per_epoch + 1.0 + closing
+}
+
 /// Predicts `cfg` (a full job configuration) from its pilot and the environment.
 pub fn predict(
     cfg: &JobConfig,
@@ -183,10 +198,21 @@ pub fn predict(
     let nf = n as f64;
     let threads = vcpus_for_memory(cfg.memory_mb) as f64;
     let (slowdown, load_share) = match profile.shared_cores {
-        Some(cores) => (
-            (nf * threads / cores as f64).max(1.0),
-            (nf / cores as f64).max(1.0),
-        ),
+        Some(cores) => {
+            let cores = cores as f64;
+            let wanted = nf * threads;
+            // From no contention with one core busy to the profile's with all of them.
+            let contention = if cores > 1.0 {
+                1.0 + (profile.core_contention - 1.0) * (wanted.min(cores) - 1.0).max(0.0)
+                    / (cores - 1.0)
+            } else {
+                1.0
+            };
+            (
+                (wanted / cores).max(1.0) * contention,
+                (nf / cores).max(1.0),
+            )
+        }
         None => (1.0, 1.0),
     };
     let channel = cfg.channel_url();
@@ -213,19 +239,21 @@ pub fn predict(
     let life = (cfg.invocation_timeout - cfg.margin()).max(1.0);
     let per_worker_invocations = (busy / life).ceil().max(1.0);
     let again = per_worker_invocations - 1.0;
-    let o = &profile.overhead;
+    let o = ch.overhead.as_ref().unwrap_or(&profile.overhead);
     let wall_s = o.fixed_s
         + o.per_worker_s * nf
         + busy
         + again * (o.per_worker_s * nf + o.billed_extra_s + load_s);
     let billed_s = nf * (busy + again * load_s + per_worker_invocations * o.billed_extra_s);
-    let all_rounds = epochs * rounds + 1.0;
+    let (reads, clocked) = ch.background.split_reads();
+    let read_s = super::follow::read_seconds(cfg.heartbeat(&channel), wall_s);
     let requests = round
         .requests
-        .times(all_rounds)
+        .times(job_rounds(cfg, epochs, rounds))
         .plus(ch.per_worker.times(nf * per_worker_invocations))
         .plus(ch.per_epoch.times(nf * epochs))
-        .plus(ch.background.times(nf * wall_s));
+        .plus(reads.times(nf * read_s))
+        .plus(clocked.times(nf * wall_s));
     let usage = requests.usage();
     let cost = cost::estimate(
         prices,
@@ -292,7 +320,10 @@ mod tests {
 
     #[test]
     fn workers_sharing_cores_compute_no_faster_than_the_cores_allow() {
-        let profile = Profile::load("local").unwrap();
+        let profile = Profile {
+            core_contention: 1.0,
+            ..Profile::load("local").unwrap()
+        };
         let pilot = Pilot {
             optim: OptimKind::GradAvg,
             memory_mb: 1769,
@@ -304,14 +335,15 @@ mod tests {
             rounds_per_epoch: 100.0,
         };
         let cores = profile.shared_cores.unwrap() as f64;
-        let at = |n: usize| {
+        let at_on = |n: usize, profile: &Profile| {
             let cfg = JobConfig {
                 workers: n,
                 memory_mb: 1769,
                 ..JobConfig::default()
             };
-            predict(&cfg, &pilot, &profile, &Prices::default()).unwrap()
+            predict(&cfg, &pilot, profile, &Prices::default()).unwrap()
         };
+        let at = |n: usize| at_on(n, &profile);
         let two = at(cores as usize);
         let eight = at(8 * cores as usize);
         assert!((two.compute_epoch_s - 8.0 / cores).abs() < 1e-9, "{two:?}");
@@ -328,6 +360,15 @@ mod tests {
         };
         let f = predict(&cfg, &pilot, &aws, &Prices::default()).unwrap();
         assert!((f.compute_epoch_s - 1.0).abs() < 1e-9, "{f:?}");
+        // Cores that slow each other down when all are busy: not one worker alone.
+        let mut contended = profile.clone();
+        contended.core_contention = 1.5;
+        let two = at_on(cores as usize, &contended);
+        assert!(
+            (two.compute_epoch_s - 8.0 / cores * 1.5).abs() < 1e-9,
+            "{two:?}"
+        );
+        assert!((at_on(1, &contended).compute_epoch_s - 8.0).abs() < 1e-9);
         assert!(f.cost.total > 0.0 && f.wall_s > f.epoch_s * 5.0);
     }
 }

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::driver::{self, JobProgress};
 use super::plan::DataProgress;
 use super::records::EpochRecord;
-use super::{JobConfig, bench};
+use super::{JobConfig, bench, follow, forecast};
 use crate::algo::{ModelKind, OptimKind};
 use crate::channel::ChannelUrl;
 use crate::channel::meter::Usage;
@@ -44,12 +44,22 @@ pub struct Profile {
     /// Cores all workers share (processes on one machine); `None`: every worker has the
     /// vCPUs its memory size gives it (Lambda).
     pub shared_cores: Option<usize>,
+    /// How many times slower each worker computes when workers keep every one of the
+    /// `shared_cores` busy than one worker alone (shared caches, memory bandwidth,
+    /// hyper-threads: about 1.4 on this project's 2-vCPU machine); 1 where workers share
+    /// no machine.
+    #[serde(default = "no_contention")]
+    pub core_contention: f64,
     /// Seconds of compute there per second of the planner's pilot here.
     pub compute_scale: f64,
     /// Wall time of a job beyond its workers' busy time.
     pub overhead: Overhead,
     /// One entry per channel scheme.
     pub channels: Vec<ChannelProfile>,
+}
+
+fn no_contention() -> f64 {
+    1.0
 }
 
 /// Time a job spends outside its workers' loading, computing and communicating.
@@ -75,14 +85,21 @@ pub struct ChannelProfile {
     pub measured_on: String,
     /// Collective rounds.
     pub rounds: Vec<RoundCost>,
-    /// Requests per second per running worker besides its rounds: its heartbeats and the
-    /// driver's polling of its records.
+    /// Requests per running worker besides its rounds that come with time: reads (gets,
+    /// read units) per second of the driver reading its records at the quickest pace, which
+    /// slows as the job ages (see [`super::follow::read_seconds`]); the rest (its
+    /// heartbeats) per second of wall time.
     pub background: Requests,
     /// Requests per worker once per job: reading its records and writing its result, the
     /// job's bookkeeping and cleanup.
     pub per_worker: Requests,
     /// Requests per worker per epoch (its progress record).
     pub per_epoch: Requests,
+    /// The job overhead with this channel (the driver's first contact, its reads of the
+    /// records and its cleanup take far longer on S3 than on a cache); the profile's when
+    /// absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overhead: Option<Overhead>,
 }
 
 /// One measured (or published) round of a collective.
@@ -95,7 +112,8 @@ pub struct RoundCost {
     pub workers: usize,
     /// Bytes of the vector each contributes.
     pub bytes: usize,
-    /// Median seconds of a round (its slowest worker).
+    /// Seconds of a round as a job runs them back to back (the slowest worker's share);
+    /// profiles written before that timing held a barrier-aligned round's median.
     pub seconds: f64,
     /// Requests of all workers together in one round.
     pub requests: Requests,
@@ -146,6 +164,17 @@ impl Requests {
     /// `self - o`, never below zero.
     pub fn minus(self, o: Requests) -> Requests {
         self.zip(o, |a, b| (a - b).max(0.0))
+    }
+
+    /// `(reads, the rest)`: gets and read units apart from every other kind, as they grow
+    /// with the driver's reads rather than with the clock.
+    pub fn split_reads(self) -> (Requests, Requests) {
+        let reads = Requests {
+            gets: self.gets,
+            read_units: self.read_units,
+            ..Requests::default()
+        };
+        (reads, self.minus(reads))
     }
 
     /// Requests of every kind.
@@ -221,6 +250,11 @@ impl Profile {
         finite("overhead.per_worker_s", self.overhead.per_worker_s)?;
         finite("overhead.billed_extra_s", self.overhead.billed_extra_s)?;
         anyhow::ensure!(self.shared_cores != Some(0), "shared_cores is 0");
+        anyhow::ensure!(
+            (1.0..=16.0).contains(&self.core_contention),
+            "core_contention must be between 1 and 16, got {}",
+            self.core_contention
+        );
         for c in &self.channels {
             anyhow::ensure!(!c.rounds.is_empty(), "channel {} has no rounds", c.scheme);
             for r in &c.rounds {
@@ -361,7 +395,8 @@ enum Calibration {
     Short,
     /// 40 such epochs: 40 rounds and records, in little more time.
     ManyRounds,
-    /// One epoch of ADMM with 20 local passes over 100,000 rows: seconds, one round.
+    /// One epoch of ADMM with 200 local passes over 100,000 rows: seconds, one round (and
+    /// ADMM's closing one).
     Long,
 }
 
@@ -392,32 +427,44 @@ fn calibration_job(
         Calibration::Long => JobConfig {
             synth_rows: 100_000,
             optim: OptimKind::Admm,
-            local_epochs: 20,
+            local_epochs: 200,
             ..base
         },
     }
 }
 
-/// Splits the requests each worker made beyond its rounds, `(epochs, wall seconds,
-/// requests)` of three jobs, into once per worker, per epoch and per second (exactly, as
-/// three equations in three unknowns for each kind of request; none below zero).
-fn split_requests(points: &[(f64, f64, Requests)]) -> (Requests, Requests, Requests) {
+/// What one calibration job measured: the requests of a worker beyond its rounds.
+struct Calibrated {
+    epochs: f64,
+    wall_s: f64,
+    /// The driver's reads as seconds at its quickest pace.
+    read_s: f64,
+    requests: Requests,
+}
+
+/// Splits the requests each worker made beyond its rounds in three jobs into once per
+/// worker, per epoch and background (exactly, as three equations in three unknowns for each
+/// kind of request; none below zero). Reads are background per second of the driver's
+/// reading, the rest per second of wall time.
+fn split_requests(points: &[Calibrated]) -> (Requests, Requests, Requests) {
     type Field = for<'a> fn(&'a mut Requests) -> &'a mut f64;
-    let fields: [Field; 6] = [
-        |r| &mut r.puts,
-        |r| &mut r.gets,
-        |r| &mut r.deletes,
-        |r| &mut r.lists,
-        |r| &mut r.read_units,
-        |r| &mut r.write_units,
+    // Each kind of request, and whether it is a read.
+    let fields: [(Field, bool); 6] = [
+        (|r| &mut r.puts, false),
+        (|r| &mut r.gets, true),
+        (|r| &mut r.deletes, false),
+        (|r| &mut r.lists, false),
+        (|r| &mut r.read_units, true),
+        (|r| &mut r.write_units, false),
     ];
     let mut out = [Requests::default(); 3];
-    for field in fields {
+    for (field, read) in fields {
         let rows: Vec<[f64; 4]> = points
             .iter()
-            .map(|(epochs, wall, r)| {
-                let mut r = *r;
-                [1.0, *epochs, *wall, *field(&mut r)]
+            .map(|p| {
+                let mut r = p.requests;
+                let time = if read { p.read_s } else { p.wall_s };
+                [1.0, p.epochs, time, *field(&mut r)]
             })
             .collect();
         let x = solve3(&rows).unwrap_or([rows.first().map_or(0.0, |r| r[3]), 0.0, 0.0]);
@@ -481,17 +528,28 @@ pub async fn measure(opts: &ProfileOptions, say: &dyn Fn(&str)) -> anyhow::Resul
                     "{}: {n} workers, {bytes} bytes",
                     url.without_secrets()
                 ));
-                let r = bench::run(
-                    url,
-                    n,
-                    bytes,
-                    opts.rounds,
-                    None,
-                    PlatformChoice::Local,
-                    opts.exe.clone(),
-                )
-                .await
-                .with_context(|| format!("benchmarking {}", url.without_secrets()))?;
+                let bench = |rounds| {
+                    let plan = bench::BenchPlan {
+                        channel: url.clone(),
+                        workers: n,
+                        size: bytes,
+                        rounds,
+                        ps: None,
+                        timing: bench::RoundTiming::BackToBack,
+                    };
+                    bench::run(plan, PlatformChoice::Local, opts.exe.clone())
+                };
+                let mut r = bench(opts.rounds)
+                    .await
+                    .with_context(|| format!("benchmarking {}", url.without_secrets()))?;
+                // A few quick rounds are mostly their start: on memcached with 2 workers, 10
+                // rounds of 128 bytes took 1.47 ms each, 200 took 0.75 ms. Quick rounds are
+                // measured again, many more of them, in about as much time as slow ones.
+                if r.round_ms.values().all(|s| s.median < QUICK_ROUND_MS) {
+                    r = bench(opts.rounds * QUICK_ROUNDS_MORE)
+                        .await
+                        .with_context(|| format!("benchmarking {}", url.without_secrets()))?;
+                }
                 for (mode, stat) in &r.round_ms {
                     let Ok(sync) = mode.parse::<SyncModeName>() else {
                         continue;
@@ -514,7 +572,9 @@ pub async fn measure(opts: &ProfileOptions, say: &dyn Fn(&str)) -> anyhow::Resul
             background: Requests::default(),
             per_worker: Requests::default(),
             per_epoch: Requests::default(),
+            overhead: None,
         };
+        let mut channel_overheads = Vec::new();
         // Three jobs: short, many rounds, long: what grows with the rounds is per epoch,
         // what grows with the time is background, the rest is per worker.
         say(&format!("{}: calibration jobs", url.without_secrets()));
@@ -525,25 +585,36 @@ pub async fn measure(opts: &ProfileOptions, say: &dyn Fn(&str)) -> anyhow::Resul
             Calibration::Long,
         ] {
             let cfg = calibration_job(url, 2, kind, &opts.scratch);
-            let out = driver::run(cfg, &Silent)
+            let out = driver::run(cfg.clone(), &Silent)
                 .await
                 .with_context(|| format!("calibration job on {}", url.without_secrets()))?;
             let _ = std::fs::remove_dir_all(&out.run_dir);
             let s = out.summary;
             let round = partial.round(SyncMode::Reduce, 2, out.results[0].params.len() * 4)?;
-            // One round per epoch, and one to start from the same model.
-            let comm = round.requests.times(f64::from(s.rounds) + 1.0);
+            // One round per epoch, one to start from the same model, ADMM's closing one.
+            let comm = round
+                .requests
+                .times(forecast::job_rounds(&cfg, f64::from(s.rounds), 1.0));
             let other = Requests::per(&s.requests, 1.0).minus(comm).times(0.5);
-            points.push((f64::from(s.rounds), s.wall_seconds, other));
-            overheads.push(overhead_point(&s));
+            points.push(Calibrated {
+                epochs: f64::from(s.rounds),
+                wall_s: s.wall_seconds,
+                read_s: follow::read_seconds(cfg.heartbeat(url), s.wall_seconds),
+                requests: other,
+            });
+            channel_overheads.push(overhead_point(&s));
         }
+        overheads.extend(channel_overheads.iter().copied());
         let (per_worker, per_epoch, background) = split_requests(&points);
-        channels.push(ChannelProfile {
-            background,
-            per_worker,
-            per_epoch,
-            ..partial
-        });
+        channels.push((
+            ChannelProfile {
+                background,
+                per_worker,
+                per_epoch,
+                ..partial
+            },
+            channel_overheads,
+        ));
     }
     // The platform's overhead: on the first channel, one worker and the most profiled.
     let url = &opts.channels[0];
@@ -556,6 +627,21 @@ pub async fn measure(opts: &ProfileOptions, say: &dyn Fn(&str)) -> anyhow::Resul
         let s = out.summary;
         overheads.push(overhead_point(&s));
     }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let core_contention = if cores > 1 {
+        say(&format!("compute of one worker against {cores} at once"));
+        contention(url, cores.min(16), &opts.scratch).await?
+    } else {
+        1.0
+    };
+    let overhead = fit_overhead(&overheads);
+    let channels = channels
+        .into_iter()
+        .map(|(ch, points)| ChannelProfile {
+            overhead: Some(channel_overhead(&overhead, &points)),
+            ..ch
+        })
+        .collect();
     Ok(Profile {
         name: format!(
             "local processes, {} cores",
@@ -566,11 +652,52 @@ pub async fn measure(opts: &ProfileOptions, say: &dyn Fn(&str)) -> anyhow::Resul
             chrono::Local::now().format("%Y-%m-%d"),
             opts.rounds
         ),
-        shared_cores: Some(std::thread::available_parallelism().map_or(1, |n| n.get())),
+        shared_cores: Some(cores),
+        core_contention,
         compute_scale: 1.0,
-        overhead: fit_overhead(&overheads),
+        overhead,
         channels,
     })
+}
+
+/// How many times slower each of `n` workers computes than one alone, the same work each:
+/// ADMM's 200 local passes over 50,000 rows per worker, nearly all compute.
+async fn contention(channel: &ChannelUrl, n: usize, scratch: &Path) -> anyhow::Result<f64> {
+    let compute_per_worker = |workers: usize| {
+        let cfg = JobConfig {
+            synth_rows: 50_000 * workers,
+            ..calibration_job(channel, workers, Calibration::Long, scratch)
+        };
+        async move {
+            let out = driver::run(cfg, &Silent).await?;
+            let _ = std::fs::remove_dir_all(&out.run_dir);
+            anyhow::Ok(out.summary.time.compute_s / workers as f64)
+        }
+    };
+    let alone = compute_per_worker(1).await?;
+    let together = compute_per_worker(n).await?;
+    Ok((together / alone.max(1e-9)).clamp(1.0, 16.0))
+}
+
+/// Rounds quicker than this (ms) are measured again, [`QUICK_ROUNDS_MORE`] times as many.
+const QUICK_ROUND_MS: f64 = 5.0;
+/// How many times more rounds a quick round is measured with.
+const QUICK_ROUNDS_MORE: usize = 20;
+
+/// The overhead of jobs on one channel, from its calibration jobs `points`: `global` with
+/// the fixed part and the billed extra those jobs showed.
+fn channel_overhead(global: &Overhead, points: &[(usize, f64, f64)]) -> Overhead {
+    let k = points.len().max(1) as f64;
+    let fixed = points
+        .iter()
+        .map(|&(n, wall_extra, _)| wall_extra - global.per_worker_s * n as f64)
+        .sum::<f64>()
+        / k;
+    Overhead {
+        fixed_s: fixed.max(0.0),
+        per_worker_s: global.per_worker_s,
+        billed_extra_s: (points.iter().map(|p| p.2).sum::<f64>() / k).max(0.0),
+    }
 }
 
 /// A job's `(workers, wall seconds beyond busy time, billed seconds per invocation beyond
@@ -643,6 +770,7 @@ mod tests {
             background: Requests::default(),
             per_worker: Requests::default(),
             per_epoch: Requests::default(),
+            overhead: None,
         }
     }
 
@@ -687,22 +815,45 @@ mod tests {
 
     #[test]
     fn requests_are_split_into_once_per_epoch_and_per_second() {
-        let r = |puts: f64| Requests {
-            puts,
-            ..Requests::default()
+        // Puts: 5 once, 2 per epoch, 3 per second of wall time. Gets: 1 once, 20 per second
+        // of the driver's reading, which the long job has less of than its wall time.
+        let point = |epochs: f64, wall_s: f64, read_s: f64| Calibrated {
+            epochs,
+            wall_s,
+            read_s,
+            requests: Requests {
+                puts: 5.0 + 2.0 * epochs + 3.0 * wall_s,
+                gets: 1.0 + 20.0 * read_s,
+                ..Requests::default()
+            },
         };
-        // 5 once, 2 per epoch, 3 per second.
         let points = [
-            (1.0, 1.0, r(10.0)),
-            (40.0, 2.0, r(91.0)),
-            (1.0, 10.0, r(37.0)),
+            point(1.0, 1.0, 1.0),
+            point(40.0, 2.0, 2.0),
+            point(1.0, 10.0, 6.0),
         ];
         let (once, per_epoch, per_s) = split_requests(&points);
         let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
         assert!(close(once.puts, 5.0), "{once:?}");
         assert!(close(per_epoch.puts, 2.0), "{per_epoch:?}");
         assert!(close(per_s.puts, 3.0), "{per_s:?}");
-        assert_eq!(once.gets, 0.0);
+        assert!(close(once.gets, 1.0), "{once:?}");
+        assert!(close(per_epoch.gets, 0.0), "{per_epoch:?}");
+        assert!(close(per_s.gets, 20.0), "{per_s:?}");
+        assert_eq!(once.deletes, 0.0);
+    }
+
+    #[test]
+    fn a_channel_keeps_the_fixed_overhead_its_jobs_showed() {
+        let global = Overhead {
+            fixed_s: 0.2,
+            per_worker_s: 0.01,
+            billed_extra_s: 0.1,
+        };
+        let o = channel_overhead(&global, &[(2, 0.52, 0.3), (2, 0.62, 0.5)]);
+        assert!((o.fixed_s - 0.55).abs() < 1e-12, "{o:?}");
+        assert_eq!(o.per_worker_s, 0.01);
+        assert!((o.billed_extra_s - 0.4).abs() < 1e-12, "{o:?}");
     }
 
     #[test]
