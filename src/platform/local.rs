@@ -281,7 +281,8 @@ pub(crate) fn memory_of(pid: u32) -> Option<Memory> {
 }
 
 /// The last `n` lines of the file at `path` (what an invocation logged last), read from
-/// its last 64 KB at most.
+/// its last 64 KB at most; from its last panic on when it panicked, since the end of a
+/// backtrace (`main`, `call_once`) says nothing of why.
 pub fn log_tail(path: &Path, n: usize) -> String {
     use std::io::{Read, Seek, SeekFrom};
     let Ok(mut f) = std::fs::File::open(path) else {
@@ -293,5 +294,35 @@ pub fn log_tail(path: &Path, n: usize) -> String {
     let _ = f.read_to_end(&mut bytes);
     let text = String::from_utf8_lossy(&bytes);
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
+    let from = match lines.iter().rposition(|l| l.contains("panicked at")) {
+        Some(panic) => panic,
+        None => lines.len().saturating_sub(n),
+    };
+    lines[from..(from + n).min(lines.len())].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A worker that panicked: the lost worker's cause shows the panic's message, not the
+    /// last frames of its backtrace.
+    #[test]
+    fn the_tail_of_a_panicked_log_starts_at_the_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("worker-2.log");
+        let mut log = String::from("INFO epoch done\n");
+        log.push_str("thread 'main' panicked at src/comm/reduce.rs:10:5:\nchunk 3 is missing\n");
+        log.push_str("stack backtrace:\n");
+        for i in 0..40 {
+            log.push_str(&format!("  {i}: frame\n"));
+        }
+        std::fs::write(&path, &log).unwrap();
+        let tail = log_tail(&path, 5);
+        assert!(tail.starts_with("thread 'main' panicked at"), "{tail}");
+        assert!(tail.contains("chunk 3 is missing"), "{tail}");
+        assert_eq!(tail.lines().count(), 5);
+        std::fs::write(&path, "a\nb\nc\n").unwrap();
+        assert_eq!(log_tail(&path, 2), "b\nc");
+    }
 }
