@@ -51,6 +51,22 @@ impl Usage {
     pub fn requests(&self) -> u64 {
         self.puts + self.gets + self.deletes + self.lists
     }
+
+    /// `self - other`, each count at least zero. For differences of counts read at
+    /// different moments (the process's and those counted apart): a request recorded
+    /// between the two reads may be in one and not the other, and a plain `-` overflows.
+    pub fn saturating_sub(self, other: Usage) -> Usage {
+        Usage {
+            puts: self.puts.saturating_sub(other.puts),
+            gets: self.gets.saturating_sub(other.gets),
+            deletes: self.deletes.saturating_sub(other.deletes),
+            lists: self.lists.saturating_sub(other.lists),
+            bytes_out: self.bytes_out.saturating_sub(other.bytes_out),
+            bytes_in: self.bytes_in.saturating_sub(other.bytes_in),
+            read_units: self.read_units.saturating_sub(other.read_units),
+            write_units: self.write_units.saturating_sub(other.write_units),
+        }
+    }
 }
 
 /// The kinds of request.
@@ -153,6 +169,21 @@ impl Counters {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_difference_of_counts_read_apart_stays_at_zero() {
+        let total = Usage {
+            gets: 5,
+            ..Usage::default()
+        };
+        let pulse = Usage {
+            puts: 1,
+            gets: 2,
+            ..Usage::default()
+        };
+        let d = total.saturating_sub(pulse);
+        assert_eq!((d.puts, d.gets), (0, 3));
+    }
 
     #[test]
     fn usage_adds_and_subtracts() {
