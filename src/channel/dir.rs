@@ -28,6 +28,10 @@ pub struct DirChannel {
 /// from the same zero, write the same temp file and rename each other's half-written values.
 static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
+/// What separates a temp file's key name from its writer's tag: `.{name}.tmp-{pid}-...`,
+/// written by `write_atomically` and read back to find a killed writer's orphans.
+const TEMP_MARK: &str = ".tmp-";
+
 /// A random tag for this process's temp files: on a directory shared over the network, two
 /// machines can run processes with the same id.
 fn process_tag() -> u64 {
@@ -66,7 +70,7 @@ impl DirChannel {
             .expect("keys have a file name")
             .to_string_lossy();
         let tmp = parent.join(format!(
-            ".{name}.tmp-{}-{:x}-{}",
+            ".{name}{TEMP_MARK}{}-{:x}-{}",
             std::process::id(),
             process_tag(),
             TEMP_SEQ.fetch_add(1, Ordering::Relaxed)
@@ -106,7 +110,10 @@ impl DirChannel {
         for entry in entries.flatten() {
             let file = entry.file_name();
             let file = file.to_string_lossy();
-            let Some((key, _)) = file.strip_prefix('.').and_then(|f| f.rsplit_once(".tmp-")) else {
+            let Some((key, _)) = file
+                .strip_prefix('.')
+                .and_then(|f| f.rsplit_once(TEMP_MARK))
+            else {
                 keys_left = true;
                 continue;
             };

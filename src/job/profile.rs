@@ -46,7 +46,7 @@ pub struct Profile {
     pub shared_cores: Option<usize>,
     /// How many times slower each worker computes when workers keep every one of the
     /// `shared_cores` busy than one worker alone (shared caches, memory bandwidth,
-    /// hyper-threads: about 1.4 on this project's 2-vCPU machine); 1 where workers share
+    /// hyper-threads; measured 1.0 on this project's 2-vCPU machine); 1 where workers share
     /// no machine.
     #[serde(default = "no_contention")]
     pub core_contention: f64,
@@ -585,12 +585,10 @@ pub async fn measure(opts: &ProfileOptions, say: &dyn Fn(&str)) -> anyhow::Resul
             Calibration::Long,
         ] {
             let cfg = calibration_job(url, 2, kind, &opts.scratch);
-            let out = driver::run(cfg.clone(), &Silent)
+            let (s, results) = run_calibration(cfg.clone())
                 .await
                 .with_context(|| format!("calibration job on {}", url.without_secrets()))?;
-            let _ = std::fs::remove_dir_all(&out.run_dir);
-            let s = out.summary;
-            let round = partial.round(SyncMode::Reduce, 2, out.results[0].params.len() * 4)?;
+            let round = partial.round(SyncMode::Reduce, 2, results[0].params.len() * 4)?;
             // One round per epoch, one to start from the same model, ADMM's closing one.
             let comm = round
                 .requests
@@ -622,9 +620,7 @@ pub async fn measure(opts: &ProfileOptions, say: &dyn Fn(&str)) -> anyhow::Resul
     for n in [1, most] {
         say(&format!("start-up of {n} worker(s)"));
         let cfg = calibration_job(url, n, Calibration::Short, &opts.scratch);
-        let out = driver::run(cfg, &Silent).await?;
-        let _ = std::fs::remove_dir_all(&out.run_dir);
-        let s = out.summary;
+        let (s, _) = run_calibration(cfg).await?;
         overheads.push(overhead_point(&s));
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -643,10 +639,7 @@ pub async fn measure(opts: &ProfileOptions, say: &dyn Fn(&str)) -> anyhow::Resul
         })
         .collect();
     Ok(Profile {
-        name: format!(
-            "local processes, {} cores",
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        ),
+        name: format!("local processes, {cores} cores"),
         source: format!(
             "lambdaml profile on {} ({} rounds per point)",
             chrono::Local::now().format("%Y-%m-%d"),
@@ -660,6 +653,15 @@ pub async fn measure(opts: &ProfileOptions, say: &dyn Fn(&str)) -> anyhow::Resul
     })
 }
 
+/// Runs a calibration job quietly and removes its run folder: its summary and results.
+async fn run_calibration(
+    cfg: JobConfig,
+) -> anyhow::Result<(super::summary::Summary, Vec<super::records::WorkerResult>)> {
+    let out = driver::run(cfg, &Silent).await?;
+    let _ = std::fs::remove_dir_all(&out.run_dir);
+    Ok((out.summary, out.results))
+}
+
 /// How many times slower each of `n` workers computes than one alone, the same work each:
 /// ADMM's 200 local passes over 50,000 rows per worker, nearly all compute.
 async fn contention(channel: &ChannelUrl, n: usize, scratch: &Path) -> anyhow::Result<f64> {
@@ -669,9 +671,8 @@ async fn contention(channel: &ChannelUrl, n: usize, scratch: &Path) -> anyhow::R
             ..calibration_job(channel, workers, Calibration::Long, scratch)
         };
         async move {
-            let out = driver::run(cfg, &Silent).await?;
-            let _ = std::fs::remove_dir_all(&out.run_dir);
-            anyhow::Ok(out.summary.time.compute_s / workers as f64)
+            let (s, _) = run_calibration(cfg).await?;
+            anyhow::Ok(s.time.compute_s / workers as f64)
         }
     };
     let alone = compute_per_worker(1).await?;
