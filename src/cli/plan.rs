@@ -76,9 +76,15 @@ pub struct PlanArgs {
     /// USD the job may cost: the fastest configuration within it is recommended.
     #[arg(long)]
     pub budget: Option<f64>,
-    /// Share of the deadline and budget kept in reserve against prediction error.
-    #[arg(long, default_value_t = 0.1)]
+    /// Share of the deadline and budget kept in reserve against prediction error: on this
+    /// project's 2-core machine, identical runs of a job differ by up to 23% and two plans
+    /// of it by 11% (BENCHMARKS.md "Planning").
+    #[arg(long, default_value_t = 0.25)]
     pub slack: f64,
+    /// Times each pilot runs (one worker, up to two epochs of the job); the median of each
+    /// timing is kept. 1 for a large dataset whose pilot is long enough to be steady.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=20))]
+    pub pilot_runs: u16,
     /// Train the recommended configuration after planning.
     #[arg(long)]
     pub run: bool,
@@ -197,7 +203,13 @@ pub fn plan(args: PlanArgs) -> anyhow::Result<()> {
             eprintln!("{what}")
         }
     };
-    let pilots = rt.block_on(planner::pilots(&configs, scratch.path(), &say, &quiet))?;
+    let pilots = rt.block_on(planner::pilots(
+        &configs,
+        usize::from(args.pilot_runs),
+        scratch.path(),
+        &say,
+        &quiet,
+    ))?;
     let plan = planner::plan(&configs, skipped, &pilots, &profile, &prices, limits)?;
     if !args.run {
         if args.json {

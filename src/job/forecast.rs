@@ -78,6 +78,30 @@ impl Pilot {
             rounds_per_epoch: rounds_per_epoch(cfg, 1, s.rows),
         })
     }
+
+    /// One pilot from several runs of the same one: each timing the median of the runs'
+    /// (on a shared machine one run's start-up or compute can be off by a quarter, and
+    /// the planner's choice under a deadline should not hang on it). `None` if `runs` is
+    /// empty.
+    pub fn median(runs: &[Pilot]) -> Option<Pilot> {
+        let first = runs.first()?;
+        let median = |of: fn(&Pilot) -> f64| {
+            let mut v: Vec<f64> = runs.iter().map(of).collect();
+            v.sort_by(f64::total_cmp);
+            let mid = v.len() / 2;
+            if v.len() % 2 == 1 {
+                v[mid]
+            } else {
+                (v[mid - 1] + v[mid]) / 2.0
+            }
+        };
+        Some(Pilot {
+            load_s: median(|p| p.load_s),
+            compute_epoch_s: median(|p| p.compute_epoch_s),
+            other_epoch_s: median(|p| p.other_epoch_s),
+            ..first.clone()
+        })
+    }
 }
 
 /// The choices the planner varies, as one configuration.
@@ -316,6 +340,33 @@ mod tests {
             ..cfg
         };
         assert_eq!(rounds_per_epoch(&kmeans, 4, 4000), 1.0);
+    }
+
+    #[test]
+    fn a_repeated_pilot_keeps_each_timings_median() {
+        let run = |load_s, compute_epoch_s, other_epoch_s| Pilot {
+            optim: OptimKind::ModelAvg,
+            memory_mb: 2048,
+            rows: 1000,
+            params: 29,
+            load_s,
+            compute_epoch_s,
+            other_epoch_s,
+            rounds_per_epoch: 1.0,
+        };
+        assert_eq!(Pilot::median(&[]), None);
+        let one = run(0.1, 1.0, 0.01);
+        assert_eq!(Pilot::median(std::slice::from_ref(&one)), Some(one));
+        // One slow start, one slow epoch: neither decides the pilot.
+        let three = [
+            run(0.5, 1.0, 0.02),
+            run(0.1, 1.3, 0.01),
+            run(0.2, 0.9, 0.03),
+        ];
+        assert_eq!(Pilot::median(&three), Some(run(0.2, 1.0, 0.02)));
+        let two = [run(0.1, 1.0, 0.0), run(0.3, 2.0, 0.0)];
+        let m = Pilot::median(&two).unwrap();
+        assert!((m.load_s - 0.2).abs() < 1e-12 && (m.compute_epoch_s - 1.5).abs() < 1e-12);
     }
 
     #[test]

@@ -189,14 +189,17 @@ pub fn recommend(forecasts: &[Forecast], limits: &Limits) -> Result<usize, Strin
     })
 }
 
-/// Runs the pilots `configs` need (one per optimizer and memory size) on this machine;
-/// `say` is told each.
+/// Runs the pilots `configs` need (one per optimizer and memory size) on this machine,
+/// each `runs` times (at least once), keeping the median of each timing; `say` is told
+/// each.
 pub async fn pilots(
     configs: &[JobConfig],
+    runs: usize,
     scratch: &Path,
     say: &dyn Fn(&str),
     ui: &dyn JobProgress,
 ) -> anyhow::Result<Vec<Pilot>> {
+    let runs = runs.max(1);
     let mut done: Vec<Pilot> = Vec::new();
     for cfg in configs {
         if done
@@ -205,10 +208,6 @@ pub async fn pilots(
         {
             continue;
         }
-        say(&format!(
-            "pilot: {} {} on one worker, {} MB",
-            cfg.model, cfg.optim, cfg.memory_mb
-        ));
         let pilot_cfg = JobConfig {
             workers: 1,
             epochs: cfg.epochs.min(2),
@@ -218,12 +217,20 @@ pub async fn pilots(
             tol: 0.0,
             ..cfg.clone()
         };
-        let out = driver::run(pilot_cfg.clone(), ui)
-            .await
-            .context("the planner's pilot run failed")?;
-        let _ = std::fs::remove_dir_all(&out.run_dir);
-        let params = out.results.first().map_or(0, |r| r.params.len());
-        done.push(Pilot::from_run(&pilot_cfg, &out.summary, params)?);
+        let mut each = Vec::with_capacity(runs);
+        for run in 1..=runs {
+            say(&format!(
+                "pilot {run}/{runs}: {} {} on one worker, {} MB, {} epoch(s)",
+                cfg.model, cfg.optim, cfg.memory_mb, pilot_cfg.epochs
+            ));
+            let out = driver::run(pilot_cfg.clone(), ui)
+                .await
+                .context("the planner's pilot run failed")?;
+            let _ = std::fs::remove_dir_all(&out.run_dir);
+            let params = out.results.first().map_or(0, |r| r.params.len());
+            each.push(Pilot::from_run(&pilot_cfg, &out.summary, params)?);
+        }
+        done.push(Pilot::median(&each).expect("at least one run"));
     }
     Ok(done)
 }
@@ -291,8 +298,17 @@ pub async fn run_best(
 
 /// The plan as a table, fastest first, Pareto points starred, the recommendation last.
 pub fn render(plan: &Plan) -> String {
+    // As wide as the longest label (`4 x reduce_scatter model_avg dynamodb 2048 MB`), so
+    // the columns stay aligned.
+    let width = plan
+        .forecasts
+        .iter()
+        .map(|f| f.choice.label().len())
+        .max()
+        .unwrap_or(0)
+        .max(40);
     let mut out = format!(
-        "{:<3}{:<40} {:>10} {:>10} {:>9} {:>12} {:>9}\n",
+        "{:<3}{:<width$} {:>10} {:>10} {:>9} {:>12} {:>9}\n",
         "", "configuration", "wall s", "epoch s", "comm %", "cost USD", "requests"
     );
     for (i, f) in plan.forecasts.iter().enumerate() {
@@ -305,7 +321,7 @@ pub fn render(plan: &Plan) -> String {
             _ => "  ",
         };
         out.push_str(&format!(
-            "{mark:<3}{:<40} {:>10.2} {:>10.3} {:>8.0}% {:>12.6} {:>9.0}\n",
+            "{mark:<3}{:<width$} {:>10.2} {:>10.3} {:>8.0}% {:>12.6} {:>9.0}\n",
             f.choice.label(),
             f.wall_s,
             f.epoch_s,
@@ -373,6 +389,27 @@ mod tests {
             forecast(4.0, 1.0),
         ];
         assert_eq!(pareto(&f), vec![0, 1, 3]);
+    }
+
+    #[test]
+    fn the_table_stays_aligned_with_long_labels() {
+        let mut long = forecast(2.0, 1.0);
+        long.choice.sync = SyncMode::ReduceScatter;
+        long.choice.optim = OptimKind::ModelAvg;
+        long.choice.channel = "dynamodb://lambdaml-jobs".parse().unwrap();
+        long.choice.workers = 16;
+        let forecasts = vec![forecast(1.0, 2.0), long];
+        let plan = Plan {
+            pareto: pareto(&forecasts),
+            recommended: Ok(0),
+            forecasts,
+            skipped: Vec::new(),
+            limits: Limits::default(),
+            profile: "test".into(),
+        };
+        let table = render(&plan);
+        let lines: Vec<&str> = table.lines().take(3).collect();
+        assert!(lines.iter().all(|l| l.len() == lines[0].len()), "{table}");
     }
 
     #[test]
