@@ -81,6 +81,12 @@ pub struct PlanArgs {
     /// of it by 11% (BENCHMARKS.md "Planning").
     #[arg(long, default_value_t = 0.25)]
     pub slack: f64,
+    /// Plan each configuration to reach this training loss rather than run `--epochs`
+    /// (which becomes the most it may run): its epochs are extrapolated from its pilot's
+    /// loss curve (the pilot then trains up to 4 epochs) and scaled by the updates an epoch
+    /// makes with its workers (n synchronous workers: 1/n as many).
+    #[arg(long)]
+    pub target_loss: Option<f64>,
     /// Times each pilot runs (one worker, up to two epochs of the job); the median of each
     /// timing is kept. 1 for a large dataset whose pilot is long enough to be steady.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=20))]
@@ -164,6 +170,9 @@ pub fn plan(args: PlanArgs) -> anyhow::Result<()> {
             anyhow::ensure!(v.is_finite() && v > 0.0, "{what} must be above 0, got {v}");
         }
     }
+    if let Some(t) = args.target_loss {
+        anyhow::ensure!(t.is_finite(), "--target-loss must be a number, got {t}");
+    }
     anyhow::ensure!(
         (0.0..0.9).contains(&args.slack),
         "--slack must be at least 0 and below 0.9, got {}",
@@ -206,11 +215,20 @@ pub fn plan(args: PlanArgs) -> anyhow::Result<()> {
     let pilots = rt.block_on(planner::pilots(
         &configs,
         usize::from(args.pilot_runs),
+        args.target_loss,
         scratch.path(),
         &say,
         &quiet,
     ))?;
-    let plan = planner::plan(&configs, skipped, &pilots, &profile, &prices, limits)?;
+    let plan = planner::plan(
+        &configs,
+        skipped,
+        &pilots,
+        &profile,
+        &prices,
+        limits,
+        args.target_loss,
+    )?;
     if !args.run {
         if args.json {
             println!("{}", serde_json::to_string_pretty(&plan)?);

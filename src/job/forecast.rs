@@ -50,15 +50,22 @@ pub struct Pilot {
     pub other_epoch_s: f64,
     /// Synchronisation rounds per epoch of the pilot.
     pub rounds_per_epoch: f64,
+    /// Its training loss after each epoch: the curve a target loss is extrapolated from.
+    #[serde(default)]
+    pub losses: Vec<f64>,
 }
 
 impl Pilot {
-    /// The pilot's figures from its run's summary.
+    /// The pilot's figures from its run's summary and its worker's result.
     pub fn from_run(
         cfg: &JobConfig,
         s: &super::summary::Summary,
-        params: usize,
+        result: Option<&super::records::WorkerResult>,
     ) -> anyhow::Result<Pilot> {
+        let params = result.map_or(0, |r| r.params.len());
+        let losses = result.map_or_else(Vec::new, |r| {
+            r.history.iter().map(|e| e.train_loss).collect()
+        });
         let epochs = f64::from(s.rounds.max(1));
         let t = &s.time;
         anyhow::ensure!(
@@ -76,6 +83,7 @@ impl Pilot {
             // Its collectives are those of one worker: not what n workers' rounds cost.
             other_epoch_s: t.other_s / epochs,
             rounds_per_epoch: rounds_per_epoch(cfg, 1, s.rows),
+            losses,
         })
     }
 
@@ -117,6 +125,9 @@ pub struct Choice {
     pub optim: OptimKind,
     /// Memory of a worker (MB).
     pub memory_mb: u32,
+    /// Epochs, where the planner chose them (to reach a target loss); `None`: the job's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epochs: Option<u32>,
 }
 
 impl Choice {
@@ -128,6 +139,7 @@ impl Choice {
             sync: cfg.sync,
             optim: cfg.optim,
             memory_mb: cfg.memory_mb,
+            epochs: None,
         }
     }
 
@@ -139,14 +151,18 @@ impl Choice {
             sync: self.sync,
             optim: self.optim,
             memory_mb: self.memory_mb,
+            epochs: self.epochs.unwrap_or(base.epochs),
             ..base.clone()
         }
     }
 
-    /// One line: `8 x reduce grad_avg redis 2048 MB`.
+    /// One line: `8 x reduce grad_avg redis 2048 MB` (`, 12 epochs` where chosen).
     pub fn label(&self) -> String {
+        let epochs = self
+            .epochs
+            .map_or_else(String::new, |e| format!(", {e} epochs"));
         format!(
-            "{} x {} {} {} {} MB",
+            "{} x {} {} {} {} MB{epochs}",
             self.workers,
             self.sync,
             self.optim,
@@ -181,6 +197,59 @@ pub struct Forecast {
     pub requests: Requests,
     /// The cost by item.
     pub cost: Cost,
+}
+
+/// Epochs, in the pilot's terms, for a training loss curve (`losses`, one per epoch) to
+/// reach `target`: the first epoch at or below it, else the curve's last three points
+/// continued as a geometric approach to its asymptote (each epoch's drop a constant share
+/// of the one before, as gradient methods' loss curves flatten). `Err` says why not: a curve
+/// too short or not falling, or one that levels off above the target.
+pub fn epochs_to_loss(losses: &[f64], target: f64) -> Result<f64, String> {
+    if let Some(i) = losses.iter().position(|&l| l <= target) {
+        return Ok(i as f64 + 1.0);
+    }
+    let [.., a, b, c] = losses else {
+        return Err(format!(
+            "the pilot's {} epoch(s) cannot be extrapolated: give --epochs 3 or more",
+            losses.len()
+        ));
+    };
+    let last = format!("the pilot's loss went {a:.4}, {b:.4}, {c:.4}");
+    let (d1, d2) = (a - b, b - c);
+    if !(d1 > 0.0 && d2 > 0.0) {
+        return Err(format!(
+            "{last}: not falling, so no epoch count reaches {target}"
+        ));
+    }
+    let r = d2 / d1;
+    if r >= 1.0 {
+        // Not flattening: at the last drop per epoch (a lower bound on the epochs).
+        return Ok(losses.len() as f64 + (c - target) / d2);
+    }
+    let floor = c - d2 * r / (1.0 - r);
+    if target <= floor {
+        return Err(format!(
+            "{last}: it levels off near {floor:.4}, above the target {target}"
+        ));
+    }
+    Ok(losses.len() as f64 + ((target - floor) / (c - floor)).ln() / r.ln())
+}
+
+/// How many of `cfg`'s epochs with `workers` workers make one epoch of its one-worker pilot,
+/// in progress towards a loss: progress goes with the updates an epoch makes, and
+/// synchronous gradient or model averaging makes one per minibatch of a worker's share (n
+/// workers: 1/n as many), while asynchronous workers each update the shared model, and
+/// ADMM and KMeans make one consensus step per epoch whatever the workers.
+pub fn epochs_per_pilot_epoch(cfg: &JobConfig, workers: usize, rows: usize) -> f64 {
+    let steps = |n: usize| {
+        let per_worker = rows as f64 / n.max(1) as f64;
+        let train = per_worker - (cfg.val_ratio * per_worker).floor();
+        (train / cfg.batch_size.max(1) as f64).ceil().max(1.0)
+    };
+    if cfg.model.is_clustering() || cfg.optim == OptimKind::Admm || cfg.sync == SyncMode::Async {
+        return 1.0;
+    }
+    steps(1) / steps(workers)
 }
 
 /// Synchronisation rounds per epoch of `cfg` with `workers` workers over `rows` rows.
@@ -343,6 +412,56 @@ mod tests {
     }
 
     #[test]
+    fn a_target_loss_is_reached_where_the_pilots_curve_leads() {
+        // Reached within the pilot: its epoch.
+        assert_eq!(epochs_to_loss(&[0.9, 0.6, 0.5], 0.6), Ok(2.0));
+        // A geometric curve: 1 + 0.5^k towards 1.0 reaches 1.01 at k = log2(100), epoch
+        // 1 + 6.64.
+        let curve: Vec<f64> = (0..4).map(|k| 1.0 + 0.5f64.powi(k)).collect();
+        let e = epochs_to_loss(&curve, 1.01).unwrap();
+        assert!((e - (1.0 + 100f64.log2())).abs() < 1e-9, "{e}");
+        // Levelling off above the target, or not falling: refused, with why.
+        let e = epochs_to_loss(&curve, 0.99).unwrap_err();
+        assert!(e.contains("levels off near 1.0000"), "{e}");
+        assert!(epochs_to_loss(&[0.5, 0.6, 0.7], 0.1).is_err());
+        assert!(
+            epochs_to_loss(&[0.5, 0.4], 0.1)
+                .unwrap_err()
+                .contains("--epochs 3")
+        );
+        // Falling steadily: at the last drop per epoch.
+        assert_eq!(epochs_to_loss(&[1.0, 0.75, 0.5], 0.25), Ok(4.0));
+    }
+
+    #[test]
+    fn more_synchronous_workers_need_more_epochs_for_the_same_progress() {
+        let cfg = JobConfig {
+            batch_size: 100,
+            val_ratio: 0.0,
+            ..JobConfig::default()
+        };
+        assert_eq!(epochs_per_pilot_epoch(&cfg, 1, 10_000), 1.0);
+        assert_eq!(epochs_per_pilot_epoch(&cfg, 4, 10_000), 4.0);
+        let model_avg = JobConfig {
+            optim: OptimKind::ModelAvg,
+            ..cfg.clone()
+        };
+        assert_eq!(epochs_per_pilot_epoch(&model_avg, 2, 10_000), 2.0);
+        for other in [
+            JobConfig {
+                sync: SyncMode::Async,
+                ..cfg.clone()
+            },
+            JobConfig {
+                optim: OptimKind::Admm,
+                ..cfg.clone()
+            },
+        ] {
+            assert_eq!(epochs_per_pilot_epoch(&other, 8, 10_000), 1.0);
+        }
+    }
+
+    #[test]
     fn a_repeated_pilot_keeps_each_timings_median() {
         let run = |load_s, compute_epoch_s, other_epoch_s| Pilot {
             optim: OptimKind::ModelAvg,
@@ -353,6 +472,7 @@ mod tests {
             compute_epoch_s,
             other_epoch_s,
             rounds_per_epoch: 1.0,
+            losses: Vec::new(),
         };
         assert_eq!(Pilot::median(&[]), None);
         let one = run(0.1, 1.0, 0.01);
@@ -384,6 +504,7 @@ mod tests {
             compute_epoch_s: 8.0,
             other_epoch_s: 0.0,
             rounds_per_epoch: 100.0,
+            losses: Vec::new(),
         };
         let cores = profile.shared_cores.unwrap() as f64;
         let at_on = |n: usize, profile: &Profile| {

@@ -58,6 +58,10 @@ pub struct Plan {
     pub skipped: Vec<(String, String)>,
     /// The limits planned for.
     pub limits: Limits,
+    /// The training loss each configuration was planned to reach (its epochs chosen from
+    /// the pilot's loss curve); `None`: the job's epochs.
+    #[serde(default)]
+    pub target_loss: Option<f64>,
     /// The recommended configuration (index into `forecasts`), or why none fits.
     pub recommended: Result<usize, String>,
     /// The profile used.
@@ -94,6 +98,7 @@ pub fn configurations(base: &JobConfig, grid: &Grid) -> (Vec<JobConfig>, Vec<(St
                             sync,
                             optim,
                             memory_mb,
+                            epochs: None,
                         };
                         let cfg = choice.apply(base);
                         match cfg.validate() {
@@ -189,12 +194,19 @@ pub fn recommend(forecasts: &[Forecast], limits: &Limits) -> Result<usize, Strin
     })
 }
 
+/// Epochs a pilot trains: enough to time an epoch, or with a target loss, to see where
+/// its loss curve bends (at most the job's own).
+pub fn pilot_epochs(cfg: &JobConfig, target_loss: Option<f64>) -> u32 {
+    cfg.epochs.min(if target_loss.is_some() { 4 } else { 2 })
+}
+
 /// Runs the pilots `configs` need (one per optimizer and memory size) on this machine,
-/// each `runs` times (at least once), keeping the median of each timing; `say` is told
-/// each.
+/// each `runs` times (at least once), keeping the median of each timing, for
+/// [`pilot_epochs`]; `say` is told each.
 pub async fn pilots(
     configs: &[JobConfig],
     runs: usize,
+    target_loss: Option<f64>,
     scratch: &Path,
     say: &dyn Fn(&str),
     ui: &dyn JobProgress,
@@ -210,7 +222,7 @@ pub async fn pilots(
         }
         let pilot_cfg = JobConfig {
             workers: 1,
-            epochs: cfg.epochs.min(2),
+            epochs: pilot_epochs(cfg, target_loss),
             sync: SyncMode::Reduce,
             channel: Some(ChannelUrl::dir(scratch.join("_channel"))),
             runs_dir: scratch.to_path_buf(),
@@ -227,15 +239,21 @@ pub async fn pilots(
                 .await
                 .context("the planner's pilot run failed")?;
             let _ = std::fs::remove_dir_all(&out.run_dir);
-            let params = out.results.first().map_or(0, |r| r.params.len());
-            each.push(Pilot::from_run(&pilot_cfg, &out.summary, params)?);
+            each.push(Pilot::from_run(
+                &pilot_cfg,
+                &out.summary,
+                out.results.first(),
+            )?);
         }
         done.push(Pilot::median(&each).expect("at least one run"));
     }
     Ok(done)
 }
 
-/// Forecasts every configuration from its pilot and ranks them.
+/// Forecasts every configuration from its pilot and ranks them; with `target_loss`, each
+/// for the epochs its pilot's loss curve needs to reach it ([`forecast::epochs_to_loss`]),
+/// scaled by the updates an epoch makes with its workers
+/// ([`forecast::epochs_per_pilot_epoch`]), at most the job's `epochs`.
 pub fn plan(
     configs: &[JobConfig],
     skipped: Vec<(String, String)>,
@@ -243,6 +261,7 @@ pub fn plan(
     profile: &Profile,
     prices: &Prices,
     limits: Limits,
+    target_loss: Option<f64>,
 ) -> anyhow::Result<Plan> {
     let mut forecasts = Vec::new();
     let mut skipped = skipped;
@@ -251,8 +270,40 @@ pub fn plan(
             .iter()
             .find(|p| p.optim == cfg.optim && p.memory_mb == cfg.memory_mb)
             .context("no pilot for a configuration")?;
+        let needed = target_loss.map(|t| {
+            forecast::epochs_to_loss(&pilot.losses, t).map(|e| {
+                let scaled = e * forecast::epochs_per_pilot_epoch(cfg, cfg.workers, pilot.rows);
+                // Within a rounding error of a whole epoch, that epoch.
+                (scaled - 1e-6).ceil().max(1.0) as u32
+            })
+        });
+        let epochs = match needed {
+            None => None,
+            Some(Ok(e)) if e <= cfg.epochs => Some(e),
+            Some(Ok(e)) => {
+                skipped.push((
+                    Choice::of(cfg).label(),
+                    format!(
+                        "reaching the target loss needs about {e} epochs, more than --epochs {}",
+                        cfg.epochs
+                    ),
+                ));
+                continue;
+            }
+            Some(Err(why)) => {
+                skipped.push((Choice::of(cfg).label(), why));
+                continue;
+            }
+        };
+        let cfg = &JobConfig {
+            epochs: epochs.unwrap_or(cfg.epochs),
+            ..cfg.clone()
+        };
         match forecast::predict(cfg, pilot, profile, prices) {
-            Ok(f) => forecasts.push(f),
+            Ok(mut f) => {
+                f.choice.epochs = epochs;
+                forecasts.push(f);
+            }
             Err(e) => skipped.push((Choice::of(cfg).label(), format!("{e:#}"))),
         }
     }
@@ -263,6 +314,7 @@ pub fn plan(
         forecasts,
         skipped,
         limits,
+        target_loss,
         recommended,
         profile: profile.name.clone(),
     })
@@ -307,7 +359,10 @@ pub fn render(plan: &Plan) -> String {
         .max()
         .unwrap_or(0)
         .max(40);
-    let mut out = format!(
+    let mut out = plan.target_loss.map_or_else(String::new, |t| {
+        format!("to a training loss of {t} (epochs from each pilot's loss curve)\n")
+    });
+    out += &format!(
         "{:<3}{:<width$} {:>10} {:>10} {:>9} {:>12} {:>9}\n",
         "", "configuration", "wall s", "epoch s", "comm %", "cost USD", "requests"
     );
@@ -366,6 +421,7 @@ mod tests {
                 sync: SyncMode::Reduce,
                 optim: OptimKind::GradAvg,
                 memory_mb: 1024,
+                epochs: None,
             },
             rounds_per_epoch: 1.0,
             epoch_s: 1.0,
@@ -405,6 +461,7 @@ mod tests {
             forecasts,
             skipped: Vec::new(),
             limits: Limits::default(),
+            target_loss: None,
             profile: "test".into(),
         };
         let table = render(&plan);

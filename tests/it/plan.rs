@@ -90,6 +90,48 @@ fn plan_run_trains_the_configuration_it_recommended() {
 }
 
 #[test]
+fn plan_to_a_target_loss_trains_the_epochs_it_chose() {
+    let dir = scratch();
+    // Any loss is below 1e9: reached in the pilot's first epoch, so each configuration
+    // needs one pilot epoch's worth of updates, n epochs for n synchronous workers.
+    let out = plan(
+        dir.path(),
+        &[
+            "--json",
+            "--run",
+            "--target-loss",
+            "1e9",
+            "--pilot-runs",
+            "1",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let both: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let planned = &both["plan"];
+    assert_eq!(planned["target_loss"], 1e9);
+    for f in planned["forecasts"].as_array().unwrap() {
+        assert_eq!(f["choice"]["epochs"], f["choice"]["workers"], "{f}");
+    }
+    let best = &planned["forecasts"][planned["recommended"]["Ok"].as_u64().unwrap() as usize];
+    assert_eq!(both["summary"]["epochs"], best["choice"]["epochs"]);
+
+    // A target the pilot's two epochs cannot be extrapolated to: every configuration is
+    // skipped with why, and nothing trains.
+    let dir = scratch();
+    let out = plan(
+        dir.path(),
+        &["--run", "--target-loss", "0", "--pilot-runs", "1"],
+    );
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("give --epochs 3 or more"), "{stdout}");
+}
+
+#[test]
 fn a_deadline_nothing_meets_is_refused_with_the_reason() {
     let dir = scratch();
     let out = plan(dir.path(), &["--run", "--deadline", "0.001"]);
