@@ -87,8 +87,9 @@ pub struct PlanArgs {
     /// makes with its workers (n synchronous workers: 1/n as many).
     #[arg(long)]
     pub target_loss: Option<f64>,
-    /// Times each pilot runs (one worker, up to two epochs of the job); the median of each
-    /// timing is kept. 1 for a large dataset whose pilot is long enough to be steady.
+    /// Times each pilot runs (one worker, up to 2 epochs of the job, 4 with --target-loss);
+    /// the median of each timing is kept. 1 for a large dataset whose pilot is long enough
+    /// to be steady.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=20))]
     pub pilot_runs: u16,
     /// Train the recommended configuration after planning.

@@ -241,22 +241,23 @@ pub fn epochs_to_loss(losses: &[f64], target: f64) -> Result<f64, String> {
 /// workers: 1/n as many), while asynchronous workers each update the shared model, and
 /// ADMM and KMeans make one consensus step per epoch whatever the workers.
 pub fn epochs_per_pilot_epoch(cfg: &JobConfig, workers: usize, rows: usize) -> f64 {
-    let steps = |n: usize| {
-        let per_worker = rows as f64 / n.max(1) as f64;
-        let train = per_worker - (cfg.val_ratio * per_worker).floor();
-        (train / cfg.batch_size.max(1) as f64).ceil().max(1.0)
-    };
     if cfg.model.is_clustering() || cfg.optim == OptimKind::Admm || cfg.sync == SyncMode::Async {
         return 1.0;
     }
-    steps(1) / steps(workers)
+    minibatches_per_epoch(cfg, 1, rows) / minibatches_per_epoch(cfg, workers, rows)
+}
+
+/// Minibatches one of `workers` workers trains per epoch: its share of `rows`, less the
+/// validation split, in batches of `cfg.batch_size` (at least one).
+fn minibatches_per_epoch(cfg: &JobConfig, workers: usize, rows: usize) -> f64 {
+    let per_worker = rows as f64 / workers.max(1) as f64;
+    let train = per_worker - (cfg.val_ratio * per_worker).floor();
+    (train / cfg.batch_size.max(1) as f64).ceil().max(1.0)
 }
 
 /// Synchronisation rounds per epoch of `cfg` with `workers` workers over `rows` rows.
 pub fn rounds_per_epoch(cfg: &JobConfig, workers: usize, rows: usize) -> f64 {
-    let per_worker = rows as f64 / workers.max(1) as f64;
-    let train = per_worker - (cfg.val_ratio * per_worker).floor();
-    let steps = (train / cfg.batch_size.max(1) as f64).ceil().max(1.0);
+    let steps = minibatches_per_epoch(cfg, workers, rows);
     if cfg.model.is_clustering() {
         return 1.0;
     }

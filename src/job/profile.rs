@@ -46,7 +46,7 @@ pub struct Profile {
     pub shared_cores: Option<usize>,
     /// How many times slower each worker computes when workers keep every one of the
     /// `shared_cores` busy than one worker alone (shared caches, memory bandwidth,
-    /// hyper-threads; measured 1.0 on this project's 2-vCPU machine); 1 where workers share
+    /// hyper-threads; measured 1.1 on this project's 2-vCPU machine); 1 where workers share
     /// no machine.
     #[serde(default = "no_contention")]
     pub core_contention: f64,
