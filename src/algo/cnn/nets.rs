@@ -257,7 +257,7 @@ impl Net for MobileNet {
 }
 
 #[cfg(test)]
-mod weight_gradient_tests {
+mod convolution_tests {
     use burn::tensor::TensorData;
     use burn::tensor::module::conv2d;
     use burn::tensor::ops::ConvOptions;
@@ -277,41 +277,51 @@ mod weight_gradient_tests {
         usize,
     );
 
-    /// The weight gradient burn computes (with the patched flex backend) for `case`, against
-    /// the sum `dW[co][ci][i][j] = sum over n, oy, ox of G[n][co][oy][ox] X[n][c][iy][ix]`
-    /// written out here.
+    /// The output, input gradient and weight gradient burn computes (with the patched flex
+    /// backend) for `case`, against the sums written out here:
+    /// `Y[n][co][oy][ox] = sum over ci, i, j of W[co][ci][i][j] X[n][c][iy][ix]`, and its
+    /// adjoints `dX[n][c][iy][ix] += G[n][co][oy][ox] W[co][ci][i][j]`,
+    /// `dW[co][ci][i][j] += G[n][co][oy][ox] X[n][c][iy][ix]` over the same taps.
     fn check((n, c_in, side, c_out, k, stride, pad, dil, groups): Case) {
+        let case = (n, c_in, side, c_out, k, stride, pad, dil, groups);
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         let mut draw =
             |len: usize| -> Vec<f32> { (0..len).map(|_| rng.random_range(-1.0..1.0)).collect() };
         let c_in_g = c_in / groups;
+        let c_out_g = c_out / groups;
         let out = (side + 2 * pad - dil * (k - 1) - 1) / stride + 1;
         let x = draw(n * c_in * side * side);
         let w = draw(c_out * c_in_g * k * k);
         let r = draw(n * c_out * out * out);
         let device = Device::flex().autodiff();
-        let xt = Tensor::<4>::from_data(TensorData::new(x.clone(), [n, c_in, side, side]), &device);
-        let wt = Tensor::<4>::from_data(TensorData::new(w, [c_out, c_in_g, k, k]), &device)
+        let xt = Tensor::<4>::from_data(TensorData::new(x.clone(), [n, c_in, side, side]), &device)
+            .require_grad();
+        let wt = Tensor::<4>::from_data(TensorData::new(w.clone(), [c_out, c_in_g, k, k]), &device)
             .require_grad();
         let rt = Tensor::<4>::from_data(TensorData::new(r.clone(), [n, c_out, out, out]), &device);
         let options = ConvOptions::new([stride; 2], [pad; 2], [dil; 2], groups);
-        let y = conv2d(xt, wt.clone(), None, options);
+        let y = conv2d(xt.clone(), wt.clone(), None, options);
         assert_eq!(y.dims(), [n, c_out, out, out]);
+        let y_got = y.clone().into_data();
+        let y_got = y_got.as_slice::<f32>().unwrap();
         let grads = (y * rt).sum().backward();
-        let got = wt.grad(&grads).expect("a weight gradient").into_data();
-        let got = got.as_slice::<f32>().unwrap();
-        let c_out_g = c_out / groups;
-        let mut max_err = 0f32;
-        for co in 0..c_out {
-            let g = co / c_out_g;
-            for ci in 0..c_in_g {
-                let c = g * c_in_g + ci;
-                for i in 0..k {
-                    for j in 0..k {
-                        let mut want = 0f64;
-                        for b in 0..n {
-                            for oy in 0..out {
-                                for ox in 0..out {
+        let dw_got = wt.grad(&grads).expect("a weight gradient").into_data();
+        let dw_got = dw_got.as_slice::<f32>().unwrap();
+        let dx_got = xt.grad(&grads).expect("an input gradient").into_data();
+        let dx_got = dx_got.as_slice::<f32>().unwrap();
+
+        let mut y_want = vec![0f64; y_got.len()];
+        let mut dx_want = vec![0f64; x.len()];
+        let mut dw_want = vec![0f64; w.len()];
+        for b in 0..n {
+            for co in 0..c_out {
+                let c0 = co / c_out_g * c_in_g;
+                for oy in 0..out {
+                    for ox in 0..out {
+                        let yi = ((b * c_out + co) * out + oy) * out + ox;
+                        for ci in 0..c_in_g {
+                            for i in 0..k {
+                                for j in 0..k {
                                     let iy = (oy * stride + i * dil) as isize - pad as isize;
                                     let ix = (ox * stride + j * dil) as isize - pad as isize;
                                     if iy < 0
@@ -321,32 +331,41 @@ mod weight_gradient_tests {
                                     {
                                         continue;
                                     }
-                                    let xv = x[((b * c_in + c) * side + iy as usize) * side
-                                        + ix as usize];
-                                    let rv = r[((b * c_out + co) * out + oy) * out + ox];
-                                    want += f64::from(xv) * f64::from(rv);
+                                    let xi = ((b * c_in + c0 + ci) * side + iy as usize) * side
+                                        + ix as usize;
+                                    let wi = ((co * c_in_g + ci) * k + i) * k + j;
+                                    y_want[yi] += f64::from(w[wi]) * f64::from(x[xi]);
+                                    dx_want[xi] += f64::from(r[yi]) * f64::from(w[wi]);
+                                    dw_want[wi] += f64::from(r[yi]) * f64::from(x[xi]);
                                 }
                             }
                         }
-                        let at = ((co * c_in_g + ci) * k + i) * k + j;
-                        max_err = max_err.max((got[at] - want as f32).abs());
                     }
                 }
             }
         }
-        assert!(
-            max_err < 1e-3,
-            "{:?}: the weight gradient is off by {max_err}",
-            (n, c_in, side, c_out, k, stride, pad, dil, groups)
-        );
+        for (what, got, want) in [
+            ("output", y_got, &y_want),
+            ("input gradient", dx_got, &dx_want),
+            ("weight gradient", dw_got, &dw_want),
+        ] {
+            let max_err = got
+                .iter()
+                .zip(want.iter())
+                .map(|(g, w)| (g - *w as f32).abs())
+                .fold(0f32, f32::max);
+            assert!(max_err < 1e-3, "{case:?}: the {what} is off by {max_err}");
+        }
     }
 
     use burn::prelude::*;
 
-    /// The shapes the networks use (3x3 same-padding, strided, 1x1 shortcuts, depthwise) and
-    /// a few they do not (dilation, groups of several channels, an odd size).
+    /// The shapes the networks use (3x3 same-padding, strided, 1x1 shortcuts, 1x1 pointwise,
+    /// depthwise), small planes that several images share a GEMM for (with a last chunk
+    /// of fewer images), and a few shapes they do not use (dilation, groups of several
+    /// channels, an odd size).
     #[test]
-    fn the_weight_gradient_is_the_sum_it_stands_for() {
+    fn convolution_and_its_gradients_are_the_sums_they_stand_for() {
         for case in [
             (2, 3, 8, 4, 3, 1, 1, 1, 1),
             (3, 4, 9, 6, 3, 2, 1, 1, 1),
@@ -356,8 +375,107 @@ mod weight_gradient_tests {
             (2, 4, 7, 8, 3, 1, 1, 1, 2),
             (1, 3, 10, 2, 3, 1, 2, 2, 1),
             (2, 2, 5, 3, 5, 1, 0, 1, 1),
+            (3, 6, 6, 5, 1, 1, 0, 1, 1),
+            (2, 6, 16, 4, 1, 1, 0, 1, 2),
+            (2, 3, 16, 4, 3, 1, 1, 1, 1),
+            (21, 4, 4, 6, 3, 1, 1, 1, 1),
+            (37, 3, 3, 4, 1, 1, 0, 1, 1),
+            (18, 4, 8, 6, 1, 2, 0, 1, 1),
+            (19, 5, 4, 5, 3, 2, 1, 1, 5),
         ] {
             check(case);
+        }
+    }
+}
+
+#[cfg(test)]
+mod batch_norm_tests {
+    use burn::prelude::*;
+    use burn::tensor::TensorData;
+    use burn::tensor::module::batch_norm_train;
+    use rand::{Rng, SeedableRng};
+
+    /// Batch normalization with the batch's statistics (the patched flex backend's fused
+    /// kernels) against the formulas written out in `f64`: the output, the statistics, and
+    /// the gradients of `sum(y * r)` with respect to the input, gamma and beta.
+    #[test]
+    fn batch_norm_and_its_gradients_are_the_formulas_they_stand_for() {
+        let (n, c, h, w) = (3, 4, 5, 6);
+        let p = h * w;
+        let eps = 1e-5;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let mut draw = |len: usize, lo: f32, hi: f32| -> Vec<f32> {
+            (0..len).map(|_| rng.random_range(lo..hi)).collect()
+        };
+        let x = draw(n * c * p, -2.0, 3.0);
+        let gamma = draw(c, 0.5, 1.5);
+        let beta = draw(c, -1.0, 1.0);
+        let r = draw(n * c * p, -1.0, 1.0);
+        let device = Device::flex().autodiff();
+        let xt = Tensor::<4>::from_data(TensorData::new(x.clone(), [n, c, h, w]), &device)
+            .require_grad();
+        let gt =
+            Tensor::<1>::from_data(TensorData::new(gamma.clone(), [c]), &device).require_grad();
+        let bt = Tensor::<1>::from_data(TensorData::new(beta.clone(), [c]), &device).require_grad();
+        let rt = Tensor::<4>::from_data(TensorData::new(r.clone(), [n, c, h, w]), &device);
+        let out = batch_norm_train(xt.clone(), gt.clone(), bt.clone(), eps);
+        let data = |t: Tensor<4>| t.into_data().try_to_vec::<f32>().unwrap();
+        let y_got = data(out.output.clone());
+        let mean_got = out.mean.into_data().try_to_vec::<f32>().unwrap();
+        let var_got = out.variance.into_data().try_to_vec::<f32>().unwrap();
+        let grads = (out.output * rt).sum().backward();
+        let dx_got = data(xt.grad(&grads).expect("an input gradient"));
+        let dg_got = gt
+            .grad(&grads)
+            .expect("a gamma gradient")
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        let db_got = bt
+            .grad(&grads)
+            .expect("a beta gradient")
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+
+        let m = (n * p) as f64;
+        let at = |b: usize, ch: usize, i: usize| (b * c + ch) * p + i;
+        let mut errs = [0f64; 6];
+        for ch in 0..c {
+            let values = || (0..n).flat_map(move |b| (0..p).map(move |i| at(b, ch, i)));
+            let mean = values().map(|k| f64::from(x[k])).sum::<f64>() / m;
+            let var = values()
+                .map(|k| (f64::from(x[k]) - mean).powi(2))
+                .sum::<f64>()
+                / m;
+            let inv_std = 1.0 / (var + eps).sqrt();
+            let xhat = |k: usize| (f64::from(x[k]) - mean) * inv_std;
+            let g = f64::from(gamma[ch]);
+            let sum_r = values().map(|k| f64::from(r[k])).sum::<f64>();
+            let sum_r_xhat = values().map(|k| f64::from(r[k]) * xhat(k)).sum::<f64>();
+            errs[0] = errs[0].max((f64::from(mean_got[ch]) - mean).abs());
+            errs[1] = errs[1].max((f64::from(var_got[ch]) - var).abs());
+            errs[2] = errs[2].max((f64::from(dg_got[ch]) - sum_r_xhat).abs());
+            errs[3] = errs[3].max((f64::from(db_got[ch]) - sum_r).abs());
+            for k in values() {
+                let y = xhat(k) * g + f64::from(beta[ch]);
+                let dx = g * inv_std * (f64::from(r[k]) - sum_r / m - xhat(k) * sum_r_xhat / m);
+                errs[4] = errs[4].max((f64::from(y_got[k]) - y).abs());
+                errs[5] = errs[5].max((f64::from(dx_got[k]) - dx).abs());
+            }
+        }
+        for (what, err) in [
+            "mean",
+            "variance",
+            "gamma gradient",
+            "beta gradient",
+            "output",
+            "input gradient",
+        ]
+        .iter()
+        .zip(errs)
+        {
+            assert!(err < 1e-4, "batch norm: the {what} is off by {err}");
         }
     }
 }

@@ -92,13 +92,14 @@ pub mod activation;
 pub mod attention;
 pub mod binary;
 mod bool;
+pub mod batch_norm;
 pub mod cat;
 pub mod comparison;
 #[macro_use]
 mod conv_common;
 pub mod conv;
 pub mod conv_transpose;
-pub mod conv_weight_grad;
+pub mod conv2d_gemm;
 pub mod cumulative;
 pub mod deform_conv;
 pub mod expand;

@@ -2,14 +2,15 @@
 //!
 //! These operations power neural network modules like convolutions and pooling.
 
-use crate::ops::{conv, conv_transpose, deform_conv, interpolate, pool};
+use crate::ops::{batch_norm, conv, conv_transpose, conv2d_gemm, deform_conv, interpolate, pool};
 use crate::{Flex, FlexTensor, Layout};
 use burn_backend::{
     DType, Element, TensorMetadata,
     ops::{
-        AttentionModuleOptions, ConvOptions, ConvTransposeOptions, DeformConv2dBackward,
-        DeformConvOptions, FloatTensorOps, IntTensorOps, InterpolateMode, InterpolateOptions,
-        MaxPool2dBackward, MaxPool2dWithIndices, ModuleOps, conv::pad_asymmetric_conv_input,
+        AttentionModuleOptions, BatchNormTrain, BatchNormTrainBackward, ConvOptions,
+        ConvTransposeOptions, DeformConv2dBackward, DeformConvOptions, FloatTensorOps,
+        IntTensorOps, InterpolateMode, InterpolateOptions, MaxPool2dBackward, MaxPool2dWithIndices,
+        ModuleOps, conv::pad_asymmetric_conv_input,
     },
     tensor::{BoolTensor, FloatTensor, IntTensor},
 };
@@ -67,6 +68,18 @@ impl ModuleOps<Flex> for Flex {
     ) -> FloatTensor<Flex> {
         let (x, options) = pad_asymmetric_conv_input::<Flex, 2>(x, options);
         match x.dtype() {
+            // lambdaml patch: dense and grouped convolutions as NCHW im2col + GEMM (see
+            // `conv2d_gemm`); depthwise ones stay on flex's direct kernel.
+            DType::F32
+                if !conv2d_gemm::burn_default_requested()
+                    && !conv2d_gemm::is_depthwise(
+                        x.layout().shape(),
+                        weight.layout().shape(),
+                        options.groups,
+                    ) =>
+            {
+                conv2d_gemm::conv2d_f32(x, weight, bias, &options)
+            }
             DType::F32 => conv::conv2d_f32(x, weight, bias, &options),
             DType::F64 => conv::conv2d_f64(x, weight, bias, &options),
             DType::F16 => conv::conv2d_f16(x, weight, bias, &options),
@@ -276,8 +289,36 @@ impl ModuleOps<Flex> for Flex {
         }
     }
 
-    // lambdaml patch: the weight gradient as im2col + GEMM (see `conv_weight_grad`), instead
-    // of Burn's default convolution with the output gradient as a kernel.
+    // lambdaml patch: the input gradient as a GEMM and a col2im (see `conv2d_gemm`), instead
+    // of Burn's default transposed convolution.
+    fn conv2d_x_backward(
+        x: FloatTensor<Flex>,
+        weight: FloatTensor<Flex>,
+        output_grad: FloatTensor<Flex>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Flex> {
+        use burn_backend::FloatDType;
+        let x_shape = x.layout().shape().clone();
+        match x.dtype() {
+            DType::F32 if conv2d_gemm::burn_default_requested() => {
+                conv2d_gemm::conv2d_x_grad_burn(x, weight, output_grad, options)
+            }
+            DType::F32 => conv2d_gemm::conv2d_x_grad_f32(x_shape, weight, output_grad, &options),
+            dtype => {
+                let as_f32 = |t| Flex::float_cast(t, FloatDType::F32);
+                let grad = conv2d_gemm::conv2d_x_grad_f32(
+                    x_shape,
+                    as_f32(weight),
+                    as_f32(output_grad),
+                    &options,
+                );
+                Flex::float_cast(grad, dtype.into())
+            }
+        }
+    }
+
+    // lambdaml patch: the weight gradient as im2col + GEMM (see `conv2d_gemm`), instead of
+    // Burn's default convolution with the output gradient as a kernel.
     fn conv2d_weight_backward(
         x: FloatTensor<Flex>,
         weight: FloatTensor<Flex>,
@@ -287,23 +328,13 @@ impl ModuleOps<Flex> for Flex {
         use burn_backend::FloatDType;
         let shape = weight.layout().shape().clone();
         match x.dtype() {
-            DType::F32 if crate::ops::conv_weight_grad::burn_default_requested() => {
-                crate::ops::conv_weight_grad::conv2d_weight_grad_burn(
-                    x,
-                    shape,
-                    output_grad,
-                    options,
-                )
+            DType::F32 if conv2d_gemm::burn_default_requested() => {
+                conv2d_gemm::conv2d_weight_grad_burn(x, shape, output_grad, options)
             }
-            DType::F32 => crate::ops::conv_weight_grad::conv2d_weight_grad_f32(
-                x,
-                output_grad,
-                shape,
-                &options,
-            ),
+            DType::F32 => conv2d_gemm::conv2d_weight_grad_f32(x, output_grad, shape, &options),
             dtype => {
                 let as_f32 = |t| Flex::float_cast(t, FloatDType::F32);
-                let grad = crate::ops::conv_weight_grad::conv2d_weight_grad_f32(
+                let grad = conv2d_gemm::conv2d_weight_grad_f32(
                     as_f32(x),
                     as_f32(output_grad),
                     shape,
@@ -312,6 +343,59 @@ impl ModuleOps<Flex> for Flex {
                 Flex::float_cast(grad, dtype.into())
             }
         }
+    }
+
+    // lambdaml patch: batch normalization's statistics and gradients read in place over
+    // NCHW (see `batch_norm`), instead of Burn's default, which copies the activation into
+    // channel-major order for every reduction.
+    fn batch_norm_train(
+        x: FloatTensor<Flex>,
+        gamma: FloatTensor<Flex>,
+        beta: FloatTensor<Flex>,
+        epsilon: f64,
+    ) -> BatchNormTrain<Flex> {
+        use burn_backend::FloatDType;
+        let dtype = x.dtype();
+        let as_f32 = |t: FlexTensor| match t.dtype() {
+            DType::F32 => t,
+            _ => Flex::float_cast(t, FloatDType::F32),
+        };
+        let back = |t: FlexTensor| match dtype {
+            DType::F32 => t,
+            _ => Flex::float_cast(t, dtype.into()),
+        };
+        let (y, mean, var) =
+            batch_norm::batch_norm_train_f32(as_f32(x), as_f32(gamma), as_f32(beta), epsilon);
+        BatchNormTrain::new(back(y), back(mean), back(var))
+    }
+
+    fn batch_norm_train_backward(
+        x: FloatTensor<Flex>,
+        gamma: FloatTensor<Flex>,
+        mean: FloatTensor<Flex>,
+        variance: FloatTensor<Flex>,
+        epsilon: f64,
+        output_grad: FloatTensor<Flex>,
+    ) -> BatchNormTrainBackward<Flex> {
+        use burn_backend::FloatDType;
+        let dtype = x.dtype();
+        let as_f32 = |t: FlexTensor| match t.dtype() {
+            DType::F32 => t,
+            _ => Flex::float_cast(t, FloatDType::F32),
+        };
+        let back = |t: FlexTensor| match dtype {
+            DType::F32 => t,
+            _ => Flex::float_cast(t, dtype.into()),
+        };
+        let (dx, dgamma, dbeta) = batch_norm::batch_norm_train_backward_f32(
+            as_f32(x),
+            as_f32(gamma),
+            as_f32(mean),
+            as_f32(variance),
+            epsilon,
+            as_f32(output_grad),
+        );
+        BatchNormTrainBackward::new(back(dx), back(dgamma), back(dbeta))
     }
 
     fn conv_transpose2d(
