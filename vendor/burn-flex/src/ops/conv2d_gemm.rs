@@ -130,10 +130,11 @@ pub fn conv2d_weight_grad_f32(
             .into_par_iter()
             .map(|t| {
                 let mut part = vec![0f32; len];
-                let mut scratch = Scratch::default();
+                let mut scratch = Scratch::take();
                 for c in t * chunks_per_thread..((t + 1) * chunks_per_thread).min(chunks) {
                     geo.weight_grad(x_data, g_data, c * per, &mut part, &mut scratch);
                 }
+                scratch.give_back();
                 part
             })
             .reduce(
@@ -185,6 +186,29 @@ struct Scratch {
     col: Vec<f32>,
     rows: Vec<f32>,
     nhwc: Vec<f32>,
+}
+
+impl Scratch {
+    /// This thread's buffers, grown by earlier convolutions: a fresh multi-megabyte buffer
+    /// per image would be mapped and faulted in anew each time.
+    fn take() -> Scratch {
+        #[cfg(feature = "std")]
+        return SCRATCH.with(|s| s.take());
+        #[cfg(not(feature = "std"))]
+        Scratch::default()
+    }
+
+    /// Keeps the buffers for this thread's next convolution.
+    fn give_back(self) {
+        #[cfg(feature = "std")]
+        SCRATCH.with(|s| s.set(self));
+    }
+}
+
+#[cfg(feature = "std")]
+std::thread_local! {
+    /// See [`Scratch::take`].
+    static SCRATCH: core::cell::Cell<Scratch> = core::cell::Cell::new(Scratch::default());
 }
 
 /// Sizes of one convolution.
@@ -372,7 +396,7 @@ impl Geometry {
     fn forward(&self, x: &[f32], w: &[f32], first: usize, dst: &mut [f32]) {
         let (n, ld) = self.chunk(first);
         let (s, ck, c_out_g) = (self.s(), self.col_rows(), self.c_out / self.groups);
-        let mut scratch = Scratch::default();
+        let mut scratch = Scratch::take();
         for gr in 0..self.groups {
             let w_g = &w[gr * c_out_g * ck..][..c_out_g * ck];
             let image =
@@ -402,6 +426,7 @@ impl Geometry {
                 }
             }
         }
+        scratch.give_back();
     }
 
     /// The output gradient of the chunk of images from `first`, group `gr`, as one matrix
@@ -449,7 +474,7 @@ impl Geometry {
             }
             return;
         }
-        let mut scratch = Scratch::default();
+        let mut scratch = Scratch::take();
         for gr in 0..self.groups {
             let w_g = &w[gr * c_out_g * ck..][..c_out_g * ck];
             let g_rows = self.gathered(g, first, gr, &mut scratch.rows);
@@ -479,6 +504,7 @@ impl Geometry {
                 self.col2im(col, ld, b * s, &mut dx[image(b)..]);
             }
         }
+        scratch.give_back();
     }
 
     /// Adds the input gradient of one depthwise channel: each tap's weight times the output
