@@ -420,23 +420,14 @@ mod batch_norm_tests {
         let rt = Tensor::<4>::from_data(TensorData::new(r.clone(), [n, c, h, w]), &device);
         let out = batch_norm_train(xt.clone(), gt.clone(), bt.clone(), eps);
         let data = |t: Tensor<4>| t.into_data().try_to_vec::<f32>().unwrap();
+        let data1 = |t: Tensor<1>| t.into_data().try_to_vec::<f32>().unwrap();
         let y_got = data(out.output.clone());
-        let mean_got = out.mean.into_data().try_to_vec::<f32>().unwrap();
-        let var_got = out.variance.into_data().try_to_vec::<f32>().unwrap();
+        let mean_got = data1(out.mean);
+        let var_got = data1(out.variance);
         let grads = (out.output * rt).sum().backward();
         let dx_got = data(xt.grad(&grads).expect("an input gradient"));
-        let dg_got = gt
-            .grad(&grads)
-            .expect("a gamma gradient")
-            .into_data()
-            .try_to_vec::<f32>()
-            .unwrap();
-        let db_got = bt
-            .grad(&grads)
-            .expect("a beta gradient")
-            .into_data()
-            .try_to_vec::<f32>()
-            .unwrap();
+        let dg_got = data1(gt.grad(&grads).expect("a gamma gradient"));
+        let db_got = data1(bt.grad(&grads).expect("a beta gradient"));
 
         let m = (n * p) as f64;
         let at = |b: usize, ch: usize, i: usize| (b * c + ch) * p + i;

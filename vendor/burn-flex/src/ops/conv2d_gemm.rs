@@ -235,7 +235,13 @@ impl Geometry {
     fn new(xs: &Shape, ws: &Shape, out: Option<&Shape>, options: &ConvOptions<2>) -> Self {
         let pad = options.padding_begin();
         let size = |i: usize, k: usize| {
-            (xs[2 + i] + 2 * pad[i] - options.dilation[i] * (k - 1) - 1) / options.stride[i] + 1
+            let extent = options.dilation[i] * (k - 1) + 1;
+            let padded = xs[2 + i] + 2 * pad[i];
+            assert!(
+                extent <= padded,
+                "conv2d: a kernel spanning {extent} is larger than the padded input ({padded})"
+            );
+            (padded - extent) / options.stride[i] + 1
         };
         let (oh, ow) = match out {
             Some(gs) => {
@@ -413,11 +419,11 @@ impl Geometry {
             if n == 1 {
                 // Straight into the image's output channels of the group.
                 let out = &mut dst[gr * c_out_g * s..][..c_out_g * s];
-                unsafe { gemm_f32(c_out_g, s, ck, out, s, false, w_g, (1, ck), rhs, (1, s)) };
+                gemm_f32(c_out_g, s, ck, out, s, false, w_g, (1, ck), rhs, (1, s));
             } else {
                 scratch.rows.resize(c_out_g * ld, 0.0);
                 let rows = &mut scratch.rows;
-                unsafe { gemm_f32(c_out_g, ld, ck, rows, ld, false, w_g, (1, ck), rhs, (1, ld)) };
+                gemm_f32(c_out_g, ld, ck, rows, ld, false, w_g, (1, ck), rhs, (1, ld));
                 for b in 0..n {
                     for co in 0..c_out_g {
                         dst[(b * self.c_out + gr * c_out_g + co) * s..][..s]
@@ -481,25 +487,23 @@ impl Geometry {
             let image = |b: usize| (b * self.c_in + gr * self.c_in_g) * plane;
             if self.pointwise() && n == 1 {
                 let out = &mut dx[image(0)..][..self.c_in_g * plane];
-                unsafe { gemm_f32(ck, s, c_out_g, out, s, false, w_g, (ck, 1), g_rows, (1, s)) };
+                gemm_f32(ck, s, c_out_g, out, s, false, w_g, (ck, 1), g_rows, (1, s));
                 continue;
             }
             scratch.col.resize(ck * ld, 0.0);
             let col = &mut scratch.col;
-            unsafe {
-                gemm_f32(
-                    ck,
-                    ld,
-                    c_out_g,
-                    col,
-                    ld,
-                    false,
-                    w_g,
-                    (ck, 1),
-                    g_rows,
-                    (1, ld),
-                )
-            };
+            gemm_f32(
+                ck,
+                ld,
+                c_out_g,
+                col,
+                ld,
+                false,
+                w_g,
+                (ck, 1),
+                g_rows,
+                (1, ld),
+            );
             for b in 0..n {
                 self.col2im(col, ld, b * s, &mut dx[image(b)..]);
             }
@@ -580,20 +584,18 @@ impl Geometry {
                 &scratch.col
             };
             // dst (c_out_g x ck) += G (c_out_g x ld) * col_t (ld x ck)
-            unsafe {
-                gemm_f32(
-                    c_out_g,
-                    ck,
-                    ld,
-                    dst,
-                    ck,
-                    true,
-                    g_rows,
-                    (1, ld),
-                    col_t,
-                    (1, ck),
-                )
-            };
+            gemm_f32(
+                c_out_g,
+                ck,
+                ld,
+                dst,
+                ck,
+                true,
+                g_rows,
+                (1, ld),
+                col_t,
+                (1, ck),
+            );
         }
     }
 
@@ -703,10 +705,9 @@ impl Geometry {
 /// `dst (m x n, rows ld apart) = [dst +] lhs (m x k) * rhs (k x n)`, one thread, with
 /// `lhs` and `rhs` given by (column stride, row stride).
 ///
-/// # Safety
-/// Every element the strides address lies inside its slice.
+/// Panics unless every element the strides address lies inside its slice.
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_f32(
+fn gemm_f32(
     m: usize,
     n: usize,
     k: usize,
@@ -718,9 +719,11 @@ unsafe fn gemm_f32(
     rhs: &[f32],
     (rhs_cs, rhs_rs): (usize, usize),
 ) {
-    debug_assert!(m == 0 || n == 0 || (m - 1) * ld + n <= dst.len());
-    debug_assert!(m == 0 || k == 0 || (m - 1) * lhs_rs + (k - 1) * lhs_cs < lhs.len());
-    debug_assert!(k == 0 || n == 0 || (k - 1) * rhs_rs + (n - 1) * rhs_cs < rhs.len());
+    // Checked always: a GEMM's cost dwarfs three comparisons, and a wrong stride would read
+    // or write outside the slices.
+    assert!(m == 0 || n == 0 || (m - 1) * ld + n <= dst.len());
+    assert!(m == 0 || k == 0 || (m - 1) * lhs_rs + (k - 1) * lhs_cs < lhs.len());
+    assert!(k == 0 || n == 0 || (k - 1) * rhs_rs + (n - 1) * rhs_cs < rhs.len());
     unsafe {
         gemm::gemm(
             m,

@@ -354,16 +354,8 @@ impl ModuleOps<Flex> for Flex {
         beta: FloatTensor<Flex>,
         epsilon: f64,
     ) -> BatchNormTrain<Flex> {
-        use burn_backend::FloatDType;
         let dtype = x.dtype();
-        let as_f32 = |t: FlexTensor| match t.dtype() {
-            DType::F32 => t,
-            _ => Flex::float_cast(t, FloatDType::F32),
-        };
-        let back = |t: FlexTensor| match dtype {
-            DType::F32 => t,
-            _ => Flex::float_cast(t, dtype.into()),
-        };
+        let back = |t| cast_back_from_f32(t, dtype);
         let (y, mean, var) =
             batch_norm::batch_norm_train_f32(as_f32(x), as_f32(gamma), as_f32(beta), epsilon);
         BatchNormTrain::new(back(y), back(mean), back(var))
@@ -377,16 +369,8 @@ impl ModuleOps<Flex> for Flex {
         epsilon: f64,
         output_grad: FloatTensor<Flex>,
     ) -> BatchNormTrainBackward<Flex> {
-        use burn_backend::FloatDType;
         let dtype = x.dtype();
-        let as_f32 = |t: FlexTensor| match t.dtype() {
-            DType::F32 => t,
-            _ => Flex::float_cast(t, FloatDType::F32),
-        };
-        let back = |t: FlexTensor| match dtype {
-            DType::F32 => t,
-            _ => Flex::float_cast(t, dtype.into()),
-        };
+        let back = |t| cast_back_from_f32(t, dtype);
         let (dx, dgamma, dbeta) = batch_norm::batch_norm_train_backward_f32(
             as_f32(x),
             as_f32(gamma),
@@ -900,6 +884,22 @@ impl ModuleOps<Flex> for Flex {
             output_grad,
             burn_backend::tensor::IndexingUpdateOp::Add,
         )
+    }
+}
+
+/// `t` as `f32` (lambdaml patch: what the `f32`-only kernels of `batch_norm` take).
+fn as_f32(t: FlexTensor) -> FlexTensor {
+    match t.dtype() {
+        DType::F32 => t,
+        _ => Flex::float_cast(t, burn_backend::FloatDType::F32),
+    }
+}
+
+/// An `f32` result of those kernels back in its input's `dtype`.
+fn cast_back_from_f32(t: FlexTensor, dtype: DType) -> FlexTensor {
+    match dtype {
+        DType::F32 => t,
+        _ => Flex::float_cast(t, dtype.into()),
     }
 }
 
