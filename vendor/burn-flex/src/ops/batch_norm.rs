@@ -12,6 +12,7 @@ use alloc::vec::Vec;
 use burn_backend::DType;
 use burn_std::{Bytes, Shape};
 
+use super::for_each_chunk_mut;
 use crate::{FlexTensor, Layout};
 
 /// The sizes of a `[batch, channels, ...]` tensor: batch, channels, and the elements of
@@ -19,22 +20,6 @@ use crate::{FlexTensor, Layout};
 fn planes(shape: &Shape) -> (usize, usize, usize) {
     let (n, c) = (shape[0], shape[1]);
     (n, c, shape.num_elements() / (n * c).max(1))
-}
-
-/// Runs `f(plane index, plane)` over `data` cut into planes of `len`, on rayon's threads
-/// when flex has them.
-fn for_each_plane(data: &mut [f32], len: usize, f: impl Fn(usize, &mut [f32]) + Send + Sync) {
-    #[cfg(feature = "rayon")]
-    {
-        use rayon::prelude::*;
-        data.par_chunks_mut(len.max(1))
-            .enumerate()
-            .for_each(|(i, p)| f(i, p));
-    }
-    #[cfg(not(feature = "rayon"))]
-    data.chunks_mut(len.max(1))
-        .enumerate()
-        .for_each(|(i, p)| f(i, p));
 }
 
 /// `f(channel)` for every channel, collected in order (on rayon's threads when flex has
@@ -100,7 +85,7 @@ pub fn batch_norm_train_f32(
         })
         .collect();
     let mut out = vec![0f32; xs.len()];
-    for_each_plane(&mut out, p, |i, plane| {
+    for_each_chunk_mut(&mut out, p, |i, plane| {
         let (scale, shift) = affine[i % c];
         plane
             .iter_mut()
@@ -175,7 +160,7 @@ pub fn batch_norm_train_backward_f32(
         })
         .collect();
     let mut dx = vec![0f32; xs.len()];
-    for_each_plane(&mut dx, p, |i, plane| {
+    for_each_chunk_mut(&mut dx, p, |i, plane| {
         let (k, kx, k0) = coeffs[i % c];
         let at = i * p;
         plane

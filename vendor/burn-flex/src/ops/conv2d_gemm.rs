@@ -29,6 +29,8 @@ use burn_backend::DType;
 use burn_backend::ops::ConvOptions;
 use burn_std::{Bytes, Shape};
 
+use super::conv::valid_out_range;
+use super::for_each_chunk_mut;
 use crate::{FlexTensor, Layout};
 
 /// Output positions a GEMM should have at least: below this a chunk takes several images.
@@ -56,14 +58,13 @@ pub fn conv2d_f32(
     let w_data: &[f32] = w.storage();
     let mut out = vec![0f32; geo.batch * geo.c_out * geo.s()];
     let per = geo.images_per_gemm();
-    for_each_chunk(&mut out, per * geo.c_out * geo.s(), |chunk, dst| {
+    for_each_chunk_mut(&mut out, per * geo.c_out * geo.s(), |chunk, dst| {
         geo.forward(x_data, w_data, chunk * per, dst);
     });
     if let Some(bias) = bias {
         let bias = bias.to_contiguous();
         let b: &[f32] = bias.storage();
-        for plane in out.chunks_mut(geo.s()).enumerate() {
-            let (i, plane) = plane;
+        for (i, plane) in out.chunks_mut(geo.s()).enumerate() {
             let v = b[i % geo.c_out];
             plane.iter_mut().for_each(|y| *y += v);
         }
@@ -93,7 +94,7 @@ pub fn conv2d_x_grad_f32(
     let g_data: &[f32] = g.storage();
     let mut dx = vec![0f32; geo.batch * geo.c_in * geo.h * geo.w];
     let per = geo.images_per_gemm();
-    for_each_chunk(&mut dx, per * geo.c_in * geo.h * geo.w, |chunk, dst| {
+    for_each_chunk_mut(&mut dx, per * geo.c_in * geo.h * geo.w, |chunk, dst| {
         geo.input_grad(w_data, g_data, chunk * per, dst);
     });
     FlexTensor::new(
@@ -160,22 +161,6 @@ pub fn conv2d_weight_grad_f32(
         Layout::contiguous(weight_shape),
         DType::F32,
     )
-}
-
-/// Runs `f(chunk index, chunk)` over `data` cut into chunks of `len` (the last may be
-/// shorter), on rayon's threads when flex has them.
-fn for_each_chunk(data: &mut [f32], len: usize, f: impl Fn(usize, &mut [f32]) + Send + Sync) {
-    #[cfg(feature = "rayon")]
-    {
-        use rayon::prelude::*;
-        data.par_chunks_mut(len.max(1))
-            .enumerate()
-            .for_each(|(i, c)| f(i, c));
-    }
-    #[cfg(not(feature = "rayon"))]
-    data.chunks_mut(len.max(1))
-        .enumerate()
-        .for_each(|(i, c)| f(i, c));
 }
 
 /// Buffers one chunk of images reuses: its im2col columns, its gathered output gradient
@@ -301,22 +286,6 @@ impl Geometry {
             .clamp(1, self.batch.max(1))
     }
 
-    /// The output positions `lo..hi` along one axis whose input position
-    /// `o * stride + offset` lies inside `0..size`.
-    fn valid(size: usize, out: usize, stride: usize, offset: isize) -> (usize, usize) {
-        let lo = if offset >= 0 {
-            0
-        } else {
-            ((-offset) as usize).div_ceil(stride)
-        };
-        let hi = if (size as isize) <= offset {
-            0
-        } else {
-            ((size as isize - offset) as usize).div_ceil(stride)
-        };
-        (lo.min(out), hi.min(out).max(lo.min(out)))
-    }
-
     /// Calls `f(row, ci, y range, offset y, x range, offset x)` for every row of an im2col
     /// buffer: input channel `ci` of the group and kernel tap `(i, j)`.
     fn for_each_tap(
@@ -326,10 +295,24 @@ impl Geometry {
         for ci in 0..self.c_in_g {
             for i in 0..self.kh {
                 let off_y = (i * self.dilation[0]) as isize - self.pad[0] as isize;
-                let ys = Self::valid(self.h, self.oh, self.stride[0], off_y);
+                let ys = valid_out_range(
+                    i,
+                    self.dilation[0],
+                    self.pad[0],
+                    self.stride[0],
+                    self.h,
+                    self.oh,
+                );
                 for j in 0..self.kw {
                     let off_x = (j * self.dilation[1]) as isize - self.pad[1] as isize;
-                    let xs = Self::valid(self.w, self.ow, self.stride[1], off_x);
+                    let xs = valid_out_range(
+                        j,
+                        self.dilation[1],
+                        self.pad[1],
+                        self.stride[1],
+                        self.w,
+                        self.ow,
+                    );
                     f((ci * self.kh + i) * self.kw + j, ci, ys, off_y, xs, off_x);
                 }
             }
@@ -517,10 +500,12 @@ impl Geometry {
         let [sh, sw] = self.stride;
         for i in 0..self.kh {
             let off_y = (i * self.dilation[0]) as isize - self.pad[0] as isize;
-            let (y_lo, y_hi) = Self::valid(self.h, self.oh, sh, off_y);
+            let (y_lo, y_hi) =
+                valid_out_range(i, self.dilation[0], self.pad[0], sh, self.h, self.oh);
             for j in 0..self.kw {
                 let off_x = (j * self.dilation[1]) as isize - self.pad[1] as isize;
-                let (x_lo, x_hi) = Self::valid(self.w, self.ow, sw, off_x);
+                let (x_lo, x_hi) =
+                    valid_out_range(j, self.dilation[1], self.pad[1], sw, self.w, self.ow);
                 let t = taps[i * self.kw + j];
                 for oy in y_lo..y_hi {
                     let iy = ((oy * sh) as isize + off_y) as usize;
@@ -643,7 +628,8 @@ impl Geometry {
             for ox in 0..self.ow {
                 let row = &mut col_t[(at + oy * self.ow + ox) * ck..][..ck];
                 let x0 = (ox * sw) as isize - self.pad[1] as isize;
-                let (j_lo, j_hi) = Self::valid(self.w, self.kw, dw, x0);
+                // The taps j whose column ox * sw + j * dw - pad lies inside the image.
+                let (j_lo, j_hi) = valid_out_range(ox, sw, self.pad[1], dw, self.w, self.kw);
                 for i in 0..self.kh {
                     let iy = (oy * sh + i * dh) as isize - self.pad[0] as isize;
                     let taps = &mut row[i * self.kw * c..][..self.kw * c];
@@ -674,10 +660,12 @@ impl Geometry {
         let [sh, sw] = self.stride;
         for i in 0..self.kh {
             let off_y = (i * self.dilation[0]) as isize - self.pad[0] as isize;
-            let (y_lo, y_hi) = Self::valid(self.h, self.oh, sh, off_y);
+            let (y_lo, y_hi) =
+                valid_out_range(i, self.dilation[0], self.pad[0], sh, self.h, self.oh);
             for j in 0..self.kw {
                 let off_x = (j * self.dilation[1]) as isize - self.pad[1] as isize;
-                let (x_lo, x_hi) = Self::valid(self.w, self.ow, sw, off_x);
+                let (x_lo, x_hi) =
+                    valid_out_range(j, self.dilation[1], self.pad[1], sw, self.w, self.ow);
                 let mut acc = 0f32;
                 for oy in y_lo..y_hi {
                     let iy = ((oy * sh) as isize + off_y) as usize;

@@ -57,6 +57,27 @@ impl<T> SendMutPtr<T> {
     }
 }
 
+/// Runs `f(chunk index, chunk)` over `data` cut into chunks of `len` (the last may be
+/// shorter), on rayon's threads when flex has them (lambdaml patch: shared by
+/// `conv2d_gemm` and `batch_norm`).
+pub(crate) fn for_each_chunk_mut(
+    data: &mut [f32],
+    len: usize,
+    f: impl Fn(usize, &mut [f32]) + Send + Sync,
+) {
+    #[cfg(feature = "rayon")]
+    {
+        use rayon::prelude::*;
+        data.par_chunks_mut(len.max(1))
+            .enumerate()
+            .for_each(|(i, c)| f(i, c));
+    }
+    #[cfg(not(feature = "rayon"))]
+    data.chunks_mut(len.max(1))
+        .enumerate()
+        .for_each(|(i, c)| f(i, c));
+}
+
 /// Read a float tensor's storage as f32 values, regardless of source dtype.
 /// Returns a borrowed slice for F32 (zero-copy) and an owned Vec for other
 /// float dtypes (F64, F16, BF16).
@@ -90,16 +111,16 @@ pub(crate) fn float_storage_as_f32(tensor: &FlexTensor) -> Cow<'_, [f32]> {
 
 pub mod activation;
 pub mod attention;
+pub mod batch_norm;
 pub mod binary;
 mod bool;
-pub mod batch_norm;
 pub mod cat;
 pub mod comparison;
 #[macro_use]
 mod conv_common;
 pub mod conv;
-pub mod conv_transpose;
 pub mod conv2d_gemm;
+pub mod conv_transpose;
 pub mod cumulative;
 pub mod deform_conv;
 pub mod expand;
