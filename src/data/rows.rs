@@ -167,7 +167,7 @@ pub fn decode(
                     format!("{rows} rows x {n_features} features overflow"),
                 )
             })?;
-            dense = vec![0f32; cells];
+            dense = super::matrix::zeroed_values(cells);
         }
         Layout::Sparse => {
             csr.indptr.reserve(rows);
