@@ -8,6 +8,7 @@ use lambdaml::cli::{Cli, Command, PsCommand};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    keep_freed_memory();
     // Started by Lambda (or a local Lambda): serve worker events, whatever the arguments.
     if std::env::var_os(lambdaml::cli::lambda::RUNTIME_API_ENV).is_some() {
         init_logs("info");
@@ -55,5 +56,25 @@ fn exit(result: anyhow::Result<()>) -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Lets glibc's allocator keep the memory a process frees for its next allocations, instead
+/// of returning it to the kernel.
+///
+/// A worker allocates the same large buffers every round or step (a vector to send, the
+/// values received, a mean; a network's activations). Allocations from 128 KiB are each
+/// mapped on their own by default, and freed memory is trimmed from the heaps of the
+/// runtime's threads. Each round then paid page faults and the zeroing of fresh pages: in
+/// an 8-worker Redis all-reduce of 1 MB, about a tenth of all CPU samples.
+/// From here, blocks under 32 MiB (glibc's largest threshold) come from the heaps, and up to
+/// 256 MiB freed at a heap's top stay there.
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; it runs first in main, before any
+    // thread exists. A value it refuses leaves the default.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
     }
 }
