@@ -8,7 +8,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use super::event::Invocation;
-use super::records;
+use super::{records, summary};
 use crate::channel::meter::Usage;
 use crate::channel::{self, ChannelUrl, RetryPolicy, codec};
 use crate::comm::{self, Comm, Keys, Member, PsTarget, SyncMode};
@@ -336,11 +336,11 @@ pub async fn worker(e: BenchEvent) -> anyhow::Result<()> {
         let mut usage = Usage::default();
         let back_to_back = e.timing == RoundTiming::BackToBack;
         let mut measured_from = (Instant::now(), crate::channel::meter::snapshot());
-        // (measured round, round, fingerprint of its mean), checked after the last round:
+        // (measured round, round, digest of its mean), checked after the last round:
         // rebuilding the exact mean costs a multiple of the round's own arithmetic, and done
         // between rounds it ran while the slower workers were still in theirs, on the same
         // cores (13% of all CPU in an 8-worker Redis run of 1 MB).
-        let mut fingerprints = Vec::new();
+        let mut digests = Vec::new();
         for i in 0..WARMUP + e.rounds {
             let mine = contribution(e.seed, round, e.worker, values.len());
             if !back_to_back || i == 0 {
@@ -358,17 +358,17 @@ pub async fn worker(e: BenchEvent) -> anyhow::Result<()> {
             }
             // `async` averages with the latest model of each peer, whichever round that was.
             if mode != SyncMode::Async {
-                fingerprints.push((i, round, fingerprint(&mean)));
+                digests.push((i, round, summary::digest(&mean)));
             }
             round += 1;
         }
         if s.wrong.is_none() {
-            s.wrong = fingerprints.into_iter().find_map(|(i, round, found)| {
-                let want = fingerprint(&exact_mean(e.seed, round, e.workers, values.len()));
+            s.wrong = digests.into_iter().find_map(|(i, round, found)| {
+                let want = summary::digest(&exact_mean(e.seed, round, e.workers, values.len()));
                 (found != want).then(|| {
                     format!(
-                        "{mode}, round {i}: the mean is not the exact mean (CRC-32 {found:08x}, \
-                         the exact mean's {want:08x})"
+                        "{mode}, round {i}: the mean is not the exact mean (CRC-32 {found}, \
+                         the exact mean's {want})"
                     )
                 })
             });
@@ -418,20 +418,6 @@ fn exact_mean(seed: u64, round: u64, workers: usize, len: usize) -> Vec<f32> {
     sum
 }
 
-/// The CRC-32 of a vector's bits (little-endian): a few tenths of a millisecond per MB, so
-/// it can be taken right after a round, while other workers may still be in it.
-fn fingerprint(values: &[f32]) -> u32 {
-    let mut hasher = crc32fast::Hasher::new();
-    let mut bytes = [0u8; 4096];
-    for chunk in values.chunks(bytes.len() / 4) {
-        for (b, v) in bytes.chunks_exact_mut(4).zip(chunk) {
-            b.copy_from_slice(&v.to_le_bytes());
-        }
-        hasher.update(&bytes[..chunk.len() * 4]);
-    }
-    hasher.finalize()
-}
-
 /// The report as a table.
 pub fn render(r: &BenchReport) -> String {
     let mut out = format!(
@@ -473,15 +459,5 @@ mod tests {
                 assert_eq!(got, (sum / workers as f64) as f32, "value {i}");
             }
         }
-    }
-
-    #[test]
-    fn a_fingerprint_tells_one_bit() {
-        let mut v = exact_mean(1, 2, 4, 3000);
-        let before = fingerprint(&v);
-        assert_eq!(before, fingerprint(&v.clone()));
-        v[2999] = f32::from_bits(v[2999].to_bits() ^ 1);
-        assert_ne!(before, fingerprint(&v));
-        assert_ne!(fingerprint(&v[..1024]), fingerprint(&v[..1025]));
     }
 }
