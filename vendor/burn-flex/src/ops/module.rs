@@ -297,24 +297,14 @@ impl ModuleOps<Flex> for Flex {
         output_grad: FloatTensor<Flex>,
         options: ConvOptions<2>,
     ) -> FloatTensor<Flex> {
-        use burn_backend::FloatDType;
-        let x_shape = x.layout().shape().clone();
-        match x.dtype() {
-            DType::F32 if conv2d_gemm::burn_default_requested() => {
-                conv2d_gemm::conv2d_x_grad_burn(x, weight, output_grad, options)
-            }
-            DType::F32 => conv2d_gemm::conv2d_x_grad_f32(x_shape, weight, output_grad, &options),
-            dtype => {
-                let as_f32 = |t| Flex::float_cast(t, FloatDType::F32);
-                let grad = conv2d_gemm::conv2d_x_grad_f32(
-                    x_shape,
-                    as_f32(weight),
-                    as_f32(output_grad),
-                    &options,
-                );
-                Flex::float_cast(grad, dtype.into())
-            }
+        let dtype = x.dtype();
+        if dtype == DType::F32 && conv2d_gemm::burn_default_requested() {
+            return conv2d_gemm::conv2d_x_grad_burn(x, weight, output_grad, options);
         }
+        let x_shape = x.layout().shape().clone();
+        let grad =
+            conv2d_gemm::conv2d_x_grad_f32(x_shape, as_f32(weight), as_f32(output_grad), &options);
+        cast_back_from_f32(grad, dtype)
     }
 
     // lambdaml patch: the weight gradient as im2col + GEMM (see `conv2d_gemm`), instead of
@@ -325,24 +315,14 @@ impl ModuleOps<Flex> for Flex {
         output_grad: FloatTensor<Flex>,
         options: ConvOptions<2>,
     ) -> FloatTensor<Flex> {
-        use burn_backend::FloatDType;
+        let dtype = x.dtype();
         let shape = weight.layout().shape().clone();
-        match x.dtype() {
-            DType::F32 if conv2d_gemm::burn_default_requested() => {
-                conv2d_gemm::conv2d_weight_grad_burn(x, shape, output_grad, options)
-            }
-            DType::F32 => conv2d_gemm::conv2d_weight_grad_f32(x, output_grad, shape, &options),
-            dtype => {
-                let as_f32 = |t| Flex::float_cast(t, FloatDType::F32);
-                let grad = conv2d_gemm::conv2d_weight_grad_f32(
-                    as_f32(x),
-                    as_f32(output_grad),
-                    shape,
-                    &options,
-                );
-                Flex::float_cast(grad, dtype.into())
-            }
+        if dtype == DType::F32 && conv2d_gemm::burn_default_requested() {
+            return conv2d_gemm::conv2d_weight_grad_burn(x, shape, output_grad, options);
         }
+        let grad =
+            conv2d_gemm::conv2d_weight_grad_f32(as_f32(x), as_f32(output_grad), shape, &options);
+        cast_back_from_f32(grad, dtype)
     }
 
     // lambdaml patch: batch normalization's statistics and gradients read in place over
@@ -887,7 +867,8 @@ impl ModuleOps<Flex> for Flex {
     }
 }
 
-/// `t` as `f32` (lambdaml patch: what the `f32`-only kernels of `batch_norm` take).
+/// `t` as `f32` (lambdaml patch: what the `f32`-only kernels of `batch_norm` and
+/// `conv2d_gemm` take).
 fn as_f32(t: FlexTensor) -> FlexTensor {
     match t.dtype() {
         DType::F32 => t,
