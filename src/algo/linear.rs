@@ -64,8 +64,34 @@ impl Loss {
 /// Row access shared by dense and sparse matrices, so the kernels are written once and
 /// monomorphised for each layout.
 trait Rows {
+    /// Whether the kernels over these rows gain from AVX2: dense rows do (twice the lanes);
+    /// sparse rows' gathers and scatters do not, and ran slower in a build for it.
+    const WIDE: bool;
     fn dot(&self, i: usize, w: &[f32]) -> f32;
     fn axpy(&self, i: usize, a: f32, out: &mut [f32]);
+    /// [`Self::dot`] of each row of `block` (at most [`BLOCK`] rows; lanes past its end
+    /// are 0), calling `look_ahead(k)` before row `k`'s: the row by row default spreads
+    /// the caller's prefetches among the dot products (a burst of them, for sparse rows of
+    /// several lines each, stalls on the CPU's line-fill buffers).
+    #[inline(always)]
+    fn dots(&self, block: &[u32], w: &[f32], mut look_ahead: impl FnMut(usize)) -> [f32; BLOCK] {
+        let mut z = [0f32; BLOCK];
+        for (k, (z, &r)) in z.iter_mut().zip(block).enumerate() {
+            look_ahead(k);
+            *z = self.dot(r as usize, w);
+        }
+        z
+    }
+    /// [`Self::axpy`] of each row of `block` with its `a`, skipping those whose `a` is 0:
+    /// every element of `out` receives its terms in block order.
+    #[inline(always)]
+    fn axpys(&self, block: &[u32], a: &[f32; BLOCK], out: &mut [f32]) {
+        for (&r, &a) in block.iter().zip(a) {
+            if a != 0.0 {
+                self.axpy(r as usize, a, out);
+            }
+        }
+    }
     /// Asks the CPU to start loading row `i`, which is used a few rows from now: rows come
     /// in shuffled order, so the hardware prefetcher cannot guess them, and a row that
     /// misses the cache would otherwise stall the loop.
@@ -74,33 +100,40 @@ trait Rows {
 
 /// Starts loading the cache lines that `values` spans (at most four). Rows are not aligned
 /// to lines: a 112-byte row can span three, and stepping 64 bytes from its start would miss
-/// the last one (measured: a third of the epoch stalled on it).
-#[inline]
+/// the last one (measured: a third of the epoch stalled on it), so the last byte's line is
+/// asked for too (a line asked for twice costs one more hint, no load).
+#[inline(always)]
 fn prefetch_bytes<T>(values: &[T]) {
     const LINE: usize = 64;
-    let start = values.as_ptr() as usize;
-    let len = std::mem::size_of_val(values);
+    let len = std::mem::size_of_val(values).min(3 * LINE + 1);
     if len == 0 {
         return;
     }
-    let (first, last) = (start / LINE, (start + len - 1) / LINE);
-    for line in first..=last.min(first + 3) {
-        // A line that `values` touches: the pointer is inside or at the start of its line.
-        let offset = (line * LINE).max(start) - start;
-        let at = values.as_ptr().cast::<i8>().wrapping_add(offset);
-        // SAFETY: `at` points into `values`; a prefetch reads nothing and cannot fault.
-        #[cfg(target_arch = "x86_64")]
-        unsafe {
-            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-            _mm_prefetch::<_MM_HINT_T0>(at);
-        }
-        // Elsewhere (arm64 Lambda) the loop runs without: its intrinsic is not stable yet.
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = at;
+    let at = values.as_ptr().cast::<i8>();
+    let mut offset = 0;
+    while offset < len {
+        prefetch_line(at.wrapping_add(offset));
+        offset += LINE;
     }
+    prefetch_line(at.wrapping_add(len - 1));
+}
+
+/// Asks the CPU to load the cache line holding `at` into every level.
+#[inline(always)]
+fn prefetch_line(at: *const i8) {
+    // SAFETY: a prefetch reads nothing and cannot fault, whatever the address.
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        _mm_prefetch::<_MM_HINT_T0>(at);
+    }
+    // Elsewhere (arm64 Lambda) the loop runs without: its intrinsic is not stable yet.
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = at;
 }
 
 impl Rows for DenseMatrix {
+    const WIDE: bool = true;
     #[inline]
     fn dot(&self, i: usize, w: &[f32]) -> f32 {
         dot_dense(self.row(i), w)
@@ -111,6 +144,89 @@ impl Rows for DenseMatrix {
             *o += a * x;
         }
     }
+    #[inline(always)]
+    fn dots(&self, block: &[u32], w: &[f32], mut look_ahead: impl FnMut(usize)) -> [f32; BLOCK] {
+        let d = self.n_features;
+        let (Ok(block), Some(tail)) = (<&[u32; BLOCK]>::try_from(block), Tail::of(d)) else {
+            let mut z = [0f32; BLOCK];
+            for (k, (z, &r)) in z.iter_mut().zip(block).enumerate() {
+                look_ahead(k);
+                *z = self.dot(r as usize, w);
+            }
+            return z;
+        };
+        (0..BLOCK).for_each(look_ahead);
+        // The rows' lanes side by side: the same sums as `dot_dense` row by row, with
+        // BLOCK independent accumulators for the CPU to overlap.
+        let rows: [&[f32]; BLOCK] = std::array::from_fn(|k| self.row(block[k] as usize));
+        let w = &w[..d];
+        let mut acc = [[0f32; LANES]; BLOCK];
+        for c in (0..tail.whole).step_by(LANES) {
+            let wc = chunk(w, c);
+            for (acc, row) in acc.iter_mut().zip(&rows) {
+                let x = chunk(row, c);
+                for k in 0..LANES {
+                    acc[k] += x[k] * wc[k];
+                }
+            }
+        }
+        if tail.counted > 0 {
+            let wt = tail.fresh_only(chunk(w, tail.start));
+            for (acc, row) in acc.iter_mut().zip(&rows) {
+                let x = chunk(row, tail.start);
+                for k in 0..LANES {
+                    acc[k] += x[k] * wt[k];
+                }
+            }
+        }
+        std::array::from_fn(|k| sum_lanes(&acc[k]))
+    }
+    #[inline(always)]
+    fn axpys(&self, block: &[u32], a: &[f32; BLOCK], out: &mut [f32]) {
+        let d = self.n_features;
+        let Some(tail) = Tail::of(d) else {
+            for (&r, &a) in block.iter().zip(a) {
+                if a != 0.0 {
+                    self.axpy(r as usize, a, out);
+                }
+            }
+            return;
+        };
+        let rows: [&[f32]; BLOCK] = std::array::from_fn(|k| match block.get(k) {
+            Some(&r) if a[k] != 0.0 => self.row(r as usize),
+            _ => &[],
+        });
+        // A chunk of `out` stays in registers while every row adds to it; each element
+        // still receives the rows' terms in block order, as from `axpy` row by row.
+        let out = &mut out[..d];
+        #[inline(always)]
+        fn add_rows(
+            rows: &[&[f32]; BLOCK],
+            a: &[f32; BLOCK],
+            start: usize,
+            sum: &mut [f32; LANES],
+        ) {
+            for (row, &a) in rows.iter().zip(a) {
+                if !row.is_empty() {
+                    let x = chunk(row, start);
+                    for k in 0..LANES {
+                        sum[k] += a * x[k];
+                    }
+                }
+            }
+        }
+        for c in (0..tail.whole).step_by(LANES) {
+            let chunk: &mut [f32; LANES] = (&mut out[c..c + LANES]).try_into().expect("in range");
+            add_rows(&rows, a, c, chunk);
+        }
+        if tail.counted > 0 {
+            let chunk: &mut [f32; LANES] = (&mut out[tail.start..d]).try_into().expect("in range");
+            let mut sum = *chunk;
+            add_rows(&rows, a, tail.start, &mut sum);
+            // The lanes the whole chunks already updated keep their values.
+            *chunk = std::array::from_fn(|k| if tail.is_fresh(k) { sum[k] } else { chunk[k] });
+        }
+    }
     #[inline]
     fn prefetch(&self, i: usize) {
         prefetch_bytes(self.row(i));
@@ -118,6 +234,7 @@ impl Rows for DenseMatrix {
 }
 
 impl Rows for CsrMatrix {
+    const WIDE: bool = false;
     #[inline]
     fn dot(&self, i: usize, w: &[f32]) -> f32 {
         let (idx, val) = self.row(i);
@@ -146,23 +263,88 @@ const PREFETCH_AHEAD: usize = 8;
 /// computing it.
 const MIN_ROWS_PER_THREAD: usize = 256;
 
-/// Dot product with eight independent accumulators, so the compiler can vectorise it.
+/// Width of the dense kernels' accumulators: one AVX register of `f32`.
+const LANES: usize = 8;
+
+/// How a dense row of `d >= LANES` values splits into chunks of [`LANES`]: the whole chunks,
+/// then, when `d` is not a multiple of [`LANES`], one more chunk that ends at `d` and
+/// overlaps the last whole one. Reading the row this way needs no scalar loop for the
+/// remainder; the overlapped lanes are masked out, so each value is counted once.
+#[derive(Clone, Copy)]
+struct Tail {
+    /// Values covered by the whole chunks.
+    whole: usize,
+    /// Where the last chunk starts (`d - LANES`).
+    start: usize,
+    /// Values of the last chunk that the whole chunks did not cover (0: none).
+    counted: usize,
+}
+
+impl Tail {
+    #[inline(always)]
+    fn of(d: usize) -> Option<Tail> {
+        let start = d.checked_sub(LANES)?;
+        Some(Tail {
+            whole: d - d % LANES,
+            start,
+            counted: d % LANES,
+        })
+    }
+    /// Whether lane `k` of the last chunk holds a value the whole chunks did not cover.
+    #[inline(always)]
+    fn is_fresh(self, k: usize) -> bool {
+        k >= LANES - self.counted
+    }
+    /// `values` with the lanes the whole chunks covered set to 0.
+    #[inline(always)]
+    fn fresh_only(self, values: &[f32; LANES]) -> [f32; LANES] {
+        std::array::from_fn(|k| if self.is_fresh(k) { values[k] } else { 0.0 })
+    }
+}
+
+/// The [`LANES`] values of `values` from `start`.
+#[inline(always)]
+fn chunk(values: &[f32], start: usize) -> &[f32; LANES] {
+    values[start..start + LANES]
+        .try_into()
+        .expect("a whole chunk")
+}
+
+/// Dot product with [`LANES`] independent accumulators, so the compiler can vectorise it:
+/// value `j` of a whole chunk adds to lane `j % LANES`, one of the last overlapping chunk
+/// (see [`Tail`]) to lane `j - (d - LANES)`, and the lanes are summed by [`sum_lanes`].
+/// The dense block kernels compute exactly these sums.
 #[inline]
 pub fn dot_dense(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for k in 0..8 {
+    let d = a.len().min(b.len());
+    let (a, b) = (&a[..d], &b[..d]);
+    let mut acc = [0f32; LANES];
+    let Some(tail) = Tail::of(d) else {
+        for j in 0..d {
+            acc[j] += a[j] * b[j];
+        }
+        return sum_lanes(&acc);
+    };
+    for c in (0..tail.whole).step_by(LANES) {
+        let (x, y) = (chunk(a, c), chunk(b, c));
+        for k in 0..LANES {
             acc[k] += x[k] * y[k];
         }
     }
-    acc.iter().sum::<f32>() + tail
+    if tail.counted > 0 {
+        let (x, y) = (chunk(a, tail.start), tail.fresh_only(chunk(b, tail.start)));
+        for k in 0..LANES {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    sum_lanes(&acc)
+}
+
+/// The sum of a row's accumulators, pairwise: the order in which an AVX horizontal add
+/// combines them.
+#[inline(always)]
+fn sum_lanes(acc: &[f32; LANES]) -> f32 {
+    ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
 }
 
 /// The scores `w.x + b` and targets of the rows `block` (which starts at `rows[first]`),
@@ -178,13 +360,15 @@ fn scores(
     first: usize,
     block: &[u32],
 ) -> ([f32; BLOCK], [f32; BLOCK]) {
-    let (mut z, mut t) = ([0f32; BLOCK], [0f32; BLOCK]);
-    for (k, &r) in block.iter().enumerate() {
+    let mut z = x.dots(block, w, |k| {
         if let Some(&ahead) = rows.get(first + k + PREFETCH_AHEAD) {
             x.prefetch(ahead as usize);
             prefetch_bytes(&y[ahead as usize..ahead as usize + 1]);
         }
-        z[k] = x.dot(r as usize, w) + b;
+    });
+    let mut t = [0f32; BLOCK];
+    for (k, &r) in block.iter().enumerate() {
+        z[k] += b;
         t[k] = y[r as usize];
     }
     (z, t)
@@ -304,7 +488,42 @@ impl Linear {
 
     /// Adds `scale` times the data gradient of `rows` to `gw` (weights only) and returns the
     /// sums of their losses and of their loss slopes (the bias gradient, unscaled).
-    fn accumulate(
+    fn accumulate<R: Rows>(
+        &self,
+        x: &R,
+        params: &[f32],
+        y: &[f32],
+        rows: &[u32],
+        scale: f32,
+        gw: &mut [f32],
+    ) -> (f32, f32) {
+        #[cfg(target_arch = "x86_64")]
+        if R::WIDE && std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2.
+            return unsafe { self.accumulate_avx2(x, params, y, rows, scale, gw) };
+        }
+        self.accumulate_portable(x, params, y, rows, scale, gw)
+    }
+
+    /// [`Self::accumulate`] compiled for AVX2: twice the lanes of the x86_64 baseline.
+    /// The arithmetic is the same, in the same order, so results do not depend on the CPU
+    /// (no fused multiply-add is enabled).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn accumulate_avx2(
+        &self,
+        x: &impl Rows,
+        params: &[f32],
+        y: &[f32],
+        rows: &[u32],
+        scale: f32,
+        gw: &mut [f32],
+    ) -> (f32, f32) {
+        self.accumulate_portable(x, params, y, rows, scale, gw)
+    }
+
+    #[inline(always)]
+    fn accumulate_portable(
         &self,
         x: &impl Rows,
         params: &[f32],
@@ -321,13 +540,15 @@ impl Linear {
         for (first, block) in (0..).step_by(BLOCK).zip(rows.chunks(BLOCK)) {
             let (z, t) = scores(x, w, b, y, rows, first, block);
             let (loss, slope) = self.loss.block(&z, &t);
-            for (k, &r) in block.iter().enumerate() {
+            let mut a = [0f32; BLOCK];
+            for k in 0..block.len() {
                 loss_sum += loss[k];
                 if slope[k] != 0.0 {
-                    x.axpy(r as usize, slope[k] * scale, gw);
+                    a[k] = slope[k] * scale;
                     slope_sum += slope[k];
                 }
             }
+            x.axpys(block, &a, gw);
         }
         (loss_sum, slope_sum)
     }
@@ -355,7 +576,24 @@ impl Linear {
             .fold(Eval::default(), std::ops::Add::add)
     }
 
-    fn evaluate_with(&self, x: &impl Rows, params: &[f32], y: &[f32], rows: &[u32]) -> Eval {
+    fn evaluate_with<R: Rows>(&self, x: &R, params: &[f32], y: &[f32], rows: &[u32]) -> Eval {
+        #[cfg(target_arch = "x86_64")]
+        if R::WIDE && std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2.
+            return unsafe { self.evaluate_avx2(x, params, y, rows) };
+        }
+        self.evaluate_portable(x, params, y, rows)
+    }
+
+    /// [`Self::evaluate_with`] compiled for AVX2, as [`Self::accumulate_avx2`] is.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn evaluate_avx2(&self, x: &impl Rows, params: &[f32], y: &[f32], rows: &[u32]) -> Eval {
+        self.evaluate_portable(x, params, y, rows)
+    }
+
+    #[inline(always)]
+    fn evaluate_portable(&self, x: &impl Rows, params: &[f32], y: &[f32], rows: &[u32]) -> Eval {
         let d = self.n_features;
         let (w, b) = (&params[..d], params[d]);
         let (_, pos) = self.loss.targets();
@@ -491,6 +729,93 @@ pub fn learner(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// A dense matrix of `n_rows` rows of `d` values in (-4, 4), and a weight vector.
+    fn dense_case(d: usize, n_rows: usize, seed: u64) -> (DenseMatrix, Vec<f32>) {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut value = || rng.random_range(-4.0f32..4.0);
+        let values = (0..d * n_rows).map(|_| value()).collect();
+        let w = (0..d).map(|_| value()).collect();
+        (
+            DenseMatrix {
+                n_features: d,
+                values,
+            },
+            w,
+        )
+    }
+
+    proptest! {
+        /// The block kernels are the row-by-row ones, bit for bit, whatever the width: a
+        /// row's score and update must not depend on which block it falls in.
+        #[test]
+        fn dense_block_kernels_equal_row_by_row(
+            d in 1usize..40,
+            seed in any::<u64>(),
+            skip in proptest::collection::vec(any::<bool>(), BLOCK),
+        ) {
+            let (m, w) = dense_case(d, 11, seed);
+            let block: Vec<u32> = vec![3, 0, 10, 3, 7, 1, 9, 2];
+            let z = m.dots(&block, &w, |_| {});
+            let a: [f32; BLOCK] =
+                std::array::from_fn(|k| if skip[k] { 0.0 } else { w[k % d] * 0.37 });
+            let (mut blocked, mut by_row) = (m.values[..d].to_vec(), m.values[..d].to_vec());
+            m.axpys(&block, &a, &mut blocked);
+            for (k, &r) in block.iter().enumerate() {
+                prop_assert_eq!(z[k].to_bits(), m.dot(r as usize, &w).to_bits(), "row {}", r);
+                if a[k] != 0.0 {
+                    m.axpy(r as usize, a[k], &mut by_row);
+                }
+            }
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            prop_assert_eq!(bits(&blocked), bits(&by_row));
+        }
+    }
+
+    #[test]
+    fn dot_dense_counts_every_value_once() {
+        for d in 1..40 {
+            let a: Vec<f32> = (0..d).map(|j| (j + 1) as f32).collect();
+            let ones = vec![1.0; d];
+            let want = (d * (d + 1) / 2) as f32;
+            assert_eq!(dot_dense(&a, &ones), want, "d = {d}");
+        }
+    }
+
+    /// The AVX2 build of the kernels gives the portable build's results bit for bit, so a
+    /// run does not depend on the CPU it lands on.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_kernels_equal_the_portable_ones() {
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            return;
+        }
+        for (d, loss) in [(28, Loss::Logistic), (9, Loss::Hinge), (16, Loss::Logistic)] {
+            let (m, mut params) = dense_case(d, 203, d as u64);
+            params.push(0.25);
+            let model = Linear {
+                loss,
+                n_features: d,
+                lam: 0.0,
+            };
+            let y: Vec<f32> = (0..203).map(|i| (i % 3 == 0) as u8 as f32).collect();
+            let rows: Vec<u32> = (0..203u32).rev().collect();
+            let (mut wide, mut portable) = (vec![0f32; d], vec![0f32; d]);
+            // SAFETY: the CPU has AVX2 (checked above).
+            let got = unsafe { model.accumulate_avx2(&m, &params, &y, &rows, 0.1, &mut wide) };
+            let want = model.accumulate_portable(&m, &params, &y, &rows, 0.1, &mut portable);
+            assert_eq!(
+                (got.0.to_bits(), got.1.to_bits()),
+                (want.0.to_bits(), want.1.to_bits())
+            );
+            assert_eq!(wide, portable);
+            // SAFETY: as above.
+            let got = unsafe { model.evaluate_avx2(&m, &params, &y, &rows) };
+            assert_eq!(got, model.evaluate_portable(&m, &params, &y, &rows));
+        }
+    }
 
     fn toy() -> (Features, Vec<f32>) {
         let m = DenseMatrix {
