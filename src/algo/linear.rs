@@ -315,7 +315,7 @@ fn chunk(values: &[f32], start: usize) -> &[f32; LANES] {
 /// (see [`Tail`]) to lane `j - (d - LANES)`, and the lanes are summed by [`sum_lanes`].
 /// The dense block kernels compute exactly these sums.
 #[inline]
-pub fn dot_dense(a: &[f32], b: &[f32]) -> f32 {
+fn dot_dense(a: &[f32], b: &[f32]) -> f32 {
     let d = a.len().min(b.len());
     let (a, b) = (&a[..d], &b[..d]);
     let mut acc = [0f32; LANES];
