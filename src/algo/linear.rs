@@ -64,8 +64,8 @@ impl Loss {
 /// Row access shared by dense and sparse matrices, so the kernels are written once and
 /// monomorphised for each layout.
 trait Rows {
-    /// Whether the kernels over these rows gain from AVX2: dense rows do (twice the lanes);
-    /// sparse rows' gathers and scatters do not, and ran slower in a build for it.
+    /// Whether the kernels over these rows gain from an AVX2 build: dense rows do (twice the
+    /// lanes); sparse rows' gathers and scatters do not vectorise, so they keep one build.
     const WIDE: bool;
     fn dot(&self, i: usize, w: &[f32]) -> f32;
     fn axpy(&self, i: usize, a: f32, out: &mut [f32]);
