@@ -2,6 +2,7 @@
 //! real worker processes started through the local platform, as a job's workers would be.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -10,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::event::Invocation;
 use super::{records, summary};
 use crate::channel::meter::Usage;
-use crate::channel::{self, ChannelUrl, RetryPolicy, codec};
+use crate::channel::{self, Channel, ChannelUrl, RetryPolicy, codec};
 use crate::comm::{self, Comm, Keys, Member, PsTarget, SyncMode};
 use crate::platform::{FunctionSpec, PlatformChoice, PlatformSpec};
 
@@ -80,6 +81,9 @@ pub struct BenchSamples {
     /// The first round whose mean was not the exact mean, in words.
     #[serde(default)]
     wrong: Option<String>,
+    /// The error that stopped this worker, in words (its other fields are then empty).
+    #[serde(default)]
+    failed: Option<String>,
 }
 
 /// Median and 95th percentile, in milliseconds.
@@ -212,6 +216,28 @@ pub async fn run(
         for (w, slot) in samples.iter_mut().enumerate().filter(|(_, s)| s.is_none()) {
             *slot = records::get(ch.as_ref(), &result_key(&job_id, w)).await?;
         }
+        // A failed worker leaves the others waiting on it until their own timeouts: its
+        // error is the answer, now rather than at the deadline.
+        if let Some((w, error)) = samples
+            .iter()
+            .enumerate()
+            .find_map(|(w, s)| Some((w, s.as_ref()?.failed.clone()?)))
+        {
+            // Cleaning up is best effort here: the worker's error is what the user needs.
+            if let Ok(Some(listed)) = ch.list(&Keys::new(&job_id).prefix()).await {
+                let _ = ch.delete(&listed).await;
+            }
+            if let Some((addr, token)) = &ps
+                && let Ok(mut c) =
+                    crate::ps::client::PsClient::connect(addr, token.as_deref()).await
+            {
+                let _ = c.drop_job(&job_id).await;
+            }
+            anyhow::bail!(
+                "bench worker {w} failed: {error} (the other workers' logs: {})",
+                log_dir.display()
+            );
+        }
         anyhow::ensure!(
             Instant::now() < deadline,
             "bench workers did not finish in 10 minutes (logs: {})",
@@ -286,9 +312,29 @@ pub async fn run(
     })
 }
 
-/// One bench worker (a process started by [`run`]).
+/// One bench worker (a process started by [`run`]): its measurements, or the error that
+/// stopped it, go to the coordinator through the channel.
 pub async fn worker(e: BenchEvent) -> anyhow::Result<()> {
     let ch = channel::open_with(&e.channel, RetryPolicy::default()).await?;
+    let key = result_key(&e.job_id, e.worker);
+    match measure(&e, &ch).await {
+        Ok(samples) => records::put(ch.as_ref(), &key, &samples).await?,
+        Err(error) => {
+            let failed = BenchSamples {
+                failed: Some(format!("{error:#}")),
+                ..BenchSamples::default()
+            };
+            if let Err(put) = records::put(ch.as_ref(), &key, &failed).await {
+                tracing::warn!("could not report this worker's failure: {put:#}");
+            }
+            return Err(error);
+        }
+    }
+    Ok(())
+}
+
+/// The measurements of bench worker `e.worker` over `ch`.
+async fn measure(e: &BenchEvent, ch: &Arc<dyn Channel>) -> anyhow::Result<BenchSamples> {
     let mut comm = Comm::new(
         ch.clone(),
         &e.job_id,
@@ -385,8 +431,7 @@ pub async fn worker(e: BenchEvent) -> anyhow::Result<()> {
     }
     comm.barrier(round).await?;
     s.residual_keys.extend(comm.residual_keys());
-    records::put(ch.as_ref(), &result_key(&e.job_id, e.worker), &s).await?;
-    Ok(())
+    Ok(s)
 }
 
 /// Worker `w`'s vector in round `round`: values that differ by worker, round and index,
