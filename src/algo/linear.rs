@@ -74,28 +74,46 @@ trait Rows {
     /// the caller's prefetches among the dot products (a burst of them, for sparse rows of
     /// several lines each, stalls on the CPU's line-fill buffers).
     #[inline(always)]
-    fn dots(&self, block: &[u32], w: &[f32], mut look_ahead: impl FnMut(usize)) -> [f32; BLOCK] {
-        let mut z = [0f32; BLOCK];
-        for (k, (z, &r)) in z.iter_mut().zip(block).enumerate() {
-            look_ahead(k);
-            *z = self.dot(r as usize, w);
-        }
-        z
+    fn dots(&self, block: &[u32], w: &[f32], look_ahead: impl FnMut(usize)) -> [f32; BLOCK] {
+        dots_row_by_row(self, block, w, look_ahead)
     }
     /// [`Self::axpy`] of each row of `block` with its `a`, skipping those whose `a` is 0:
     /// every element of `out` receives its terms in block order.
     #[inline(always)]
     fn axpys(&self, block: &[u32], a: &[f32; BLOCK], out: &mut [f32]) {
-        for (&r, &a) in block.iter().zip(a) {
-            if a != 0.0 {
-                self.axpy(r as usize, a, out);
-            }
-        }
+        axpys_row_by_row(self, block, a, out);
     }
     /// Asks the CPU to start loading row `i`, which is used a few rows from now: rows come
     /// in shuffled order, so the hardware prefetcher cannot guess them, and a row that
     /// misses the cache would otherwise stall the loop.
     fn prefetch(&self, i: usize);
+}
+
+/// [`Rows::dots`] one row at a time: the trait's default, and the dense rows' way with a
+/// short block or a row narrower than [`LANES`].
+#[inline(always)]
+fn dots_row_by_row<R: Rows + ?Sized>(
+    x: &R,
+    block: &[u32],
+    w: &[f32],
+    mut look_ahead: impl FnMut(usize),
+) -> [f32; BLOCK] {
+    let mut z = [0f32; BLOCK];
+    for (k, (z, &r)) in z.iter_mut().zip(block).enumerate() {
+        look_ahead(k);
+        *z = x.dot(r as usize, w);
+    }
+    z
+}
+
+/// [`Rows::axpys`] one row at a time, as [`dots_row_by_row`] is for the dot products.
+#[inline(always)]
+fn axpys_row_by_row<R: Rows + ?Sized>(x: &R, block: &[u32], a: &[f32; BLOCK], out: &mut [f32]) {
+    for (&r, &a) in block.iter().zip(a) {
+        if a != 0.0 {
+            x.axpy(r as usize, a, out);
+        }
+    }
 }
 
 /// Starts loading the cache lines that `values` spans (at most four). Rows are not aligned
@@ -145,15 +163,10 @@ impl Rows for DenseMatrix {
         }
     }
     #[inline(always)]
-    fn dots(&self, block: &[u32], w: &[f32], mut look_ahead: impl FnMut(usize)) -> [f32; BLOCK] {
+    fn dots(&self, block: &[u32], w: &[f32], look_ahead: impl FnMut(usize)) -> [f32; BLOCK] {
         let d = self.n_features;
         let (Ok(block), Some(tail)) = (<&[u32; BLOCK]>::try_from(block), Tail::of(d)) else {
-            let mut z = [0f32; BLOCK];
-            for (k, (z, &r)) in z.iter_mut().zip(block).enumerate() {
-                look_ahead(k);
-                *z = self.dot(r as usize, w);
-            }
-            return z;
+            return dots_row_by_row(self, block, w, look_ahead);
         };
         (0..BLOCK).for_each(look_ahead);
         // The rows' lanes side by side: the same sums as `dot_dense` row by row, with
@@ -185,12 +198,7 @@ impl Rows for DenseMatrix {
     fn axpys(&self, block: &[u32], a: &[f32; BLOCK], out: &mut [f32]) {
         let d = self.n_features;
         let Some(tail) = Tail::of(d) else {
-            for (&r, &a) in block.iter().zip(a) {
-                if a != 0.0 {
-                    self.axpy(r as usize, a, out);
-                }
-            }
-            return;
+            return axpys_row_by_row(self, block, a, out);
         };
         let rows: [&[f32]; BLOCK] = std::array::from_fn(|k| match block.get(k) {
             Some(&r) if a[k] != 0.0 => self.row(r as usize),
