@@ -224,15 +224,7 @@ pub async fn run(
             .find_map(|(w, s)| Some((w, s.as_ref()?.failed.clone()?)))
         {
             // Cleaning up is best effort here: the worker's error is what the user needs.
-            if let Ok(Some(listed)) = ch.list(&Keys::new(&job_id).prefix()).await {
-                let _ = ch.delete(&listed).await;
-            }
-            if let Some((addr, token)) = &ps
-                && let Ok(mut c) =
-                    crate::ps::client::PsClient::connect(addr, token.as_deref()).await
-            {
-                let _ = c.drop_job(&job_id).await;
-            }
+            let _ = clean_up(ch.as_ref(), &job_id, workers, Vec::new(), ps.as_ref()).await;
             anyhow::bail!(
                 "bench worker {w} failed: {error} (the other workers' logs: {})",
                 log_dir.display()
@@ -250,17 +242,12 @@ pub async fn run(
         .iter()
         .enumerate()
         .find_map(|(w, s)| Some((w, s.wrong.clone()?)));
-    let mut keys: Vec<String> = (0..workers).map(|w| result_key(&job_id, w)).collect();
-    keys.extend(samples.iter().flat_map(|s| s.residual_keys.clone()));
-    if let Some(listed) = ch.list(&Keys::new(&job_id).prefix()).await? {
-        keys.extend(listed);
-    }
-    ch.delete(&keys).await?;
+    let residual = samples
+        .iter()
+        .flat_map(|s| s.residual_keys.clone())
+        .collect();
+    clean_up(ch.as_ref(), &job_id, workers, residual, ps.as_ref()).await?;
     let _ = std::fs::remove_dir_all(&log_dir);
-    if let Some((addr, token)) = &ps {
-        let mut c = crate::ps::client::PsClient::connect(addr, token.as_deref()).await?;
-        c.drop_job(&job_id).await?;
-    }
     if let Some((w, wrong)) = wrong {
         anyhow::bail!("the bench's all-reduce gave a wrong result on worker {w}: {wrong}");
     }
@@ -310,6 +297,28 @@ pub async fn run(
             .collect(),
         round_ms,
     })
+}
+
+/// Deletes the bench's keys (the workers' results, the `residual` keys they named, and
+/// whatever a listing of the job finds) and drops its job from the parameter server.
+async fn clean_up(
+    ch: &dyn Channel,
+    job_id: &str,
+    workers: usize,
+    residual: Vec<String>,
+    ps: Option<&(String, Option<String>)>,
+) -> anyhow::Result<()> {
+    let mut keys: Vec<String> = (0..workers).map(|w| result_key(job_id, w)).collect();
+    keys.extend(residual);
+    if let Some(listed) = ch.list(&Keys::new(job_id).prefix()).await? {
+        keys.extend(listed);
+    }
+    ch.delete(&keys).await?;
+    if let Some((addr, token)) = ps {
+        let mut c = crate::ps::client::PsClient::connect(addr, token.as_deref()).await?;
+        c.drop_job(job_id).await?;
+    }
+    Ok(())
 }
 
 /// One bench worker (a process started by [`run`]): its measurements, or the error that
