@@ -80,7 +80,7 @@ fn linear_epoch(c: &mut Criterion) {
         };
         let labels = BinaryLabels::from_distinct(&ds.labels).unwrap();
         let y = model.targets(&ds.labels, labels);
-        let order = sgd::epoch_order(&(0..rows as u32).collect::<Vec<_>>(), 1, 0, 0);
+        let order = sgd::block_order(rows, 1, 0, 0);
         let steps = rows.div_ceil(1000);
         let mut params = vec![0f32; model.n_params()];
         let mut grad = vec![0f32; model.n_params()];

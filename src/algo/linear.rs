@@ -653,6 +653,11 @@ impl Differentiable for LinearClassifier {
         self.targets.len()
     }
 
+    fn arrange_rows(&mut self, order: &[u32]) {
+        self.features.permute_rows(order);
+        self.targets = order.iter().map(|&r| self.targets[r as usize]).collect();
+    }
+
     fn gradient(&self, params: &[f32], rows: &[u32], grad: &mut [f32]) -> f32 {
         self.model.gradient_on(
             &self.compute,

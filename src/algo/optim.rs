@@ -28,6 +28,10 @@ pub trait Differentiable: Send {
     fn initial_params(&self) -> Vec<f32>;
     /// Rows of the partition.
     fn n_rows(&self) -> usize;
+    /// Reorders the partition's rows (features and targets alike) so that row `i` becomes
+    /// what row `order[i]` was. [`Optimized`] calls it once, before training, to lay the
+    /// training rows out in a shuffled sequence and the validation rows after them.
+    fn arrange_rows(&mut self, order: &[u32]);
     /// Writes the gradient of the objective on `rows` into `grad` and returns the batch's
     /// mean loss before the step.
     fn gradient(&self, params: &[f32], rows: &[u32], grad: &mut [f32]) -> f32;
@@ -59,7 +63,9 @@ pub struct Optimized<M> {
     workers: usize,
     steps: usize,
     passes: usize,
-    train_rows: Vec<u32>,
+    /// Training rows: `0..n_train` of the arranged partition.
+    n_train: usize,
+    /// Validation rows: the rest.
     val_rows: Vec<u32>,
     /// The shuffled order of the current pass (recomputed from the seed when it changes).
     order: Option<(usize, Vec<u32>)>,
@@ -68,9 +74,18 @@ pub struct Optimized<M> {
 impl<M: Differentiable> Optimized<M> {
     /// `model` trained with the optimizer and hyper-parameters of `spec`. With ADMM the
     /// regulariser belongs to the z-update: `model` should then leave it out.
-    pub fn new(model: M, spec: &TrainSpec) -> Self {
-        let (val_rows, train_rows) =
-            sgd::train_val_split(model.n_rows(), spec.val_ratio, spec.seed, spec.worker);
+    ///
+    /// The partition's rows are rearranged once: the training rows first, in the seeded
+    /// shuffle of the split, then the validation rows. An epoch then visits blocks of
+    /// consecutive training rows ([`sgd::block_order`]), which are random groups, and reads
+    /// memory in sequence; validation reads one stretch.
+    pub fn new(mut model: M, spec: &TrainSpec) -> Self {
+        let n = model.n_rows();
+        let (val, train) = sgd::train_val_split(n, spec.val_ratio, spec.seed, spec.worker);
+        let n_train = train.len();
+        let mut layout = train;
+        layout.extend(val);
+        model.arrange_rows(&layout);
         let passes = if spec.optim == OptimKind::Admm {
             spec.local_epochs as usize
         } else {
@@ -90,8 +105,8 @@ impl<M: Differentiable> Optimized<M> {
             workers: spec.workers,
             steps: spec.steps_per_epoch,
             passes,
-            train_rows,
-            val_rows,
+            n_train,
+            val_rows: (n_train as u32..n as u32).collect(),
             order: None,
         }
     }
@@ -165,7 +180,7 @@ impl<M: Differentiable> Learner for Optimized<M> {
         grad.resize(p, 0.0);
         let pass = epoch as usize * self.passes + step / self.steps;
         if self.order.as_ref().is_none_or(|(p, _)| *p != pass) {
-            let o = sgd::epoch_order(&self.train_rows, self.seed, self.worker, pass as u32);
+            let o = sgd::block_order(self.n_train, self.seed, self.worker, pass as u32);
             self.order = Some((pass, o));
         }
         let order = &self.order.as_ref().expect("order set above").1;
@@ -274,7 +289,7 @@ impl<M: Differentiable> Learner for Optimized<M> {
     }
 
     fn rows(&self) -> (usize, usize) {
-        (self.train_rows.len(), self.val_rows.len())
+        (self.n_train, self.val_rows.len())
     }
 
     fn test_rows(&self) -> usize {
@@ -290,5 +305,112 @@ impl<M: Differentiable> Learner for Optimized<M> {
             "try a smaller learning rate (--lr {}){rho}, or scale the features",
             self.lr
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::algo::ModelKind;
+    use crate::algo::admm::Reg;
+    use std::sync::Mutex;
+
+    /// A model whose rows are their original numbers: it records which rows each gradient
+    /// and evaluation saw, as numbered before [`Differentiable::arrange_rows`].
+    struct Recording {
+        ids: Vec<u32>,
+        trained: Mutex<Vec<u32>>,
+        evaluated: Mutex<Vec<u32>>,
+    }
+
+    impl Differentiable for Recording {
+        fn segments(&self) -> Vec<Segment> {
+            vec![Segment::new("w", 1)]
+        }
+        fn initial_params(&self) -> Vec<f32> {
+            vec![0.0]
+        }
+        fn n_rows(&self) -> usize {
+            self.ids.len()
+        }
+        fn arrange_rows(&mut self, order: &[u32]) {
+            self.ids = order.iter().map(|&r| self.ids[r as usize]).collect();
+        }
+        fn gradient(&self, _: &[f32], rows: &[u32], grad: &mut [f32]) -> f32 {
+            let ids = rows.iter().map(|&r| self.ids[r as usize]);
+            self.trained.lock().unwrap().extend(ids);
+            grad.fill(0.0);
+            0.0
+        }
+        fn evaluate(&self, _: &[f32], rows: &[u32]) -> Metrics {
+            let ids = rows.iter().map(|&r| self.ids[r as usize]);
+            self.evaluated.lock().unwrap().extend(ids);
+            Metrics::default()
+        }
+    }
+
+    fn spec(n: usize) -> TrainSpec {
+        TrainSpec {
+            model: ModelKind::Lr,
+            optim: OptimKind::ModelAvg,
+            n_features: 1,
+            labels: None,
+            lr: 0.1,
+            step: StepRule::Sgd,
+            lam: 0.0,
+            reg: Reg::L2,
+            rho: 1.0,
+            local_epochs: 1,
+            tol: 0.0,
+            k: 0,
+            init_centroids: None,
+            seed: 3,
+            val_ratio: 0.2,
+            worker: 1,
+            workers: 2,
+            steps_per_epoch: 7,
+            total_rows: n,
+            threads: 1,
+            images: None,
+            momentum: 0.0,
+            width: 1.0,
+            epochs: 2,
+        }
+    }
+
+    /// Laying the rows out for block order changes where rows are, not which rows train and
+    /// which validate: an epoch trains on every row of the seeded split's training set once,
+    /// and validation sees exactly its held-out rows.
+    #[test]
+    fn an_epoch_trains_on_the_split_s_training_rows_once_and_validates_the_rest() {
+        let n = 1000;
+        let spec = spec(n);
+        let model = Recording {
+            ids: (0..n as u32).collect(),
+            trained: Mutex::default(),
+            evaluated: Mutex::default(),
+        };
+        let (mut val, mut train) = sgd::train_val_split(n, spec.val_ratio, spec.seed, spec.worker);
+        let mut learner = Optimized::new(model, &spec);
+        let Ok(Init::Ready(mut state)) = learner.init() else {
+            panic!("a model without setup is ready at once");
+        };
+        let mut grad = Vec::new();
+        for epoch in 0..2 {
+            learner.model.trained.lock().unwrap().clear();
+            for step in 0..learner.steps_per_epoch() {
+                learner.step(&mut state, epoch, step, &mut grad);
+            }
+            let mut seen = learner.model.trained.lock().unwrap().clone();
+            assert_ne!(seen, train, "rows are visited in a shuffled order");
+            seen.sort();
+            train.sort();
+            assert_eq!(seen, train, "epoch {epoch}");
+        }
+        learner.evaluate(&state);
+        let mut evaluated = learner.model.evaluated.lock().unwrap().clone();
+        evaluated.sort();
+        val.sort();
+        assert_eq!(evaluated, val);
     }
 }

@@ -28,11 +28,40 @@ pub fn adagrad(grad: &mut [f32], sum_sq: &mut [f32]) {
 /// without storing any RNG state.
 pub fn epoch_order(rows: &[u32], seed: u64, worker: usize, epoch: u32) -> Vec<u32> {
     let mut order = rows.to_vec();
+    order.shuffle(&mut epoch_rng(seed, worker, epoch));
+    order
+}
+
+/// Consecutive rows that [`block_order`] keeps together.
+///
+/// A row of a dense partition is a few cache lines, and an epoch in row-by-row random order
+/// waits on memory for each: 200k rows of 28 values ran at about 26 M rows/s where the same
+/// kernel on rows in sequence runs at 50 and more. Whole blocks of 32 rows (3.5 KiB of
+/// HIGGS) are read in sequence, which the CPU's prefetchers follow. The rows were shuffled
+/// once when they were laid out (see [`super::optim::Differentiable::arrange_rows`]), so a
+/// block is a random group of rows, and a minibatch of `b` rows is `b / 32` random groups.
+pub const ORDER_BLOCK: usize = 32;
+
+/// The order in which worker `worker` visits rows `0..n` in `epoch`: blocks of
+/// [`ORDER_BLOCK`] consecutive rows (the last one shorter) in a random order, the rows of a
+/// block in sequence. Derived from (seed, worker, epoch) alone, as [`epoch_order`] is.
+pub fn block_order(n: usize, seed: u64, worker: usize, epoch: u32) -> Vec<u32> {
+    let mut blocks: Vec<u32> = (0..n.div_ceil(ORDER_BLOCK) as u32).collect();
+    blocks.shuffle(&mut epoch_rng(seed, worker, epoch));
+    let mut order = Vec::with_capacity(n);
+    for b in blocks {
+        let start = b as usize * ORDER_BLOCK;
+        order.extend(start as u32..(start + ORDER_BLOCK).min(n) as u32);
+    }
+    order
+}
+
+/// The generator of worker `worker`'s shuffle in `epoch`.
+fn epoch_rng(seed: u64, worker: usize, epoch: u32) -> StdRng {
     let mix = seed
         .wrapping_mul(0x9E37_79B9_7F4A_7C15)
         .wrapping_add((worker as u64) << 32 | epoch as u64);
-    order.shuffle(&mut StdRng::seed_from_u64(mix));
-    order
+    StdRng::seed_from_u64(mix)
 }
 
 /// Bounds of batch `step` of `steps` over `len` rows: contiguous, sizes differ by at most one,
@@ -67,6 +96,31 @@ mod tests {
         let mut sorted = a.clone();
         sorted.sort();
         assert_eq!(sorted, rows);
+    }
+
+    #[test]
+    fn block_order_visits_every_row_once_in_shuffled_runs() {
+        let n = 10 * ORDER_BLOCK + 5;
+        let a = block_order(n, 1, 2, 3);
+        assert_eq!(a, block_order(n, 1, 2, 3));
+        assert_ne!(a, block_order(n, 1, 2, 4));
+        assert_ne!(a, block_order(n, 1, 3, 3));
+        let mut sorted = a.clone();
+        sorted.sort();
+        assert_eq!(sorted, (0..n as u32).collect::<Vec<_>>());
+        // Blocks start on multiples of ORDER_BLOCK and run in sequence; the short last one
+        // (5 rows) is somewhere among them.
+        let mut at = 0;
+        while at < n {
+            let start = a[at] as usize;
+            assert_eq!(start % ORDER_BLOCK, 0, "{a:?}");
+            let len = ORDER_BLOCK.min(n - start);
+            assert_eq!(
+                &a[at..at + len],
+                &(start as u32..(start + len) as u32).collect::<Vec<_>>()[..]
+            );
+            at += len;
+        }
     }
 
     #[test]

@@ -20,6 +20,42 @@ impl DenseMatrix {
     pub fn row(&self, i: usize) -> &[f32] {
         &self.values[i * self.n_features..(i + 1) * self.n_features]
     }
+
+    /// Reorders the rows so that row `i` holds what row `order[i]` held. In place, with one
+    /// row of scratch: a partition never needs twice its memory.
+    ///
+    /// # Panics
+    /// If `order` is not a permutation of the rows.
+    pub fn permute_rows(&mut self, order: &[u32]) {
+        let d = self.n_features;
+        assert_eq!(
+            order.len(),
+            self.n_rows(),
+            "a row order of the wrong length"
+        );
+        let mut placed = vec![false; order.len()];
+        let mut held = vec![0f32; d];
+        // Each cycle of the permutation: keep its first row aside, pull every row of the
+        // cycle into place, and put the kept row where the cycle closes.
+        for start in 0..order.len() {
+            if placed[start] {
+                continue;
+            }
+            held.copy_from_slice(self.row(start));
+            let mut i = start;
+            loop {
+                placed[i] = true;
+                let from = order[i] as usize;
+                if from == start {
+                    self.values[i * d..(i + 1) * d].copy_from_slice(&held);
+                    break;
+                }
+                assert!(!placed[from], "the row order takes row {from} twice");
+                self.values.copy_within(from * d..(from + 1) * d, i * d);
+                i = from;
+            }
+        }
+    }
 }
 
 /// A zeroed buffer of `len` values for a [`DenseMatrix`], on transparent huge pages where
@@ -102,6 +138,28 @@ impl CsrMatrix {
         let (a, b) = (self.indptr[i], self.indptr[i + 1]);
         (&self.indices[a..b], &self.values[a..b])
     }
+
+    /// Reorders the rows so that row `i` holds what row `order[i]` held (`order` a
+    /// permutation of the rows). Rows differ in length, so this builds the arrays anew.
+    pub fn permute_rows(&mut self, order: &[u32]) {
+        assert_eq!(
+            order.len(),
+            self.n_rows(),
+            "a row order of the wrong length"
+        );
+        let mut indptr = Vec::with_capacity(self.indptr.len());
+        let mut indices = Vec::with_capacity(self.indices.len());
+        let mut values = Vec::with_capacity(self.values.len());
+        indptr.push(0);
+        for &r in order {
+            let (i, v) = self.row(r as usize);
+            indices.extend_from_slice(i);
+            values.extend_from_slice(v);
+            indptr.push(indices.len());
+        }
+        debug_assert_eq!(indices.len(), self.indices.len(), "not a permutation");
+        (self.indptr, self.indices, self.values) = (indptr, indices, values);
+    }
 }
 
 /// Feature rows in the layout the model asked for.
@@ -129,6 +187,15 @@ impl Features {
             Features::Sparse(m) => m.n_features,
         }
     }
+
+    /// Reorders the rows so that row `i` holds what row `order[i]` held (`order` a
+    /// permutation of the rows).
+    pub fn permute_rows(&mut self, order: &[u32]) {
+        match self {
+            Features::Dense(m) => m.permute_rows(order),
+            Features::Sparse(m) => m.permute_rows(order),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -145,6 +212,55 @@ mod tests {
         assert_eq!(huge_page_span(3 * MB, 2 * MB), None);
         assert_eq!(huge_page_span(0, MB), None);
         assert_eq!(huge_page_span(usize::MAX - MB, 2 * MB), None);
+    }
+
+    #[test]
+    fn permuted_rows_are_the_rows_of_the_order() {
+        // Two cycles (0 -> 2 -> 3 -> 0 and 1 <-> 4) and a fixed point (5).
+        let order = [2u32, 4, 3, 0, 1, 5];
+        let mut dense = DenseMatrix {
+            n_features: 2,
+            values: (0..12).map(|v| v as f32).collect(),
+        };
+        dense.permute_rows(&order);
+        let rows: Vec<&[f32]> = (0..6).map(|i| dense.row(i)).collect();
+        let want: [&[f32]; 6] = [
+            &[4., 5.],
+            &[8., 9.],
+            &[6., 7.],
+            &[0., 1.],
+            &[2., 3.],
+            &[10., 11.],
+        ];
+        assert_eq!(rows, want);
+
+        let mut sparse = CsrMatrix {
+            n_features: 9,
+            indptr: vec![0, 1, 1, 3, 4, 6, 6],
+            indices: vec![0, 1, 2, 3, 4, 5],
+            values: vec![10., 20., 21., 30., 40., 41.],
+        };
+        sparse.permute_rows(&order);
+        let rows: Vec<_> = (0..6).map(|i| sparse.row(i)).collect();
+        let want: [(&[u32], &[f32]); 6] = [
+            (&[1, 2], &[20., 21.]),
+            (&[4, 5], &[40., 41.]),
+            (&[3], &[30.]),
+            (&[0], &[10.]),
+            (&[], &[]),
+            (&[], &[]),
+        ];
+        assert_eq!(rows, want);
+    }
+
+    #[test]
+    #[should_panic(expected = "takes row 1 twice")]
+    fn a_row_order_that_repeats_a_row_is_refused() {
+        let mut dense = DenseMatrix {
+            n_features: 1,
+            values: vec![0., 1., 2.],
+        };
+        dense.permute_rows(&[1, 1, 0]);
     }
 
     #[test]
