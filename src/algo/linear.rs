@@ -83,9 +83,10 @@ trait Rows {
     fn axpys(&self, block: &[u32], a: &[f32; BLOCK], out: &mut [f32]) {
         axpys_row_by_row(self, block, a, out);
     }
-    /// Asks the CPU to start loading row `i`, which is used a few rows from now: rows come
-    /// in shuffled order, so the hardware prefetcher cannot guess them, and a row that
-    /// misses the cache would otherwise stall the loop.
+    /// Asks the CPU to start loading row `i`, which is used a few rows from now: an epoch
+    /// jumps to a random block of rows every [`super::sgd::ORDER_BLOCK`] rows, where the
+    /// hardware prefetcher cannot guess the next row, and a row that misses the cache would
+    /// otherwise stall the loop.
     fn prefetch(&self, i: usize);
 }
 

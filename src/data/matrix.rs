@@ -62,8 +62,9 @@ impl DenseMatrix {
 /// the kernel offers them on request (Linux, `transparent_hugepage` = `madvise` or
 /// `always`).
 ///
-/// An epoch visits a partition's rows in shuffled order: with 4 KiB pages nearly every row of
-/// a partition of tens of megabytes is also a TLB miss, a page walk before the cache miss.
+/// An epoch visits a partition's rows in blocks taken in shuffled order: with 4 KiB pages
+/// nearly every block of a partition of tens of megabytes starts with a TLB miss, a page
+/// walk before the cache miss.
 /// The advice must come before the first write, while no page is mapped yet, so that the
 /// first touch of each aligned 2 MiB stretch maps a huge page.
 pub fn zeroed_values(len: usize) -> Vec<f32> {
