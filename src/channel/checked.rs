@@ -36,6 +36,10 @@ impl<C: Channel> Channel for Checked<C> {
         self.inner.poll_policy()
     }
 
+    fn reads_are_cheap(&self) -> bool {
+        self.inner.reads_are_cheap()
+    }
+
     async fn put(&self, key: &str, value: Bytes) -> Result<(), ChannelError> {
         validate_key(key)?;
         self.inner.put(key, value).await

@@ -29,6 +29,10 @@ pub trait ItemStore: Send + Sync + std::fmt::Debug {
     fn url(&self) -> &str;
     /// How waiters should poll.
     fn poll_policy(&self) -> PollPolicy;
+    /// See [`Channel::reads_are_cheap`].
+    fn reads_are_cheap(&self) -> bool {
+        false
+    }
     /// Largest value one item may hold, in bytes.
     fn item_limit(&self) -> usize;
     /// Stores one item.
@@ -125,6 +129,10 @@ impl<S: ItemStore> Channel for Chunked<S> {
 
     fn poll_policy(&self) -> PollPolicy {
         self.store.poll_policy()
+    }
+
+    fn reads_are_cheap(&self) -> bool {
+        self.store.reads_are_cheap()
     }
 
     async fn put(&self, key: &str, value: Bytes) -> Result<(), ChannelError> {

@@ -83,8 +83,13 @@ fn encode(dtype: Dtype, count: u64, payload_len: usize, fill: impl FnOnce(&mut V
 /// Encodes a vector of `f32`.
 pub fn encode_f32(values: &[f32]) -> Bytes {
     encode(Dtype::F32, values.len() as u64, values.len() * 4, |out| {
-        for v in values {
-            out.extend_from_slice(&v.to_le_bytes());
+        if cfg!(target_endian = "little") {
+            // One copy: value by value, this was a fifth of a 1 MB round's own CPU time.
+            out.extend_from_slice(bytemuck::cast_slice(values));
+        } else {
+            for v in values {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
         }
     })
 }
@@ -136,6 +141,10 @@ fn check(value: &[u8], expected: Dtype) -> Result<&[u8], CodecError> {
 /// Decodes a vector of `f32`.
 pub fn decode_f32(value: &[u8]) -> Result<Vec<f32>, CodecError> {
     let payload = check(value, Dtype::F32)?;
+    if cfg!(target_endian = "little") {
+        // One copy into aligned memory (the payload need not be aligned for `f32`).
+        return Ok(bytemuck::pod_collect_to_vec(payload));
+    }
     Ok(payload
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))

@@ -164,6 +164,10 @@ impl ItemStore for MemcachedStore {
         }
     }
 
+    fn reads_are_cheap(&self) -> bool {
+        true
+    }
+
     fn item_limit(&self) -> usize {
         self.item_size - ITEM_OVERHEAD
     }
@@ -219,5 +223,84 @@ impl ItemStore for MemcachedStore {
 
     async fn list_items(&self, _prefix: &str) -> Result<Option<Vec<String>>, ChannelError> {
         Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use super::*;
+    use crate::channel::Channel;
+
+    /// Segments with data that the peer of `stream` has sent it so far (`TCP_INFO`).
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    fn segments_in(stream: &std::net::TcpStream) -> u32 {
+        use std::os::fd::AsRawFd;
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        // SAFETY: `info` is a `tcp_info` of `len` bytes that the kernel fills in.
+        let rc = unsafe {
+            libc::getsockopt(
+                stream.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&mut info as *mut libc::tcp_info).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+        info.tcpi_data_segs_in
+    }
+
+    /// A small put reaches the server as one segment. memcache 0.21 wrote each piece of a
+    /// command line to the unbuffered socket on its own, a segment each with `TCP_NODELAY`:
+    /// a 1 KB put took 0.19-0.26 ms among 8 workers instead of 0.03-0.07 ms (vendor/memcache).
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[tokio::test]
+    async fn a_small_put_reaches_the_server_as_one_segment() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            // The client may have sent before the accept: count all it sent, only the put.
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            // The command line, then as many bytes as it announces, then "\r\n".
+            let whole = |got: &[u8]| {
+                let Some(end) = got.windows(2).position(|w| w == b"\r\n") else {
+                    return false;
+                };
+                let line = std::str::from_utf8(&got[..end]).unwrap();
+                let len: usize = line.rsplit(' ').next().unwrap().parse().unwrap();
+                got.len() >= end + 2 + len + 2
+            };
+            while !whole(&got) {
+                let n = conn.read(&mut buf).unwrap();
+                assert!(n > 0, "the client hung up");
+                got.extend_from_slice(&buf[..n]);
+            }
+            conn.write_all(b"STORED\r\n").unwrap();
+            let line_end = got.windows(2).position(|w| w == b"\r\n").unwrap();
+            let line = String::from_utf8_lossy(&got[..line_end]).to_string();
+            (segments_in(&conn), line)
+        });
+        let hosts = vec![addr.to_string()];
+        let ch = open(
+            "memcached://test",
+            &hosts,
+            None,
+            RetryPolicy::default(),
+            None,
+        )
+        .await
+        .unwrap();
+        ch.put("a/b", Bytes::from(vec![7u8; 1000])).await.unwrap();
+        let (segments, line) = server.join().unwrap();
+        assert!(line.starts_with("set a/b "), "{line}");
+        assert_eq!(
+            segments, 1,
+            "the put of '{line}' came in {segments} segments"
+        );
     }
 }

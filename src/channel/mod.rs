@@ -86,6 +86,14 @@ pub trait Channel: Send + Sync + std::fmt::Debug {
     /// How waiters should poll this backend.
     fn poll_policy(&self) -> PollPolicy;
 
+    /// True when reading several keys is one round trip and nobody bills each read (caches,
+    /// a directory, memory). A small all-reduce then has every worker read every
+    /// contribution: one phase instead of two through a leader, for n(n-1) reads a round
+    /// instead of 2(n-1). False where reads are billed one by one (S3, DynamoDB).
+    fn reads_are_cheap(&self) -> bool {
+        false
+    }
+
     /// Stores `value` under `key`, replacing any previous value.
     async fn put(&self, key: &str, value: Bytes) -> Result<(), ChannelError>;
 

@@ -109,6 +109,10 @@ impl Channel for RedisChannel {
         }
     }
 
+    fn reads_are_cheap(&self) -> bool {
+        true
+    }
+
     async fn put(&self, key: &str, value: Bytes) -> Result<(), ChannelError> {
         meter::record(Op::Put, 0, value.len() as u64);
         let mut set = redis::cmd("SET");

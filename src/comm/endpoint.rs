@@ -18,6 +18,12 @@ use crate::data::chunk_bounds;
 /// How often a waiter looks at the abort flag.
 const ABORT_CHECK_EVERY: Duration = Duration::from_secs(1);
 
+/// The most bytes of contributions one worker reads in a gathered mean ([`Comm::gathers`]).
+/// Above it, reading everyone's vector costs more than the leader's second phase saves: with
+/// 8 workers on Redis, gathering won at 56 KB a worker, tied at 224 KB and lost at 896 KB
+/// (BENCHMARKS.md, "Small means gathered").
+const GATHER_MAX_READ: usize = 128 << 10;
+
 /// One worker's endpoint for collectives.
 #[derive(Debug)]
 pub struct Comm {
@@ -30,6 +36,10 @@ pub struct Comm {
     pub(super) keep_rounds: u64,
     deadline: Option<Instant>,
     pending: Vec<Completed>,
+    /// Rounds of `pending` whose keys every worker is past: they are deleted together with
+    /// this worker's next write, in flight with it, so a deletion does not add a round
+    /// trip to a round. They stay in `pending` (and in checkpoints) until deleted.
+    deletable: Vec<Completed>,
     /// Keys this worker wrote, with their round, that no worker's `pending` may cover yet:
     /// a worker that fails reports them, so a round cut off by a failure leaves nothing.
     /// Dropped once every worker is provably past their round (see `after_full_gather`).
@@ -59,6 +69,7 @@ impl Comm {
             keep_rounds: 1,
             deadline: None,
             pending: Vec::new(),
+            deletable: Vec::new(),
             written: Vec::new(),
             round: 0,
             stats: CommStats::default(),
@@ -159,6 +170,7 @@ impl Comm {
             Op::Barrier => vec![k.barrier(r, w)],
             Op::Broadcast if w == 0 => vec![k.broadcast(r, 0)],
             Op::Broadcast => Vec::new(),
+            Op::Gather => vec![k.reduce_part(r, w)],
         }
     }
 
@@ -171,26 +183,56 @@ impl Comm {
 
     /// Called once this worker has seen all `n` contributions of a round: every worker is
     /// past the pending rounds, and has checkpointed in the current block (it does before
-    /// its first round of a block), so the keys of earlier blocks can go.
+    /// its first round of a block), so the keys of earlier blocks can go, with the next
+    /// write ([`Self::deletable`]).
     async fn after_full_gather(&mut self) -> Result<(), CommError> {
         // Every worker finished the earlier rounds: their keys are in the owners' pending
         // (or deleted), so this worker need not report them any more.
         let round = self.round;
         self.written.retain(|(r, _)| *r >= round);
+        // Deletable rounds not deleted yet (no write came since) are still pending, so they
+        // are among these again.
         let block_start = round / self.keep_rounds * self.keep_rounds;
-        let (done, kept): (Vec<Completed>, Vec<Completed>) = self
+        self.deletable = self
             .pending
             .iter()
-            .partition(|c| c.round < block_start || c.op == Op::Async);
-        if done.is_empty() {
-            return Ok(());
-        }
-        let keys: Vec<String> = done.iter().flat_map(|c| self.owned(*c)).collect();
-        self.channel.delete(&keys).await?;
-        self.stats.deletes += keys.len() as u64;
-        self.pending = kept;
-        self.written.retain(|(_, k)| !keys.contains(k));
+            .copied()
+            .filter(|c| c.round < block_start || c.op == Op::Async)
+            .collect();
         Ok(())
+    }
+
+    /// The keys of the deletable rounds.
+    fn deletable_keys(&self) -> Vec<String> {
+        self.deletable.iter().flat_map(|c| self.owned(*c)).collect()
+    }
+
+    /// Deletes the keys of the deletable rounds now.
+    async fn delete_deletable(&mut self) -> Result<(), CommError> {
+        let keys = self.deletable_keys();
+        self.channel.delete(&keys).await?;
+        self.deleted(&keys);
+        Ok(())
+    }
+
+    /// The deletable keys to delete beside a write of `writing`. A key about to be written
+    /// again (an async model after a barrier) must be deleted before, not beside, its write:
+    /// those are deleted now, and nothing is left to delete beside it.
+    async fn deletions_beside(&mut self, writing: &[&str]) -> Result<Vec<String>, CommError> {
+        let keys = self.deletable_keys();
+        if keys.iter().any(|k| writing.contains(&k.as_str())) {
+            self.delete_deletable().await?;
+            return Ok(Vec::new());
+        }
+        Ok(keys)
+    }
+
+    /// Drops the deletable rounds, whose `keys` are gone, from the pending ones.
+    fn deleted(&mut self, keys: &[String]) {
+        self.stats.deletes += keys.len() as u64;
+        let done = std::mem::take(&mut self.deletable);
+        self.pending.retain(|c| !done.contains(c));
+        self.written.retain(|(_, k)| !keys.contains(k));
     }
 
     /// Counts a put of `bytes` under `key` and files the key under the current round.
@@ -204,7 +246,14 @@ impl Comm {
 
     pub(super) async fn put(&mut self, key: &str, value: Bytes) -> Result<(), CommError> {
         self.note_put(key, value.len());
-        self.channel.put(key, value).await?;
+        let keys = self.deletions_beside(&[key]).await?;
+        if keys.is_empty() {
+            self.channel.put(key, value).await?;
+        } else {
+            let channel = &self.channel;
+            futures_util::try_join!(channel.put(key, value), channel.delete(&keys))?;
+            self.deleted(&keys);
+        }
         Ok(())
     }
 
@@ -213,7 +262,15 @@ impl Comm {
         for (key, value) in &items {
             self.note_put(key, value.len());
         }
-        self.channel.put_many(items).await?;
+        let writing: Vec<&str> = items.iter().map(|(k, _)| k.as_str()).collect();
+        let keys = self.deletions_beside(&writing).await?;
+        if keys.is_empty() {
+            self.channel.put_many(items).await?;
+        } else {
+            let channel = &self.channel;
+            futures_util::try_join!(channel.put_many(items), channel.delete(&keys))?;
+            self.deleted(&keys);
+        }
         Ok(())
     }
 
@@ -299,9 +356,63 @@ impl Comm {
             .collect()
     }
 
+    /// True when the mean of `len` values is gathered: every worker writes its vector and
+    /// sums everyone's itself, one phase instead of two. That pays for small vectors on a
+    /// channel whose reads are cheap ([`Channel::reads_are_cheap`]): a round is then one
+    /// write and the reads of the others' vectors, not a write, the leader's reads and sum,
+    /// its write and everyone's read.
+    pub fn gathers(&self, len: usize) -> bool {
+        self.channel.reads_are_cheap() && (self.n - 1) * len * 4 <= GATHER_MAX_READ
+    }
+
+    /// The mean of a small vector in one phase (see [`Self::gathers`]): every worker writes
+    /// its vector, reads the others' and sums them all in worker order, as the leader of
+    /// [`Self::reduce`] does, so the result is bit for bit the same.
+    async fn gather_mean(&mut self, round: u64, values: &[f32]) -> Result<Vec<f32>, CommError> {
+        self.round = round;
+        let since = Instant::now();
+        let (n, w, len) = (self.n, self.worker, values.len());
+        let own = self.keys.reduce_part(round, w);
+        self.put(&own, codec::encode_f32(values)).await?;
+        let others: Vec<(String, usize)> = (0..n)
+            .filter(|&i| i != w)
+            .map(|i| (self.keys.reduce_part(round, i), i))
+            .collect();
+        let mut theirs = self
+            .wait_vectors(&others, since, |_| len)
+            .await?
+            .into_iter();
+        self.after_full_gather().await?;
+        let mut acc = if w == 0 {
+            values.to_vec()
+        } else {
+            theirs.next().expect("worker 0's vector")
+        };
+        for i in 1..n {
+            if i == w {
+                add_assign(&mut acc, values);
+            } else {
+                add_assign(
+                    &mut acc,
+                    &theirs.next().expect("one vector per other worker"),
+                );
+            }
+        }
+        scale(&mut acc, n);
+        self.complete(Completed {
+            op: Op::Gather,
+            round,
+        });
+        Ok(acc)
+    }
+
     /// `reduce`: every worker writes its vector, worker 0 sums them in worker order and
-    /// writes the mean, the others read it.
+    /// writes the mean, the others read it. Small vectors are gathered instead
+    /// ([`Self::gathers`]).
     pub async fn reduce(&mut self, round: u64, values: &[f32]) -> Result<Vec<f32>, CommError> {
+        if self.gathers(values.len()) {
+            return self.gather_mean(round, values).await;
+        }
         self.round = round;
         let since = Instant::now();
         let len = values.len();
@@ -335,12 +446,15 @@ impl Comm {
     }
 
     /// `reduce_scatter`: worker i sums chunk i of every vector and writes its mean; every
-    /// worker then reads all chunks.
+    /// worker then reads all chunks. Small vectors are gathered instead ([`Self::gathers`]).
     pub async fn reduce_scatter(
         &mut self,
         round: u64,
         values: &[f32],
     ) -> Result<Vec<f32>, CommError> {
+        if self.gathers(values.len()) {
+            return self.gather_mean(round, values).await;
+        }
         self.round = round;
         let since = Instant::now();
         let (n, w, len) = (self.n, self.worker, values.len());
@@ -467,6 +581,10 @@ impl Comm {
             .collect();
         self.wait_all(&others, since).await?;
         self.after_full_gather().await?;
+        // Nothing is written after a barrier to send them with, and its callers wait anyway.
+        if !self.deletable.is_empty() {
+            self.delete_deletable().await?;
+        }
         self.complete(Completed {
             op: Op::Barrier,
             round,

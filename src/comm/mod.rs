@@ -8,6 +8,10 @@
 //! | `async` | [`exchange::OverChannel`]`<`[`exchange::Async`]`>` | own model published, averaged with the latest of the others | the step, then the models averaged |
 //! | `ps` | [`ps::PsCollective`] | push to the parameter server, pull the mean | push `-lr/n * grad` into the server's model, pull the model |
 //!
+//! A small vector on a channel whose reads are cheap is gathered in either barrier mode:
+//! every worker writes it and sums everyone's itself, in worker order
+//! ([`endpoint::Comm::gathers`]).
+//!
 //! **The contract** every implementation keeps (and `tests/it/collective_conformance.rs`
 //! checks against each):
 //! - **Means, summed in worker order**, so every worker gets bit-identical results and
@@ -304,6 +308,9 @@ pub enum Op {
     Barrier,
     /// A broadcast from worker 0.
     Broadcast,
+    /// A small all-reduce (either mode) where every worker read every contribution
+    /// ([`endpoint::Comm::gathers`]).
+    Gather,
 }
 
 /// A completed collective whose keys this worker must delete once all workers are past it.

@@ -84,7 +84,9 @@ fn remaining(name: &str) -> Vec<String> {
 
 #[test]
 fn reduce_and_reduce_scatter_give_the_same_bits_and_leave_no_key() {
-    for (n, len) in [(4, 103), (3, 2), (5, 1000)] {
+    // Up to (5, 1000) every worker gathers the mean (`Comm::gathers`); (3, 20_000) goes
+    // through the leader and the chunk owners.
+    for (n, len) in [(4, 103), (3, 2), (5, 1000), (3, 20_000)] {
         let a = all_reduce_rounds::<Reduce>(&format!("red-{n}-{len}"), n, len);
         let b = all_reduce_rounds::<ReduceScatter>(&format!("rs-{n}-{len}"), n, len);
         for round in 0..5 {
@@ -99,6 +101,99 @@ fn reduce_and_reduce_scatter_give_the_same_bits_and_leave_no_key() {
         }
         assert_eq!(remaining(&format!("red-{n}-{len}")), Vec::<String>::new());
         assert_eq!(remaining(&format!("rs-{n}-{len}")), Vec::<String>::new());
+    }
+}
+
+/// On a channel with cheap reads a small mean is gathered, in both modes: every worker
+/// (worker 0 too) writes its vector under its `reduce` key, and nobody writes a mean or a
+/// chunk; a large one takes the leader's or the chunk owners' way. Keys are listed before
+/// anything is deleted (deletion waits for the next round).
+#[test]
+fn small_means_are_gathered_and_large_ones_are_not() {
+    let gathered: Vec<String> = (0..3).map(|w| format!("job/0/reduce/{w}")).collect();
+    let through_leader = ["job/0/mean/0", "job/0/reduce/1", "job/0/reduce/2"];
+    for (len, scatter, want) in [
+        (1000, false, gathered.clone()),
+        (1000, true, gathered.clone()),
+        (20_000, false, through_leader.map(String::from).to_vec()),
+    ] {
+        let name = format!("gathers-{len}-{scatter}");
+        let gathers = run_workers(&name, 3, Duration::from_secs(20), move |mut comm| {
+            Box::pin(async move {
+                let v = vector(comm.worker, 0, len);
+                if scatter {
+                    comm.reduce_scatter(0, &v).await.unwrap();
+                } else {
+                    comm.reduce(0, &v).await.unwrap();
+                }
+                comm.gathers(len)
+            })
+        });
+        assert_eq!(gathers, vec![want == gathered; 3], "len {len}");
+        assert_eq!(
+            remaining(&name),
+            want,
+            "len {len}, reduce_scatter {scatter}"
+        );
+    }
+    let gathered_large = run_workers(
+        "gathers-rs-large",
+        3,
+        Duration::from_secs(20),
+        |mut comm| {
+            Box::pin(async move {
+                let v = vector(comm.worker, 0, 20_000);
+                comm.reduce_scatter(0, &v).await.unwrap();
+            })
+        },
+    );
+    assert_eq!(gathered_large.len(), 3);
+    let keys = remaining("gathers-rs-large");
+    assert!(
+        keys.iter().any(|k| k.contains("/gather/")) && !keys.iter().any(|k| k.contains("/reduce/")),
+        "{keys:?}"
+    );
+}
+
+/// Keys every worker is past go with the next write, not in a request of their own, and a
+/// barrier deletes them at once (nothing is written after it).
+#[test]
+fn past_keys_go_with_the_next_write_or_at_a_barrier() {
+    let left = run_workers("deletions", 2, Duration::from_secs(20), |mut comm| {
+        Box::pin(async move {
+            let w = comm.worker;
+            comm.reduce(0, &vector(w, 0, 4)).await.unwrap();
+            comm.reduce(1, &vector(w, 1, 4)).await.unwrap();
+            // Round 0's key is deletable now, and still there: no write came since.
+            let after_round_1 = comm.channel.list("job/0/").await.unwrap().unwrap();
+            let deletes_before = comm.stats().deletes;
+            comm.reduce(2, &vector(w, 2, 4)).await.unwrap();
+            let with_round_2 = comm.stats().deletes - deletes_before;
+            comm.barrier(3).await.unwrap();
+            let after_barrier = comm.channel.list("job/").await.unwrap().unwrap();
+            (
+                after_round_1,
+                with_round_2,
+                after_barrier,
+                comm.residual_keys(),
+            )
+        })
+    });
+    for (w, (after_round_1, with_round_2, after_barrier, residual)) in left.iter().enumerate() {
+        assert!(
+            after_round_1.contains(&format!("job/0/reduce/{w}")),
+            "worker {w}: {after_round_1:?}"
+        );
+        assert_eq!(
+            *with_round_2, 1,
+            "worker {w}: its round-0 key, with its round-2 write"
+        );
+        let own: Vec<&String> = after_barrier
+            .iter()
+            .filter(|k| k.ends_with(&format!("/{w}")) && !k.contains("barrier"))
+            .collect();
+        assert!(own.is_empty(), "worker {w} left {own:?} after the barrier");
+        assert_eq!(residual, &vec![format!("job/3/barrier/{w}")]);
     }
 }
 
@@ -194,10 +289,11 @@ async fn corrupt_and_mismatched_values_are_named() {
     );
 }
 
-/// A round's keys stay until a gather of a later block (here, blocks of one round): a
-/// worker that dies in round 0 starts over and reads the broadcast again.
+/// A round's keys stay until a gather of a later block (here, blocks of one round), and go
+/// with the write after it: a worker that dies in round 0 starts over and reads the
+/// broadcast again.
 #[test]
-fn broadcast_reaches_everyone_and_its_key_goes_at_the_next_rounds_gather() {
+fn broadcast_reaches_everyone_and_its_key_goes_after_the_next_rounds_gather() {
     let results = run_workers("bcast", 3, Duration::from_secs(10), |mut comm| {
         Box::pin(async move {
             let root_values = [1.0f32, 2.0, 3.0];
@@ -206,6 +302,7 @@ fn broadcast_reaches_everyone_and_its_key_goes_at_the_next_rounds_gather() {
             comm.reduce(0, &got).await.unwrap();
             let kept = comm.residual_keys();
             comm.reduce(1, &got).await.unwrap();
+            comm.reduce(2, &got).await.unwrap();
             (got, kept, comm.residual_keys())
         })
     });
@@ -218,7 +315,7 @@ fn broadcast_reaches_everyone_and_its_key_goes_at_the_next_rounds_gather() {
         results[0].1
     );
     let results: Vec<_> = results.into_iter().map(|(g, _, r)| (g, r)).collect();
-    // The leader's gather of round 1 proved everyone was past round 0.
+    // The gather of round 1 proved everyone was past round 0; round 2's write deleted it.
     assert!(
         results[0].1.iter().all(|k| !k.contains("bcast")),
         "{:?}",

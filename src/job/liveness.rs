@@ -611,6 +611,10 @@ impl Channel for Fenced {
         self.inner.poll_policy()
     }
 
+    fn reads_are_cheap(&self) -> bool {
+        self.inner.reads_are_cheap()
+    }
+
     async fn put(&self, key: &str, value: Bytes) -> Result<(), ChannelError> {
         self.may_write(key).await?;
         self.inner.put(key, value).await

@@ -24,10 +24,13 @@ struct Setup {
 }
 
 impl Setup {
-    fn new(mode: SyncMode, test: &str) -> Setup {
+    /// The setup of `test` on the line of `mode` whose vectors are `scale` times as long.
+    fn new(mode: SyncMode, scale: usize, test: &str) -> Setup {
         Setup {
             mode,
-            channel: format!("mem:collective-{mode}-{test}").parse().unwrap(),
+            channel: format!("mem:collective-{mode}-x{scale}-{test}")
+                .parse()
+                .unwrap(),
             job: format!("job-{test}"),
             server: (mode == SyncMode::Ps).then(|| PsServer::start(&[])),
         }
@@ -119,9 +122,9 @@ fn expected_mean(n: usize, round: u64, len: usize) -> Vec<f32> {
 
 /// Barrier modes give every worker the exact mean of all contributions; `async` gives each a
 /// mean of the latest models it found, so a convex combination of what was published.
-fn means_are_exact_and_the_same_everywhere(mode: SyncMode, exact: bool) {
-    let s = Setup::new(mode, "means");
-    let (n, len) = (3, 37);
+fn means_are_exact_and_the_same_everywhere(mode: SyncMode, scale: usize, exact: bool) {
+    let s = Setup::new(mode, scale, "means");
+    let (n, len) = (3, 37 * scale);
     let out = s.run(
         n,
         &[0, 1, 2],
@@ -169,9 +172,9 @@ fn means_are_exact_and_the_same_everywhere(mode: SyncMode, exact: bool) {
 /// A worker that re-executes a round (a re-invocation) gets the same result and changes
 /// nothing for the others; a gradient step re-run from the same parameters lands on the
 /// same parameters.
-fn a_rerun_round_changes_nothing(mode: SyncMode) {
-    let s = Setup::new(mode, "rerun");
-    let (n, len) = (3, 11);
+fn a_rerun_round_changes_nothing(mode: SyncMode, scale: usize) {
+    let s = Setup::new(mode, scale, "rerun");
+    let (n, len) = (3, 11 * scale);
     let out = s.run(
         n,
         &[0, 1, 2],
@@ -218,9 +221,9 @@ fn a_rerun_round_changes_nothing(mode: SyncMode) {
 
 /// A synchronous gradient step gives every worker `params - lr * mean(grad)`: exactly over
 /// the channel, up to summation order on the server (which adds `-lr/n * grad_i` in turn).
-fn a_gradient_step_applies_the_mean_gradient(mode: SyncMode) {
-    let s = Setup::new(mode, "gradstep");
-    let (n, len, lr) = (4, 23, 0.25f32);
+fn a_gradient_step_applies_the_mean_gradient(mode: SyncMode, scale: usize) {
+    let s = Setup::new(mode, scale, "gradstep");
+    let (n, len, lr) = (4, 23 * scale, 0.25f32);
     let out = s.run(
         n,
         &[0, 1, 2, 3],
@@ -255,8 +258,8 @@ fn a_gradient_step_applies_the_mean_gradient(mode: SyncMode) {
 }
 
 /// Worker 0's vector reaches everyone.
-fn a_broadcast_reaches_every_worker(mode: SyncMode) {
-    let s = Setup::new(mode, "bcast");
+fn a_broadcast_reaches_every_worker(mode: SyncMode, scale: usize) {
+    let s = Setup::new(mode, scale, "bcast");
     let root = vec![1.5f32, -2.0, 3.25];
     let sent = root.clone();
     let out = s.run(
@@ -277,8 +280,8 @@ fn a_broadcast_reaches_every_worker(mode: SyncMode) {
 /// A worker whose peer never comes fails after the wait timeout, naming what it waited for
 /// and whom: worker 1 of 2 waits for worker 0's broadcast; with `mean_too`, worker 0 also
 /// waits for worker 1's contribution to a mean.
-fn a_missing_peer_times_out_naming_key_and_worker(mode: SyncMode, mean_too: bool) {
-    let s = Setup::new(mode, "timeout");
+fn a_missing_peer_times_out_naming_key_and_worker(mode: SyncMode, scale: usize, mean_too: bool) {
+    let s = Setup::new(mode, scale, "timeout");
     let errs = s.run(2, &[1], Duration::from_millis(300), |_, mut c, _| {
         Box::pin(async move { c.broadcast(5, None, 4).await.unwrap_err() })
     });
@@ -292,8 +295,8 @@ fn a_missing_peer_times_out_naming_key_and_worker(mode: SyncMode, mean_too: bool
         "{mode}: {msg}"
     );
     if mean_too {
-        let errs = s.run(2, &[0], Duration::from_millis(300), |_, mut c, _| {
-            Box::pin(async move { c.mean(7, &[1.0]).await.unwrap_err() })
+        let errs = s.run(2, &[0], Duration::from_millis(300), move |_, mut c, _| {
+            Box::pin(async move { c.mean(7, &vec![1.0; 5 * scale]).await.unwrap_err() })
         });
         let msg = errs[0].to_string();
         assert!(
@@ -305,8 +308,8 @@ fn a_missing_peer_times_out_naming_key_and_worker(mode: SyncMode, mean_too: bool
 
 /// The invocation's deadline ends a wait with `Interrupted` (checkpoint and re-invoke), and
 /// the collective works again once the deadline is lifted.
-fn the_deadline_interrupts_a_wait(mode: SyncMode) {
-    let s = Setup::new(mode, "deadline");
+fn the_deadline_interrupts_a_wait(mode: SyncMode, scale: usize) {
+    let s = Setup::new(mode, scale, "deadline");
     let out = s.run(2, &[0, 1], Duration::from_secs(20), |w, mut c, ch| {
         Box::pin(async move {
             let go = "job-deadline/test/go".to_string();
@@ -329,8 +332,8 @@ fn the_deadline_interrupts_a_wait(mode: SyncMode) {
 }
 
 /// The driver's abort flag stops a waiting worker.
-fn the_abort_flag_stops_a_wait(mode: SyncMode) {
-    let s = Setup::new(mode, "abort");
+fn the_abort_flag_stops_a_wait(mode: SyncMode, scale: usize) {
+    let s = Setup::new(mode, scale, "abort");
     let ch = s.open_channel();
     runtime()
         .block_on(ch.put(&Keys::new(&s.job).abort(), bytes::Bytes::new()))
@@ -342,9 +345,9 @@ fn the_abort_flag_stops_a_wait(mode: SyncMode) {
 }
 
 /// What `state()` returns lets a new invocation carry on where the last one stopped.
-fn state_carries_over_to_the_next_invocation(mode: SyncMode, exact: bool) {
-    let s = Setup::new(mode, "resume");
-    let (n, len) = (2, 5);
+fn state_carries_over_to_the_next_invocation(mode: SyncMode, scale: usize, exact: bool) {
+    let s = Setup::new(mode, scale, "resume");
+    let (n, len) = (2, 5 * scale);
     let (target, job) = (s.target(), s.job.clone());
     let out = s.run(n, &[0, 1], Duration::from_secs(20), move |w, mut c, ch| {
         let (target, job) = (target.clone(), job.clone());
@@ -381,27 +384,32 @@ fn state_carries_over_to_the_next_invocation(mode: SyncMode, exact: bool) {
 }
 
 /// One line per implementation: the mode, whether its means are exact (a barrier), and
-/// whether a mean waits for the others (so can time out).
+/// how many times as long as the cases' own its vectors are. The in-memory channel's reads
+/// are cheap, so small vectors are gathered by every worker (`Comm::gathers`); lines with
+/// `scale` 8192 (vectors of 40-300 k values) take the leader's and the chunk owners' way.
 macro_rules! collectives {
-    ($($name:ident => $mode:expr, exact: $exact:expr;)*) => {$(
+    ($($name:ident => $mode:expr, exact: $exact:expr, scale: $scale:expr;)*) => {$(
         mod $name {
             use super::*;
             const MODE: SyncMode = $mode;
-            #[test] fn means_are_exact_and_the_same_everywhere() { super::means_are_exact_and_the_same_everywhere(MODE, $exact) }
-            #[test] fn a_broadcast_reaches_every_worker() { super::a_broadcast_reaches_every_worker(MODE) }
-            #[test] fn a_missing_peer_times_out_naming_key_and_worker() { super::a_missing_peer_times_out_naming_key_and_worker(MODE, $exact) }
-            #[test] fn the_deadline_interrupts_a_wait() { super::the_deadline_interrupts_a_wait(MODE) }
-            #[test] fn the_abort_flag_stops_a_wait() { super::the_abort_flag_stops_a_wait(MODE) }
-            #[test] fn state_carries_over_to_the_next_invocation() { super::state_carries_over_to_the_next_invocation(MODE, $exact) }
-            #[test] fn a_rerun_round_changes_nothing() { if $exact { super::a_rerun_round_changes_nothing(MODE) } }
-            #[test] fn a_gradient_step_applies_the_mean_gradient() { if $exact { super::a_gradient_step_applies_the_mean_gradient(MODE) } }
+            const SCALE: usize = $scale;
+            #[test] fn means_are_exact_and_the_same_everywhere() { super::means_are_exact_and_the_same_everywhere(MODE, SCALE, $exact) }
+            #[test] fn a_broadcast_reaches_every_worker() { super::a_broadcast_reaches_every_worker(MODE, SCALE) }
+            #[test] fn a_missing_peer_times_out_naming_key_and_worker() { super::a_missing_peer_times_out_naming_key_and_worker(MODE, SCALE, $exact) }
+            #[test] fn the_deadline_interrupts_a_wait() { super::the_deadline_interrupts_a_wait(MODE, SCALE) }
+            #[test] fn the_abort_flag_stops_a_wait() { super::the_abort_flag_stops_a_wait(MODE, SCALE) }
+            #[test] fn state_carries_over_to_the_next_invocation() { super::state_carries_over_to_the_next_invocation(MODE, SCALE, $exact) }
+            #[test] fn a_rerun_round_changes_nothing() { if $exact { super::a_rerun_round_changes_nothing(MODE, SCALE) } }
+            #[test] fn a_gradient_step_applies_the_mean_gradient() { if $exact { super::a_gradient_step_applies_the_mean_gradient(MODE, SCALE) } }
         }
     )*};
 }
 
 collectives! {
-    reduce => SyncMode::Reduce, exact: true;
-    reduce_scatter => SyncMode::ReduceScatter, exact: true;
-    async_exchange => SyncMode::Async, exact: false;
-    ps => SyncMode::Ps, exact: true;
+    reduce => SyncMode::Reduce, exact: true, scale: 1;
+    reduce_large => SyncMode::Reduce, exact: true, scale: 8192;
+    reduce_scatter => SyncMode::ReduceScatter, exact: true, scale: 1;
+    reduce_scatter_large => SyncMode::ReduceScatter, exact: true, scale: 8192;
+    async_exchange => SyncMode::Async, exact: false, scale: 1;
+    ps => SyncMode::Ps, exact: true, scale: 1;
 }
