@@ -255,7 +255,7 @@ mod tests {
 
     /// A small put reaches the server as one segment. memcache 0.21 wrote each piece of a
     /// command line to the unbuffered socket on its own, a segment each with `TCP_NODELAY`:
-    /// a 1 KB put took 0.19-0.26 ms among 8 workers instead of 0.03-0.07 ms (vendor/memcache).
+    /// a 1 KB put took 0.15-0.27 ms among 8 workers instead of 0.04-0.09 ms (vendor/memcache).
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     #[tokio::test]
     async fn a_small_put_reaches_the_server_as_one_segment() {
