@@ -66,7 +66,12 @@ fn a_4_mb_model_crosses_memcached_with_64_kb_items_and_a_2_mb_model_crosses_dyna
 }
 
 /// Starts a ~3 s training job on `channel` in the background.
-fn start_job(dir: &std::path::Path, channel: &str, wait_timeout: &str) -> std::process::Child {
+fn start_job(
+    dir: &std::path::Path,
+    channel: &str,
+    wait_timeout: &str,
+    epochs: &str,
+) -> std::process::Child {
     lambdaml()
         .current_dir(dir)
         .args(["train", "--json", "--runs-dir"])
@@ -75,7 +80,7 @@ fn start_job(dir: &std::path::Path, channel: &str, wait_timeout: &str) -> std::p
             "--data",
             dense_data_20k().to_str().unwrap(),
             "--epochs",
-            "5",
+            epochs,
             "--batch-size",
             "20",
         ])
@@ -86,27 +91,31 @@ fn start_job(dir: &std::path::Path, channel: &str, wait_timeout: &str) -> std::p
         .unwrap()
 }
 
+/// Returns once the workers of the job in `dir` exchange data through `server` (not during
+/// the driver's probe of the channel, before the job's clock starts).
+fn wait_until_training_through(dir: &std::path::Path, server: &Server) {
+    let started = Instant::now();
+    let training = || {
+        files_under(&dir.join("runs")).iter().any(|f| {
+            f.ends_with("logs/worker-0.log")
+                && std::fs::read_to_string(f).is_ok_and(|log| log.contains("worker started"))
+        })
+    };
+    while !training() || server.items() == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the job never used the server"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn a_server_paused_for_5_seconds_does_not_fail_the_job() {
     for server in [Server::memcached(None), Server::redis()] {
         let dir = scratch();
-        let job = start_job(dir.path(), &server.url, "60");
-        // Pause once the workers are exchanging data through the server (not during the
-        // driver's probe of the channel, before the job's clock starts).
-        let started = Instant::now();
-        let training = || {
-            files_under(&dir.path().join("runs")).iter().any(|f| {
-                f.ends_with("logs/worker-0.log")
-                    && std::fs::read_to_string(f).is_ok_and(|log| log.contains("worker started"))
-            })
-        };
-        while !training() || server.items() == 0 {
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "the job never used the server"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let job = start_job(dir.path(), &server.url, "60", "5");
+        wait_until_training_through(dir.path(), &server);
         server.signal("STOP");
         std::thread::sleep(Duration::from_secs(5));
         server.signal("CONT");
@@ -144,8 +153,10 @@ fn a_server_that_stays_away_fails_the_job_with_a_clear_error() {
     let dir = scratch();
     let server = Server::memcached(None);
     let url = server.url.clone();
-    let job = start_job(dir.path(), &url, "5");
-    std::thread::sleep(Duration::from_millis(500));
+    // Long enough to be training when the server goes: 5 epochs took under 0.5 s once
+    // small means were gathered, and the job ended before a kill 0.5 s after its start.
+    let job = start_job(dir.path(), &url, "5", "200");
+    wait_until_training_through(dir.path(), &server);
     server.signal("KILL");
     let started = Instant::now();
     let out = job.wait_with_output().unwrap();
