@@ -84,7 +84,8 @@ fn encode(dtype: Dtype, count: u64, payload_len: usize, fill: impl FnOnce(&mut V
 pub fn encode_f32(values: &[f32]) -> Bytes {
     encode(Dtype::F32, values.len() as u64, values.len() * 4, |out| {
         if cfg!(target_endian = "little") {
-            // One copy: value by value, this was a fifth of a 1 MB round's own CPU time.
+            // One copy: value by value, encoding was 9.6% of all CPU samples of 8 workers'
+            // 1 MB rounds on memcached (with the server's own).
             out.extend_from_slice(bytemuck::cast_slice(values));
         } else {
             for v in values {

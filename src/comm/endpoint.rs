@@ -245,19 +245,13 @@ impl Comm {
     }
 
     pub(super) async fn put(&mut self, key: &str, value: Bytes) -> Result<(), CommError> {
-        self.note_put(key, value.len());
-        let keys = self.deletions_beside(&[key]).await?;
-        if keys.is_empty() {
-            self.channel.put(key, value).await?;
-        } else {
-            let channel = &self.channel;
-            futures_util::try_join!(channel.put(key, value), channel.delete(&keys))?;
-            self.deleted(&keys);
-        }
-        Ok(())
+        // One item of `put_many` is one `put` on every backend; this keeps the deletions
+        // beside a write in one place.
+        self.put_many(vec![(key.to_string(), value)]).await
     }
 
-    /// Writes several keys of the current round, all in flight together.
+    /// Writes several keys of the current round, all in flight together, with the
+    /// deletable keys ([`Self::deletions_beside`]).
     async fn put_many(&mut self, items: Vec<(String, Bytes)>) -> Result<(), CommError> {
         for (key, value) in &items {
             self.note_put(key, value.len());
