@@ -12,6 +12,12 @@
 //! collective's critical path. So a key that goes from a chunked value to an inline one
 //! leaves the old chunks behind; lambdaml never does this (a key's values keep their size
 //! within a job), and a user overwriting keys by hand should delete first.
+//!
+//! A delete must find a large value's chunks, so it reads the items first, except those
+//! this channel saw inline itself (written or read; [`KnownInline`]): their read would move
+//! the whole value only to learn that it has no chunks, which was a third of the bytes of
+//! a Memcached reduce_scatter round. By the same rule as above, a key that another process
+//! turned from inline to chunked after this one saw it would leave its chunks behind.
 
 use async_trait::async_trait;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -21,6 +27,48 @@ use super::{Channel, ChannelError, PollPolicy};
 const INLINE: u8 = 0;
 const MANIFEST: u8 = 1;
 const MANIFEST_LEN: usize = 1 + 4 + 8 + 8;
+
+/// What one item holds: an optional tag byte, then the body. The two stay apart so that a
+/// store which streams its requests (Memcached) sends a large inline value without first
+/// copying it behind its tag.
+#[derive(Debug, Clone)]
+pub struct Item {
+    /// The tag byte in front of the body, if the item has one (inline values).
+    pub tag: Option<u8>,
+    /// The rest of the item.
+    pub body: Bytes,
+}
+
+impl Item {
+    /// Size of the item in bytes.
+    pub fn len(&self) -> usize {
+        usize::from(self.tag.is_some()) + self.body.len()
+    }
+
+    /// True for an item of no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The item as one buffer, for a store that needs one (a copy only when tagged).
+    pub fn to_bytes(&self) -> Bytes {
+        match self.tag {
+            None => self.body.clone(),
+            Some(tag) => {
+                let mut item = BytesMut::with_capacity(self.len());
+                item.put_u8(tag);
+                item.put_slice(&self.body);
+                item.freeze()
+            }
+        }
+    }
+}
+
+impl From<Bytes> for Item {
+    fn from(body: Bytes) -> Self {
+        Item { tag: None, body }
+    }
+}
 
 /// The raw operations of a backend that stores whole items of limited size.
 #[async_trait]
@@ -36,7 +84,18 @@ pub trait ItemStore: Send + Sync + std::fmt::Debug {
     /// Largest value one item may hold, in bytes.
     fn item_limit(&self) -> usize;
     /// Stores one item.
-    async fn put_item(&self, key: &str, value: Bytes) -> Result<(), ChannelError>;
+    async fn put_item(&self, key: &str, item: Item) -> Result<(), ChannelError>;
+    /// Stores several items, in one round trip where the backend allows; by default as
+    /// concurrent [`Self::put_item`]s (DynamoDB answers them together).
+    async fn put_items(&self, items: Vec<(String, Item)>) -> Result<(), ChannelError> {
+        futures_util::future::try_join_all(
+            items
+                .into_iter()
+                .map(|(key, item)| async move { self.put_item(&key, item).await }),
+        )
+        .await
+        .map(drop)
+    }
     /// Reads several items at once (one round trip where the backend allows).
     async fn get_items(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, ChannelError>;
     /// Deletes items; absent ones are not an error.
@@ -49,12 +108,58 @@ pub trait ItemStore: Send + Sync + std::fmt::Debug {
 #[derive(Debug)]
 pub struct Chunked<S> {
     store: S,
+    inline: KnownInline,
+}
+
+/// Keys this channel last wrote or read as inline items, so that deleting them needs no
+/// read (see the module's documentation). Bounded: when full it starts over, and a key it
+/// forgot is read before its delete, as any key it never saw.
+#[derive(Debug, Default)]
+struct KnownInline(std::sync::Mutex<std::collections::HashSet<String>>);
+
+impl KnownInline {
+    /// Keys remembered at most: a worker's keys of a few rounds, a few hundred kB.
+    const CAPACITY: usize = 4096;
+
+    fn set(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        // The set is a cache: one left by a panicking thread is still a valid set.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn insert<'a>(&self, keys: impl IntoIterator<Item = &'a str>) {
+        let mut set = self.set();
+        for key in keys {
+            if set.len() >= Self::CAPACITY && !set.contains(key) {
+                set.clear();
+            }
+            set.insert(key.to_string());
+        }
+    }
+
+    fn remove<'a>(&self, keys: impl IntoIterator<Item = &'a str>) {
+        let mut set = self.set();
+        for key in keys {
+            set.remove(key);
+        }
+    }
+
+    /// Splits `keys` into those known inline (forgotten here, as they are being deleted)
+    /// and the others.
+    fn take(&self, keys: &[String]) -> (Vec<String>, Vec<String>) {
+        let mut set = self.set();
+        keys.iter().cloned().partition(|k| set.remove(k))
+    }
 }
 
 impl<S: ItemStore> Chunked<S> {
     /// Wraps `store`.
     pub fn new(store: S) -> Self {
-        Chunked { store }
+        Chunked {
+            store,
+            inline: KnownInline::default(),
+        }
     }
 
     /// The wrapped store.
@@ -91,6 +196,45 @@ impl<S: ItemStore> Chunked<S> {
             return Err(self.corrupt(key, "chunks do not add up to the manifest length"));
         }
         Ok(Some(value.freeze()))
+    }
+
+    /// Writes values over the item limit: the previous items of their keys read in one
+    /// request, every chunk of every value in one [`ItemStore::put_items`], then the
+    /// manifests in another, then the chunks the manifests replaced deleted.
+    async fn put_large(&self, values: Vec<(String, Bytes)>) -> Result<(), ChannelError> {
+        let limit = self.store.item_limit();
+        let keys: Vec<String> = values.iter().map(|(key, _)| key.clone()).collect();
+        self.inline.remove(keys.iter().map(String::as_str));
+        let old = self.store.get_items(&keys).await?;
+        let mut chunks = Vec::new();
+        let mut manifests = Vec::with_capacity(values.len());
+        for (key, value) in values {
+            let nonce: u64 = rand::random();
+            let n = value.len().div_ceil(limit) as u32;
+            for i in 0..n {
+                let at = i as usize * limit;
+                let part = value.slice(at..(at + limit).min(value.len()));
+                chunks.push((chunk_key(&key, nonce, i), part.into()));
+            }
+            let mut manifest = BytesMut::with_capacity(MANIFEST_LEN);
+            manifest.put_u8(MANIFEST);
+            manifest.put_u32_le(n);
+            manifest.put_u64_le(value.len() as u64);
+            manifest.put_u64_le(nonce);
+            manifests.push((key, manifest.freeze().into()));
+        }
+        self.store.put_items(chunks).await?;
+        self.store.put_items(manifests).await?;
+        let replaced: Vec<String> = keys
+            .iter()
+            .zip(&old)
+            .filter_map(|(key, item)| item.as_deref().and_then(|i| Self::chunk_keys(key, i)))
+            .flatten()
+            .collect();
+        if !replaced.is_empty() {
+            self.store.delete_items(&replaced).await?;
+        }
+        Ok(())
     }
 
     /// The chunk keys named by a manifest item, or `None` for an inline item.
@@ -136,30 +280,36 @@ impl<S: ItemStore> Channel for Chunked<S> {
     }
 
     async fn put(&self, key: &str, value: Bytes) -> Result<(), ChannelError> {
+        self.put_many(vec![(key.to_string(), value)]).await
+    }
+
+    /// The small values in one [`ItemStore::put_items`] (a reduce_scatter worker's seven
+    /// parts are one round trip on Memcached, not seven), then the large ones
+    /// ([`Self::put_large`]).
+    async fn put_many(&self, items: Vec<(String, Bytes)>) -> Result<(), ChannelError> {
         let limit = self.store.item_limit();
-        if value.len() < limit {
-            let mut item = BytesMut::with_capacity(value.len() + 1);
-            item.put_u8(INLINE);
-            item.put_slice(&value);
-            return self.store.put_item(key, item.freeze()).await;
+        let (small, large): (Vec<_>, Vec<_>) = items
+            .into_iter()
+            .partition(|(_, value)| value.len() < limit);
+        if !small.is_empty() {
+            let keys: Vec<String> = small.iter().map(|(key, _)| key.clone()).collect();
+            let inline = small
+                .into_iter()
+                .map(|(key, body)| {
+                    let item = Item {
+                        tag: Some(INLINE),
+                        body,
+                    };
+                    (key, item)
+                })
+                .collect();
+            self.store.put_items(inline).await?;
+            self.inline.insert(keys.iter().map(String::as_str));
         }
-        let old = self.store.get_items(&[key.to_string()]).await?;
-        let nonce: u64 = rand::random();
-        let n = value.len().div_ceil(limit) as u32;
-        for i in 0..n {
-            let part = value.slice(i as usize * limit..((i as usize + 1) * limit).min(value.len()));
-            self.store.put_item(&chunk_key(key, nonce, i), part).await?;
+        if large.is_empty() {
+            return Ok(());
         }
-        let mut manifest = BytesMut::with_capacity(MANIFEST_LEN);
-        manifest.put_u8(MANIFEST);
-        manifest.put_u32_le(n);
-        manifest.put_u64_le(value.len() as u64);
-        manifest.put_u64_le(nonce);
-        self.store.put_item(key, manifest.freeze()).await?;
-        if let Some(chunks) = old[0].as_deref().and_then(|o| Self::chunk_keys(key, o)) {
-            self.store.delete_items(&chunks).await?;
-        }
-        Ok(())
+        self.put_large(large).await
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>, ChannelError> {
@@ -170,8 +320,12 @@ impl<S: ItemStore> Channel for Chunked<S> {
                 return Ok(None);
             };
             match item.first() {
-                Some(&INLINE) => return Ok(Some(item.slice(1..))),
+                Some(&INLINE) => {
+                    self.inline.insert([key]);
+                    return Ok(Some(item.slice(1..)));
+                }
                 Some(&MANIFEST) => {
+                    self.inline.remove([key]);
                     let m =
                         parse_manifest(&item).ok_or_else(|| self.corrupt(key, "bad manifest"))?;
                     let keys: Vec<String> =
@@ -202,9 +356,13 @@ impl<S: ItemStore> Channel for Chunked<S> {
         let items = self.store.get_items(keys).await?;
         let mut values: Vec<Option<Bytes>> = vec![None; keys.len()];
         let mut large: Vec<(usize, Manifest)> = Vec::new();
+        let mut inline: Vec<&str> = Vec::new();
         for (i, (key, item)) in keys.iter().zip(items).enumerate() {
             match item {
-                Some(item) if item.first() == Some(&INLINE) => values[i] = Some(item.slice(1..)),
+                Some(item) if item.first() == Some(&INLINE) => {
+                    inline.push(key);
+                    values[i] = Some(item.slice(1..));
+                }
                 Some(item) => match parse_manifest(&item) {
                     Some(m) => large.push((i, m)),
                     None => values[i] = self.get(key).await?,
@@ -212,6 +370,9 @@ impl<S: ItemStore> Channel for Chunked<S> {
                 None => {}
             }
         }
+        self.inline.insert(inline);
+        self.inline
+            .remove(large.iter().map(|(i, _)| keys[*i].as_str()));
         if large.is_empty() {
             return Ok(values);
         }
@@ -234,9 +395,14 @@ impl<S: ItemStore> Channel for Chunked<S> {
         if keys.is_empty() {
             return Ok(());
         }
-        let items = self.store.get_items(keys).await?;
-        let mut all: Vec<String> = keys.to_vec();
-        for (key, item) in keys.iter().zip(&items) {
+        let (mut all, unknown) = self.inline.take(keys);
+        let items = if unknown.is_empty() {
+            Vec::new()
+        } else {
+            self.store.get_items(&unknown).await?
+        };
+        all.extend(unknown.iter().cloned());
+        for (key, item) in unknown.iter().zip(&items) {
             if let Some(chunks) = item.as_deref().and_then(|i| Self::chunk_keys(key, i)) {
                 all.extend(chunks);
             }
@@ -281,13 +447,13 @@ mod tests {
         fn item_limit(&self) -> usize {
             32
         }
-        async fn put_item(&self, key: &str, value: Bytes) -> Result<(), ChannelError> {
+        async fn put_item(&self, key: &str, item: Item) -> Result<(), ChannelError> {
             assert!(
-                value.len() <= 32,
+                item.len() <= 32,
                 "item of {} bytes over the limit",
-                value.len()
+                item.len()
             );
-            self.0.lock().unwrap().insert(key.into(), value);
+            self.0.lock().unwrap().insert(key.into(), item.to_bytes());
             Ok(())
         }
         async fn get_items(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, ChannelError> {
@@ -341,6 +507,74 @@ mod tests {
         ch.put("a/c", big).await.unwrap();
         ch.delete(&["a/b".into(), "a/c".into()]).await.unwrap();
         assert!(ch.store.0.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn keys_seen_inline_are_deleted_without_a_read_and_others_with_their_chunks() {
+        let writer = Chunked::new(Tiny::default());
+        let reads = |ch: &Chunked<Tiny>| ch.store.1.load(std::sync::atomic::Ordering::Relaxed);
+        let small = |k: &str| (k.to_string(), Bytes::from(vec![1u8; 20]));
+        writer
+            .put_many(vec![small("w/a"), small("w/b")])
+            .await
+            .unwrap();
+        writer.put("w/c", Bytes::from(vec![2u8; 20])).await.unwrap();
+        writer
+            .put("w/big", Bytes::from(vec![3u8; 70]))
+            .await
+            .unwrap();
+        let before = reads(&writer);
+        writer
+            .delete(&["w/a".into(), "w/b".into(), "w/c".into()])
+            .await
+            .unwrap();
+        assert_eq!(reads(&writer), before, "written inline: deleted unread");
+        writer.delete(&["w/big".into()]).await.unwrap();
+        assert_eq!(
+            reads(&writer),
+            before + 1,
+            "a large value: its manifest read"
+        );
+        assert!(writer.store.0.lock().unwrap().is_empty(), "chunks left");
+
+        // Another process's channel over the same items: what it read inline it deletes
+        // unread; what it never saw it reads first, and finds the chunks.
+        let other = Chunked::new(Tiny::default());
+        writer.store.0.lock().unwrap().clear();
+        other
+            .put("o/seen", Bytes::from(vec![4u8; 20]))
+            .await
+            .unwrap();
+        let items = other.store.0.lock().unwrap().clone();
+        let reader = Chunked::new(Tiny(Mutex::new(items), Default::default()));
+        reader.get_many(&["o/seen".into()]).await.unwrap();
+        let before = reads(&reader);
+        reader.delete(&["o/seen".into()]).await.unwrap();
+        assert_eq!(reads(&reader), before);
+        other
+            .put("o/big", Bytes::from(vec![5u8; 70]))
+            .await
+            .unwrap();
+        let fresh = Chunked::new(Tiny(
+            Mutex::new(other.store.0.lock().unwrap().clone()),
+            Default::default(),
+        ));
+        fresh
+            .delete(&["o/seen".into(), "o/big".into()])
+            .await
+            .unwrap();
+        assert_eq!(reads(&fresh), 1);
+        assert!(fresh.store.0.lock().unwrap().is_empty(), "chunks left");
+    }
+
+    #[test]
+    fn known_inline_keys_start_over_when_full() {
+        let known = KnownInline::default();
+        let keys: Vec<String> = (0..=KnownInline::CAPACITY).map(|i| i.to_string()).collect();
+        known.insert(keys.iter().map(String::as_str));
+        let (seen, unseen) = known.take(&keys);
+        assert_eq!(seen, vec![KnownInline::CAPACITY.to_string()]);
+        assert_eq!(unseen.len(), KnownInline::CAPACITY);
     }
 
     #[tokio::test]

@@ -141,15 +141,62 @@ fn check(value: &[u8], expected: Dtype) -> Result<&[u8], CodecError> {
 
 /// Decodes a vector of `f32`.
 pub fn decode_f32(value: &[u8]) -> Result<Vec<f32>, CodecError> {
-    let payload = check(value, Dtype::F32)?;
-    if cfg!(target_endian = "little") {
-        // One copy into aligned memory (the payload need not be aligned for `f32`).
-        return Ok(bytemuck::pod_collect_to_vec(payload));
+    Ok(view_f32(value)?.to_vec())
+}
+
+/// Checks a frame of `f32` and gives its payload as it lies in `value`, to be added to or
+/// copied into a vector without decoding it into one first: a worker of an all-reduce reads
+/// every value once, and a decoded copy of each was a pass over memory per value.
+pub fn view_f32(value: &[u8]) -> Result<F32View<'_>, CodecError> {
+    check(value, Dtype::F32).map(F32View)
+}
+
+/// The checked payload of an `f32` frame (see [`view_f32`]): little-endian values, not
+/// necessarily aligned for `f32`.
+#[derive(Debug, Clone, Copy)]
+pub struct F32View<'a>(&'a [u8]);
+
+impl F32View<'_> {
+    /// Number of values.
+    pub fn len(&self) -> usize {
+        self.0.len() / 4
     }
-    Ok(payload
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
-        .collect())
+
+    /// True when the frame holds no value.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn values(&self) -> impl ExactSizeIterator<Item = f32> + '_ {
+        self.0
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+    }
+
+    /// The values in a new vector.
+    pub fn to_vec(&self) -> Vec<f32> {
+        if cfg!(target_endian = "little") {
+            // One copy into aligned memory.
+            return bytemuck::pod_collect_to_vec(self.0);
+        }
+        self.values().collect()
+    }
+
+    /// Adds the values to `acc`, element by element.
+    ///
+    /// # Panics
+    /// When `acc` does not hold [`Self::len`] values.
+    pub fn add_to(&self, acc: &mut [f32]) {
+        assert_eq!(acc.len(), self.len(), "adding vectors of different lengths");
+        for (a, v) in acc.iter_mut().zip(self.values()) {
+            *a += v;
+        }
+    }
+
+    /// Appends the values to `out`.
+    pub fn extend_into(&self, out: &mut Vec<f32>) {
+        out.extend(self.values());
+    }
 }
 
 /// Decodes opaque bytes.
@@ -182,6 +229,24 @@ mod tests {
             bytes[i] ^= 1 << bit;
             prop_assert!(decode_f32(&bytes).is_err());
         }
+    }
+
+    #[test]
+    fn a_view_adds_and_appends_the_decoded_values() {
+        let v = [1.5f32, -0.0, f32::MAX, 3.25e-20];
+        // An odd offset, as behind a tag byte: the payload is not aligned for `f32`.
+        let mut framed = vec![7u8];
+        framed.extend_from_slice(&encode_f32(&v));
+        let view = view_f32(&framed[1..]).unwrap();
+        assert_eq!(view.len(), 4);
+        let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&view.to_vec()), bits(&v));
+        let mut acc = vec![1.0f32, 1.0, 0.0, 0.0];
+        view.add_to(&mut acc);
+        assert_eq!(bits(&acc), bits(&[2.5, 1.0, f32::MAX, 3.25e-20]));
+        let mut out = vec![9.0];
+        view.extend_into(&mut out);
+        assert_eq!(bits(&out), bits(&[9.0, 1.5, -0.0, f32::MAX, 3.25e-20]));
     }
 
     #[test]

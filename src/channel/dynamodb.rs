@@ -16,7 +16,7 @@ use aws_sdk_dynamodb::types::{
 use bytes::Bytes;
 
 use super::aws::{classify, sdk_config};
-use super::chunked::{Chunked, ItemStore};
+use super::chunked::{Chunked, Item, ItemStore};
 use super::meter::{self, Op};
 use super::retry::{BackendError, RetryPolicy, with_retries};
 use super::{ChannelError, PollPolicy};
@@ -174,7 +174,9 @@ impl ItemStore for DynamoStore {
         VALUE_LIMIT
     }
 
-    async fn put_item(&self, key: &str, value: Bytes) -> Result<(), ChannelError> {
+    async fn put_item(&self, key: &str, item: Item) -> Result<(), ChannelError> {
+        // The SDK takes one owned buffer, so the tag and the body are joined here.
+        let value = item.to_bytes();
         with_retries(&self.retry, &self.url, "put", key, || async {
             meter::record(Op::Put, 1, value.len() as u64);
             meter::record_units(0, write_units(key.len() + value.len()));

@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::chunked::{Chunked, ItemStore};
+use super::chunked::{Chunked, Item, ItemStore};
 use super::meter::{self, Op};
 use super::retry::{BackendError, RetryPolicy, with_retries};
 use super::{ChannelError, PollPolicy};
@@ -151,6 +151,27 @@ fn classify(e: memcache::MemcacheError) -> BackendError {
     }
 }
 
+/// An item written to the connection as its tag, then its body: no joined copy of a large
+/// inline value.
+struct Streamed<'a>(&'a Item);
+
+impl<W: std::io::Write> memcache::ToMemcacheValue<W> for Streamed<'_> {
+    fn get_flags(&self) -> u32 {
+        0
+    }
+
+    fn get_length(&self) -> usize {
+        self.0.len()
+    }
+
+    fn write_to(&self, stream: &mut W) -> std::io::Result<()> {
+        if let Some(tag) = self.0.tag {
+            stream.write_all(&[tag])?;
+        }
+        stream.write_all(&self.0.body)
+    }
+}
+
 #[async_trait]
 impl ItemStore for MemcachedStore {
     fn url(&self) -> &str {
@@ -172,11 +193,33 @@ impl ItemStore for MemcachedStore {
         self.item_size - ITEM_OVERHEAD
     }
 
-    async fn put_item(&self, key: &str, value: Bytes) -> Result<(), ChannelError> {
+    async fn put_item(&self, key: &str, item: Item) -> Result<(), ChannelError> {
         with_retries(&self.retry, &self.url, "put", key, || async {
-            meter::record(Op::Put, 1, value.len() as u64);
+            meter::record(Op::Put, 1, item.len() as u64);
             self.client()
-                .set(key, &value[..], exptime(self.expiry))
+                .set(key, Streamed(&item), exptime(self.expiry))
+                .map_err(|e| self.failed(e))
+        })
+        .await
+    }
+
+    async fn put_items(&self, items: Vec<(String, Item)>) -> Result<(), ChannelError> {
+        let (named, bytes) = match items.as_slice() {
+            [] => return Ok(()),
+            [(key, item)] => return self.put_item(key, item.clone()).await,
+            [(key, _), rest @ ..] => (
+                format!("{key} (and {} more keys)", rest.len()),
+                items.iter().map(|(_, i)| i.len() as u64).sum(),
+            ),
+        };
+        let streamed: Vec<(&str, Streamed)> = items
+            .iter()
+            .map(|(key, item)| (key.as_str(), Streamed(item)))
+            .collect();
+        with_retries(&self.retry, &self.url, "put", &named, || async {
+            meter::record(Op::Put, items.len() as u64, bytes);
+            self.client()
+                .set_multi(&streamed, exptime(self.expiry))
                 .map_err(|e| self.failed(e))
         })
         .await
@@ -302,5 +345,46 @@ mod tests {
             segments, 1,
             "the put of '{line}' came in {segments} segments"
         );
+    }
+
+    /// Several small values are one round trip: the server gets every command before it
+    /// sends its first reply (a client waiting for each reply would wait here forever).
+    #[tokio::test]
+    async fn several_puts_are_sent_before_the_first_reply() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            let sets = |got: &[u8]| got.windows(4).filter(|w| w == b"set ").count();
+            while sets(&got) < 3 || !got.ends_with(b"\r\n") {
+                let n = conn.read(&mut buf).expect("all three sets before a reply");
+                assert!(n > 0, "the client hung up");
+                got.extend_from_slice(&buf[..n]);
+            }
+            conn.write_all(b"STORED\r\nSTORED\r\nSTORED\r\n").unwrap();
+            got
+        });
+        let hosts = vec![addr.to_string()];
+        let ch = open(
+            "memcached://test",
+            &hosts,
+            None,
+            RetryPolicy::default(),
+            None,
+        )
+        .await
+        .unwrap();
+        let items = (0..3)
+            .map(|i| (format!("k/{i}"), Bytes::from(vec![i as u8; 100])))
+            .collect();
+        ch.put_many(items).await.unwrap();
+        let got = server.join().unwrap();
+        let text = String::from_utf8_lossy(&got);
+        for i in 0..3 {
+            assert!(text.contains(&format!("set k/{i} ")), "{text}");
+        }
     }
 }

@@ -98,8 +98,8 @@ pub trait Channel: Send + Sync + std::fmt::Debug {
     async fn put(&self, key: &str, value: Bytes) -> Result<(), ChannelError>;
 
     /// Stores several values, all in flight together: S3 and DynamoDB answer concurrent
-    /// requests together, a multiplexed Redis connection pipelines them; synchronous
-    /// backends (a directory, Memcached) write one after another.
+    /// requests together, a multiplexed Redis connection pipelines them, Memcached sends
+    /// every command before reading the first reply; a directory writes one after another.
     async fn put_many(&self, items: Vec<(String, Bytes)>) -> Result<(), ChannelError> {
         futures_util::future::try_join_all(
             items

@@ -334,20 +334,17 @@ impl Comm {
         }
     }
 
-    /// Waits for the vectors under `keys` (written by the workers beside them), each of
-    /// `expected` values.
-    async fn wait_vectors(
+    /// Waits for the vector of `len` values under `key`, written by `worker`.
+    async fn wait_vector(
         &mut self,
-        keys: &[(String, usize)],
+        key: String,
+        worker: usize,
         since: Instant,
-        expected: impl Fn(usize) -> usize,
-    ) -> Result<Vec<Vec<f32>>, CommError> {
-        let values = self.wait_all(keys, since).await?;
-        keys.iter()
-            .zip(&values)
-            .enumerate()
-            .map(|(i, ((key, _), bytes))| decode_vector(key, bytes, expected(i)))
-            .collect()
+        len: usize,
+    ) -> Result<Vec<f32>, CommError> {
+        let keys = [(key, worker)];
+        let frame = self.wait_all(&keys, since).await?.remove(0);
+        Ok(view_vector(&keys[0].0, &frame, len)?.to_vec())
     }
 
     /// True when the mean of `len` values is gathered: every worker writes its vector and
@@ -372,24 +369,25 @@ impl Comm {
             .filter(|&i| i != w)
             .map(|i| (self.keys.reduce_part(round, i), i))
             .collect();
-        let mut theirs = self
-            .wait_vectors(&others, since, |_| len)
-            .await?
-            .into_iter();
+        let frames = self.wait_all(&others, since).await?;
         self.after_full_gather().await?;
+        let mut theirs = others
+            .iter()
+            .zip(&frames)
+            .map(|((key, _), frame)| view_vector(key, frame, len));
         let mut acc = if w == 0 {
             values.to_vec()
         } else {
-            theirs.next().expect("worker 0's vector")
+            theirs.next().expect("worker 0's vector")?.to_vec()
         };
         for i in 1..n {
             if i == w {
                 add_assign(&mut acc, values);
             } else {
-                add_assign(
-                    &mut acc,
-                    &theirs.next().expect("one vector per other worker"),
-                );
+                theirs
+                    .next()
+                    .expect("one vector per other worker")?
+                    .add_to(&mut acc);
             }
         }
         scale(&mut acc, n);
@@ -413,8 +411,8 @@ impl Comm {
         if self.worker != 0 {
             let own = self.keys.reduce_part(round, self.worker);
             self.put(&own, codec::encode_f32(values)).await?;
-            let mean = [(self.keys.reduce_mean(round), 0)];
-            let result = self.wait_vectors(&mean, since, |_| len).await?.remove(0);
+            let mean = self.keys.reduce_mean(round);
+            let result = self.wait_vector(mean, 0, since, len).await?;
             self.complete(Completed {
                 op: Op::Reduce,
                 round,
@@ -425,8 +423,9 @@ impl Comm {
             .map(|i| (self.keys.reduce_part(round, i), i))
             .collect();
         let mut acc = values.to_vec();
-        for v in self.wait_vectors(&parts, since, |_| len).await? {
-            add_assign(&mut acc, &v);
+        let frames = self.wait_all(&parts, since).await?;
+        for ((key, _), frame) in parts.iter().zip(&frames) {
+            view_vector(key, frame, len)?.add_to(&mut acc);
         }
         self.after_full_gather().await?;
         scale(&mut acc, self.n);
@@ -465,34 +464,36 @@ impl Comm {
             .filter(|&i| i != w)
             .map(|i| (self.keys.scatter_part(round, w, i), i))
             .collect();
-        let mut theirs = self
-            .wait_vectors(&parts, since, |_| mine.len())
-            .await?
-            .into_iter();
+        let frames = self.wait_all(&parts, since).await?;
+        let mut theirs = parts.iter().zip(&frames);
         let mut acc = vec![0f32; mine.len()];
         for i in 0..n {
             if i == w {
                 add_assign(&mut acc, &values[mine.clone()]);
             } else {
-                add_assign(&mut acc, &theirs.next().expect("one part per other worker"));
+                let ((key, _), frame) = theirs.next().expect("one part per other worker");
+                view_vector(key, frame, mine.len())?.add_to(&mut acc);
             }
         }
         self.after_full_gather().await?;
         scale(&mut acc, n);
         let key = self.keys.gather_chunk(round, w);
         self.put(&key, codec::encode_f32(&acc)).await?;
-        let mut result = vec![0f32; len];
-        result[mine].copy_from_slice(&acc);
-        let owners: Vec<usize> = (0..n).filter(|&j| j != w).collect();
-        let chunks: Vec<(String, usize)> = owners
-            .iter()
-            .map(|&j| (self.keys.gather_chunk(round, j), j))
+        let chunks: Vec<(String, usize)> = (0..n)
+            .filter(|&j| j != w)
+            .map(|j| (self.keys.gather_chunk(round, j), j))
             .collect();
-        let gathered = self
-            .wait_vectors(&chunks, since, |i| chunk_bounds(len, n, owners[i]).len())
-            .await?;
-        for (&j, v) in owners.iter().zip(gathered) {
-            result[chunk_bounds(len, n, j)].copy_from_slice(&v);
+        let frames = self.wait_all(&chunks, since).await?;
+        // Appended in owner order: the result is written once, never zeroed first.
+        let mut result = Vec::with_capacity(len);
+        let mut theirs = chunks.iter().zip(&frames);
+        for j in 0..n {
+            if j == w {
+                result.extend_from_slice(&acc);
+            } else {
+                let ((key, _), frame) = theirs.next().expect("one chunk per other worker");
+                view_vector(key, frame, chunk_bounds(len, n, j).len())?.extend_into(&mut result);
+            }
         }
         self.complete(Completed {
             op: Op::ReduceScatter,
@@ -518,7 +519,7 @@ impl Comm {
             }
             let key = self.keys.async_model(i);
             if let Some(bytes) = self.get(&key).await? {
-                add_assign(&mut acc, &decode_vector(&key, &bytes, values.len())?);
+                view_vector(&key, &bytes, values.len())?.add_to(&mut acc);
                 count += 1;
             }
         }
@@ -547,10 +548,7 @@ impl Comm {
                 }
                 v.to_vec()
             }
-            None => self
-                .wait_vectors(&[(key, 0)], Instant::now(), |_| len)
-                .await?
-                .remove(0),
+            None => self.wait_vector(key, 0, Instant::now(), len).await?,
         };
         self.complete(Completed {
             op: Op::Broadcast,
@@ -587,12 +585,13 @@ impl Comm {
     }
 }
 
-pub(super) fn decode_vector(
+/// The checked vector of `expected` values in the frame read from `key`.
+pub(super) fn view_vector<'a>(
     key: &str,
-    bytes: &[u8],
+    bytes: &'a [u8],
     expected: usize,
-) -> Result<Vec<f32>, CommError> {
-    let v = codec::decode_f32(bytes).map_err(|source| CommError::Corrupt {
+) -> Result<codec::F32View<'a>, CommError> {
+    let v = codec::view_f32(bytes).map_err(|source| CommError::Corrupt {
         key: key.to_string(),
         source,
     })?;

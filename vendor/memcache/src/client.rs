@@ -287,6 +287,32 @@ impl Client {
         return self.get_connection(key).get()?.set(key, value, expiration);
     }
 
+    /// Set several keys with expiration seconds, sending all commands to a server before
+    /// reading its replies (one round trip per server instead of one per key).
+    pub fn set_multi<V: ToMemcacheValue<Stream>>(&self, items: &[(&str, V)], expiration: u32) -> Result<(), MemcacheError> {
+        for (key, _) in items {
+            check_key_len(key)?;
+        }
+        let connections_count = self.connections.len();
+        let mut by_connection: HashMap<usize, Vec<usize>> = HashMap::new();
+        for (i, (key, _)) in items.iter().enumerate() {
+            let connection_index = (self.hash_function)(key) as usize % connections_count;
+            by_connection.entry(connection_index).or_default().push(i);
+        }
+        for (connection_index, indices) in by_connection {
+            let mut connection = self.connections[connection_index].get()?;
+            if indices.len() == items.len() {
+                connection.set_multi(items, expiration)?;
+                continue;
+            }
+            for i in indices {
+                let (key, value) = &items[i];
+                connection.set_multi(&[(*key, crate::value::ByRef(value))], expiration)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Compare and swap a key with the associate value into memcached server with expiration seconds.
     /// `cas_id` should be obtained from a previous `gets` call.
     ///

@@ -15,6 +15,23 @@ pub trait ToMemcacheValue<W: Write> {
     fn write_to(&self, stream: &mut W) -> io::Result<()>;
 }
 
+/// A value written through a reference (`set_multi` holds its values in a slice).
+pub(crate) struct ByRef<'a, V>(pub(crate) &'a V);
+
+impl<'a, W: Write, V: ToMemcacheValue<W>> ToMemcacheValue<W> for ByRef<'a, V> {
+    fn get_flags(&self) -> u32 {
+        self.0.get_flags()
+    }
+
+    fn get_length(&self) -> usize {
+        self.0.get_length()
+    }
+
+    fn write_to(&self, stream: &mut W) -> io::Result<()> {
+        self.0.write_to(stream)
+    }
+}
+
 impl<'a, W: Write> ToMemcacheValue<W> for &'a [u8] {
     fn get_flags(&self) -> u32 {
         return Flags::Bytes as u32;

@@ -71,17 +71,6 @@ impl<C: Read> CappedLineReader<C> {
         &mut self.inner
     }
 
-    fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), MemcacheError> {
-        let min = std::cmp::min(buf.len(), self.filled);
-        let (to_fill, rest) = buf.split_at_mut(min);
-        to_fill.copy_from_slice(&self.buf[..min]);
-        self.consume(min);
-        if rest.len() != 0 {
-            self.inner.read_exact(&mut rest[..])?;
-        }
-        Ok(())
-    }
-
     /// Try to read a CRLF terminated line from the underlying reader.
     /// The length of the line is expected to be <= the length of the
     /// internal buffer, suited for reading headers or short responses.
@@ -122,6 +111,26 @@ impl<C: Read> CappedLineReader<C> {
 
 pub struct AsciiProtocol<C: Read + Write + Sized> {
     reader: CappedLineReader<C>,
+}
+
+impl CappedLineReader<Stream> {
+    /// Reads exactly `len` bytes into a new vector, without zeroing it first: zeroing was 3%
+    /// of all CPU samples of 8 lambdaml workers' 1 MB all-reduce rounds, the server's own
+    /// included. `len` comes from the server, so the up-front reservation is capped; a
+    /// longer value grows as it arrives.
+    fn read_value(&mut self, len: usize) -> Result<Vec<u8>, MemcacheError> {
+        const MAX_RESERVE: usize = 64 << 20;
+        let mut value = Vec::with_capacity(len.min(MAX_RESERVE));
+        let buffered = std::cmp::min(len, self.filled);
+        value.extend_from_slice(&self.buf[..buffered]);
+        self.consume(buffered);
+        let rest = (len - buffered) as u64;
+        if self.inner.read_up_to(rest, &mut value)? as u64 != rest {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
+        }
+        Ok(value)
+    }
+
 }
 
 impl ProtocolTrait for AsciiProtocol<Stream> {
@@ -221,6 +230,34 @@ impl ProtocolTrait for AsciiProtocol<Stream> {
             ..Default::default()
         };
         self.store(StoreCommand::Set, key, value, &options).map(|_| ())
+    }
+
+    fn set_multi<V: ToMemcacheValue<Stream>>(
+        &mut self,
+        items: &[(&str, V)],
+        expiration: u32,
+    ) -> Result<(), MemcacheError> {
+        let options = Options {
+            exptime: expiration,
+            ..Default::default()
+        };
+        for (key, value) in items {
+            self.write_store(StoreCommand::Set, *key, value, &options)?;
+        }
+        self.reader.get_mut().flush()?;
+        // Every reply is read, even after a refused one, so that none is left on the
+        // connection to be taken for the reply of a later command.
+        let mut first_error = None;
+        for _ in items {
+            match self.read_store_response() {
+                Ok(_) => {}
+                Err(e @ MemcacheError::CommandError(_)) => {
+                    first_error.get_or_insert(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     fn add<V: ToMemcacheValue<Stream>>(&mut self, key: &str, value: V, expiration: u32) -> Result<(), MemcacheError> {
@@ -353,6 +390,23 @@ impl AsciiProtocol<Stream> {
         value: V,
         options: &Options,
     ) -> Result<bool, MemcacheError> {
+        self.write_store(command, key, &value, options)?;
+        self.reader.get_mut().flush()?;
+
+        if options.noreply {
+            return Ok(true);
+        }
+        self.read_store_response()
+    }
+
+    /// Writes one storage command into the connection's buffer, without flushing it.
+    fn write_store<V: ToMemcacheValue<Stream>>(
+        &mut self,
+        command: StoreCommand,
+        key: &str,
+        value: &V,
+        options: &Options,
+    ) -> Result<(), MemcacheError> {
         if command == StoreCommand::Cas {
             if options.cas.is_none() {
                 Err(ClientError::Error(Cow::Borrowed(
@@ -388,12 +442,10 @@ impl AsciiProtocol<Stream> {
 
         value.write_to(self.reader.get_mut())?;
         self.reader.get_mut().write(b"\r\n")?;
-        self.reader.get_mut().flush()?;
+        Ok(())
+    }
 
-        if options.noreply {
-            return Ok(true);
-        }
-
+    fn read_store_response(&mut self) -> Result<bool, MemcacheError> {
         self.reader.read_line(|response| {
             let response = MemcacheError::try_from(response)?;
             match response {
@@ -447,8 +499,7 @@ impl AsciiProtocol<Stream> {
         })?;
         match result {
             Some((key, flags, length, cas)) => {
-                let mut value = vec![0u8; length + 2];
-                self.reader.read_exact(value.as_mut_slice())?;
+                let mut value = self.reader.read_value(length + 2)?;
                 if &value[length..] != b"\r\n" {
                     return Err(ServerError::BadResponse(Cow::Owned(String::from_utf8(value)?)))?;
                 }

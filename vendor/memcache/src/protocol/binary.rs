@@ -117,6 +117,18 @@ impl ProtocolTrait for BinaryProtocol {
         return self.store(Opcode::Set, key, value, expiration, None);
     }
 
+    fn set_multi<V: ToMemcacheValue<Stream>>(
+        &mut self,
+        items: &[(&str, V)],
+        expiration: u32,
+    ) -> Result<(), MemcacheError> {
+        // One set after another: the binary protocol's quiet sets are not used here.
+        for (key, value) in items {
+            self.store(Opcode::Set, key, crate::value::ByRef(value), expiration, None)?;
+        }
+        Ok(())
+    }
+
     fn add<V: ToMemcacheValue<Stream>>(&mut self, key: &str, value: V, expiration: u32) -> Result<(), MemcacheError> {
         return self.store(Opcode::Add, key, value, expiration, None);
     }

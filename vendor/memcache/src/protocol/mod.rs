@@ -26,6 +26,9 @@ pub trait ProtocolTrait {
     fn get<V: FromMemcacheValueExt>(&mut self, key: &str) -> Result<Option<V>, MemcacheError>;
     fn gets<V: FromMemcacheValueExt>(&mut self, keys: &[&str]) -> Result<HashMap<String, V>, MemcacheError>;
     fn set<V: ToMemcacheValue<Stream>>(&mut self, key: &str, value: V, expiration: u32) -> Result<(), MemcacheError>;
+    /// Sets several keys, all commands sent before the first reply is read.
+    fn set_multi<V: ToMemcacheValue<Stream>>(&mut self, items: &[(&str, V)], expiration: u32)
+        -> Result<(), MemcacheError>;
     fn cas<V: ToMemcacheValue<Stream>>(
         &mut self,
         key: &str,

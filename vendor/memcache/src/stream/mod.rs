@@ -53,6 +53,21 @@ impl Stream {
     }
 }
 
+impl Stream {
+    /// Appends up to `limit` bytes to `buf`, fewer only at the end of the stream. A TCP
+    /// socket reads straight into the vector's spare capacity; through `Stream`'s own
+    /// `read`, `read_to_end` would zero that capacity first.
+    pub(crate) fn read_up_to(&mut self, limit: u64, buf: &mut Vec<u8>) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(stream) => {
+                stream.flush()?;
+                stream.get_mut().take(limit).read_to_end(buf)
+            }
+            other => other.take(limit).read_to_end(buf),
+        }
+    }
+}
+
 impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
