@@ -14,7 +14,7 @@
 //! within a job), and a user overwriting keys by hand should delete first.
 //!
 //! A delete must find a large value's chunks, so it reads the items first, except those
-//! this channel saw inline itself (written or read; [`KnownInline`]): their read would move
+//! this channel saw inline itself (written or read; `KnownInline`): their read would move
 //! the whole value only to learn that it has no chunks, which was a third of the bytes of
 //! a Memcached reduce_scatter round. By the same rule as above, a key that another process
 //! turned from inline to chunked after this one saw it would leave its chunks behind.
@@ -285,7 +285,7 @@ impl<S: ItemStore> Channel for Chunked<S> {
 
     /// The small values in one [`ItemStore::put_items`] (a reduce_scatter worker's seven
     /// parts are one round trip on Memcached, not seven), then the large ones
-    /// ([`Self::put_large`]).
+    /// (`put_large`).
     async fn put_many(&self, items: Vec<(String, Bytes)>) -> Result<(), ChannelError> {
         let limit = self.store.item_limit();
         let (small, large): (Vec<_>, Vec<_>) = items

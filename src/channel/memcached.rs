@@ -296,6 +296,20 @@ mod tests {
         info.tcpi_data_segs_in
     }
 
+    /// A channel to the fake server at `addr`.
+    async fn channel_to(addr: std::net::SocketAddr) -> Chunked<MemcachedStore> {
+        let hosts = [addr.to_string()];
+        open(
+            "memcached://test",
+            &hosts,
+            None,
+            RetryPolicy::default(),
+            None,
+        )
+        .await
+        .unwrap()
+    }
+
     /// A small put reaches the server as one segment. memcache 0.21 wrote each piece of a
     /// command line to the unbuffered socket on its own, a segment each with `TCP_NODELAY`:
     /// a 1 KB put took 0.15-0.27 ms among 8 workers instead of 0.04-0.09 ms (vendor/memcache).
@@ -328,16 +342,7 @@ mod tests {
             let line = String::from_utf8_lossy(&got[..line_end]).to_string();
             (segments_in(&conn), line)
         });
-        let hosts = vec![addr.to_string()];
-        let ch = open(
-            "memcached://test",
-            &hosts,
-            None,
-            RetryPolicy::default(),
-            None,
-        )
-        .await
-        .unwrap();
+        let ch = channel_to(addr).await;
         ch.put("a/b", Bytes::from(vec![7u8; 1000])).await.unwrap();
         let (segments, line) = server.join().unwrap();
         assert!(line.starts_with("set a/b "), "{line}");
@@ -367,16 +372,7 @@ mod tests {
             conn.write_all(b"STORED\r\nSTORED\r\nSTORED\r\n").unwrap();
             got
         });
-        let hosts = vec![addr.to_string()];
-        let ch = open(
-            "memcached://test",
-            &hosts,
-            None,
-            RetryPolicy::default(),
-            None,
-        )
-        .await
-        .unwrap();
+        let ch = channel_to(addr).await;
         let items = (0..3)
             .map(|i| (format!("k/{i}"), Bytes::from(vec![i as u8; 100])))
             .collect();
