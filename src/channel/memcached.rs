@@ -142,9 +142,12 @@ fn classify(e: memcache::MemcacheError) -> BackendError {
     use memcache::MemcacheError as E;
     match e {
         E::IOError(_) | E::PoolError(_) => BackendError::transient(e.to_string()),
-        E::CommandError(ref c) if c.to_string().contains("too large") => {
+        // The ASCII protocol reports it as a server error ("SERVER_ERROR object too large
+        // for cache"), the binary one as a command error.
+        E::CommandError(_) | E::ServerError(_) if e.to_string().contains("too large") => {
             BackendError::permanent(format!(
-                "{e}: the value exceeds the server's item size; pass ?item_size= matching its -I"
+                "{}: the value exceeds the server's item size; pass ?item_size= matching its -I",
+                e.to_string().trim_end()
             ))
         }
         _ => BackendError::permanent(e.to_string()),
@@ -350,6 +353,64 @@ mod tests {
             segments, 1,
             "the put of '{line}' came in {segments} segments"
         );
+    }
+
+    /// A refused item among several fails the put, and every reply is still read: the
+    /// next request gets its own reply, not the rest of the put's.
+    #[tokio::test]
+    async fn a_refused_item_among_several_leaves_no_reply_behind() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            // Two whole sets: a command line, its value, "\r\n", twice.
+            let values = |got: &[u8]| {
+                let mut at = 0;
+                let mut found = Vec::new();
+                while let Some(end) = got[at..].windows(2).position(|w| w == b"\r\n") {
+                    let line = std::str::from_utf8(&got[at..at + end]).unwrap();
+                    let len: usize = line.rsplit(' ').next().unwrap().parse().unwrap();
+                    let start = at + end + 2;
+                    if got.len() < start + len + 2 {
+                        break;
+                    }
+                    found.push(got[start..start + len].to_vec());
+                    at = start + len + 2;
+                }
+                found
+            };
+            while values(&got).len() < 2 {
+                let n = conn.read(&mut buf).unwrap();
+                assert!(n > 0, "the client hung up");
+                got.extend_from_slice(&buf[..n]);
+            }
+            conn.write_all(b"SERVER_ERROR object too large for cache\r\nSTORED\r\n")
+                .unwrap();
+            let second = values(&got).remove(1);
+            let mut line = Vec::new();
+            while !line.ends_with(b"\r\n") {
+                let n = conn.read(&mut buf).unwrap();
+                assert!(n > 0, "the client hung up");
+                line.extend_from_slice(&buf[..n]);
+            }
+            assert_eq!(line, b"get k/1\r\n");
+            let mut reply = format!("VALUE k/1 0 {}\r\n", second.len()).into_bytes();
+            reply.extend_from_slice(&second);
+            reply.extend_from_slice(b"\r\nEND\r\n");
+            conn.write_all(&reply).unwrap();
+        });
+        let ch = channel_to(addr).await;
+        let items = (0..2)
+            .map(|i| (format!("k/{i}"), Bytes::from(vec![i as u8; 100])))
+            .collect();
+        let err = format!("{:?}", ch.put_many(items).await.unwrap_err());
+        assert!(err.contains("item_size"), "{err}");
+        let got = ch.get("k/1").await.unwrap();
+        assert_eq!(got, Some(Bytes::from(vec![1u8; 100])));
+        server.join().unwrap();
     }
 
     /// Several small values are one round trip: the server gets every command before it

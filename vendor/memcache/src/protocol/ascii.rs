@@ -245,13 +245,15 @@ impl ProtocolTrait for AsciiProtocol<Stream> {
             self.write_store(StoreCommand::Set, *key, value, &options)?;
         }
         self.reader.get_mut().flush()?;
-        // Every reply is read, even after a refused one, so that none is left on the
-        // connection to be taken for the reply of a later command.
+        // Every reply is read, even after a refused command (memcached answers each one,
+        // and swallows the value of one it refuses), so that none is left on the
+        // connection to be taken for the reply of a later command. A broken connection
+        // ends it at once.
         let mut first_error = None;
         for _ in items {
             match self.read_store_response() {
                 Ok(_) => {}
-                Err(e @ MemcacheError::CommandError(_)) => {
+                Err(e @ (MemcacheError::CommandError(_) | MemcacheError::ServerError(_))) => {
                     first_error.get_or_insert(e);
                 }
                 Err(e) => return Err(e),
