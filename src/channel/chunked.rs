@@ -540,7 +540,6 @@ mod tests {
         // Another process's channel over the same items: what it read inline it deletes
         // unread; what it never saw it reads first, and finds the chunks.
         let other = Chunked::new(Tiny::default());
-        writer.store.0.lock().unwrap().clear();
         other
             .put("o/seen", Bytes::from(vec![4u8; 20]))
             .await

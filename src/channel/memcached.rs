@@ -313,33 +313,61 @@ mod tests {
         .unwrap()
     }
 
+    /// A fake memcached on a free loopback port: `serve` runs on its one connection, in a
+    /// thread of its own.
+    fn fake_server<T: Send + 'static>(
+        serve: impl FnOnce(std::net::TcpStream) -> T + Send + 'static,
+    ) -> (std::net::SocketAddr, std::thread::JoinHandle<T>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (conn, _) = listener.accept().unwrap();
+            conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            serve(conn)
+        });
+        (addr, server)
+    }
+
+    /// Reads what the client sends into `got` until `done(got)`.
+    fn read_until(conn: &mut std::net::TcpStream, got: &mut Vec<u8>, done: impl Fn(&[u8]) -> bool) {
+        let mut buf = [0u8; 4096];
+        while !done(got) {
+            let n = conn
+                .read(&mut buf)
+                .expect("the client's next bytes within 5 s");
+            assert!(n > 0, "the client hung up");
+            got.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    /// The values of the whole storage commands at the start of `got`: each a command line
+    /// ending in the value's length, as many bytes, then "\r\n".
+    fn stored_values(got: &[u8]) -> Vec<Vec<u8>> {
+        let mut at = 0;
+        let mut found = Vec::new();
+        while let Some(end) = got[at..].windows(2).position(|w| w == b"\r\n") {
+            let line = std::str::from_utf8(&got[at..at + end]).unwrap();
+            let len: usize = line.rsplit(' ').next().unwrap().parse().unwrap();
+            let start = at + end + 2;
+            if got.len() < start + len + 2 {
+                break;
+            }
+            found.push(got[start..start + len].to_vec());
+            at = start + len + 2;
+        }
+        found
+    }
+
     /// A small put reaches the server as one segment. memcache 0.21 wrote each piece of a
     /// command line to the unbuffered socket on its own, a segment each with `TCP_NODELAY`:
     /// a 1 KB put took 0.15-0.27 ms among 8 workers instead of 0.04-0.09 ms (vendor/memcache).
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     #[tokio::test]
     async fn a_small_put_reaches_the_server_as_one_segment() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = std::thread::spawn(move || {
-            // The client may have sent before the accept: count all it sent, only the put.
-            let (mut conn, _) = listener.accept().unwrap();
+        // The client may have sent before the accept: count all it sent, only the put.
+        let (addr, server) = fake_server(|mut conn| {
             let mut got = Vec::new();
-            let mut buf = [0u8; 4096];
-            // The command line, then as many bytes as it announces, then "\r\n".
-            let whole = |got: &[u8]| {
-                let Some(end) = got.windows(2).position(|w| w == b"\r\n") else {
-                    return false;
-                };
-                let line = std::str::from_utf8(&got[..end]).unwrap();
-                let len: usize = line.rsplit(' ').next().unwrap().parse().unwrap();
-                got.len() >= end + 2 + len + 2
-            };
-            while !whole(&got) {
-                let n = conn.read(&mut buf).unwrap();
-                assert!(n > 0, "the client hung up");
-                got.extend_from_slice(&buf[..n]);
-            }
+            read_until(&mut conn, &mut got, |got| !stored_values(got).is_empty());
             conn.write_all(b"STORED\r\n").unwrap();
             let line_end = got.windows(2).position(|w| w == b"\r\n").unwrap();
             let line = String::from_utf8_lossy(&got[..line_end]).to_string();
@@ -359,43 +387,14 @@ mod tests {
     /// next request gets its own reply, not the rest of the put's.
     #[tokio::test]
     async fn a_refused_item_among_several_leaves_no_reply_behind() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = std::thread::spawn(move || {
-            let (mut conn, _) = listener.accept().unwrap();
-            conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let (addr, server) = fake_server(|mut conn| {
             let mut got = Vec::new();
-            let mut buf = [0u8; 4096];
-            // Two whole sets: a command line, its value, "\r\n", twice.
-            let values = |got: &[u8]| {
-                let mut at = 0;
-                let mut found = Vec::new();
-                while let Some(end) = got[at..].windows(2).position(|w| w == b"\r\n") {
-                    let line = std::str::from_utf8(&got[at..at + end]).unwrap();
-                    let len: usize = line.rsplit(' ').next().unwrap().parse().unwrap();
-                    let start = at + end + 2;
-                    if got.len() < start + len + 2 {
-                        break;
-                    }
-                    found.push(got[start..start + len].to_vec());
-                    at = start + len + 2;
-                }
-                found
-            };
-            while values(&got).len() < 2 {
-                let n = conn.read(&mut buf).unwrap();
-                assert!(n > 0, "the client hung up");
-                got.extend_from_slice(&buf[..n]);
-            }
+            read_until(&mut conn, &mut got, |got| stored_values(got).len() >= 2);
             conn.write_all(b"SERVER_ERROR object too large for cache\r\nSTORED\r\n")
                 .unwrap();
-            let second = values(&got).remove(1);
+            let second = stored_values(&got).remove(1);
             let mut line = Vec::new();
-            while !line.ends_with(b"\r\n") {
-                let n = conn.read(&mut buf).unwrap();
-                assert!(n > 0, "the client hung up");
-                line.extend_from_slice(&buf[..n]);
-            }
+            read_until(&mut conn, &mut line, |line| line.ends_with(b"\r\n"));
             assert_eq!(line, b"get k/1\r\n");
             let mut reply = format!("VALUE k/1 0 {}\r\n", second.len()).into_bytes();
             reply.extend_from_slice(&second);
@@ -414,22 +413,12 @@ mod tests {
     }
 
     /// Several small values are one round trip: the server gets every command before it
-    /// sends its first reply (a client waiting for each reply would wait here forever).
+    /// sends its first reply (a client waiting for each reply would wait here in vain).
     #[tokio::test]
     async fn several_puts_are_sent_before_the_first_reply() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = std::thread::spawn(move || {
-            let (mut conn, _) = listener.accept().unwrap();
-            conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let (addr, server) = fake_server(|mut conn| {
             let mut got = Vec::new();
-            let mut buf = [0u8; 4096];
-            let sets = |got: &[u8]| got.windows(4).filter(|w| w == b"set ").count();
-            while sets(&got) < 3 || !got.ends_with(b"\r\n") {
-                let n = conn.read(&mut buf).expect("all three sets before a reply");
-                assert!(n > 0, "the client hung up");
-                got.extend_from_slice(&buf[..n]);
-            }
+            read_until(&mut conn, &mut got, |got| stored_values(got).len() >= 3);
             conn.write_all(b"STORED\r\nSTORED\r\nSTORED\r\n").unwrap();
             got
         });
