@@ -98,11 +98,47 @@ pub trait ItemStore: Send + Sync + std::fmt::Debug {
     }
     /// Reads several items at once (one round trip where the backend allows).
     async fn get_items(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, ChannelError>;
+    /// Reads groups of items in one round trip where the backend allows, and joins each
+    /// group into one value in the order of its keys: `None` for a group with a missing
+    /// item. `len` is the length a group is expected to add up to (from its manifest),
+    /// room to reserve; the caller checks it. By default [`Self::get_items`] and a copy;
+    /// Memcached reads a group's items into one buffer instead.
+    async fn get_joined(
+        &self,
+        groups: &[(Vec<String>, usize)],
+    ) -> Result<Vec<Option<Bytes>>, ChannelError> {
+        let keys: Vec<String> = groups.iter().flat_map(|(keys, _)| keys.clone()).collect();
+        let mut items = self.get_items(&keys).await?.into_iter();
+        Ok(groups
+            .iter()
+            .map(|(keys, len)| {
+                // Taken whole before looking for a miss, so the next group starts right.
+                let group: Vec<Option<Bytes>> = items.by_ref().take(keys.len()).collect();
+                join(group.into_iter().collect::<Option<_>>()?, *len)
+            })
+            .collect())
+    }
     /// Deletes items; absent ones are not an error.
     async fn delete_items(&self, keys: &[String]) -> Result<(), ChannelError>;
     /// Lists item keys with a prefix, `None` when the backend cannot list.
     async fn list_items(&self, prefix: &str) -> Result<Option<Vec<String>>, ChannelError>;
 }
+
+/// `parts` as one value: itself when there is one, else a copy into a buffer of `len`
+/// (capped: it comes from a manifest) that grows if they add up to more.
+pub(crate) fn join(mut parts: Vec<Bytes>, len: usize) -> Option<Bytes> {
+    if parts.len() == 1 {
+        return parts.pop();
+    }
+    let mut value = BytesMut::with_capacity(len.min(MAX_RESERVE));
+    for p in parts {
+        value.put_slice(&p);
+    }
+    Some(value.freeze())
+}
+
+/// Most bytes reserved ahead of a value whose length a manifest announced.
+pub(crate) const MAX_RESERVE: usize = 1 << 30;
 
 /// A [`Channel`] over an [`ItemStore`], chunking values above the item limit.
 #[derive(Debug)]
@@ -176,26 +212,21 @@ impl<S: ItemStore> Chunked<S> {
         }
     }
 
-    /// The value of `key` from the chunks its manifest `m` names, as read: `None` when one
-    /// is missing (the value was rewritten meanwhile: read the manifest again), an error
-    /// when they do not add up to its length.
-    fn join_chunks(
+    /// Checks a large value read from its chunks against its manifest `m`: `None` when a
+    /// chunk was missing (the value was rewritten meanwhile: read the manifest again), an
+    /// error when they do not add up to its length.
+    fn check_joined(
         &self,
         key: &str,
         m: &Manifest,
-        parts: Vec<Option<Bytes>>,
+        value: Option<Bytes>,
     ) -> Result<Option<Bytes>, ChannelError> {
-        if parts.iter().any(Option::is_none) {
-            return Ok(None);
+        match value {
+            Some(value) if value.len() as u64 != m.len => {
+                Err(self.corrupt(key, "chunks do not add up to the manifest length"))
+            }
+            value => Ok(value),
         }
-        let mut value = BytesMut::with_capacity(m.len as usize);
-        for p in parts.into_iter().flatten() {
-            value.put_slice(&p);
-        }
-        if value.len() as u64 != m.len {
-            return Err(self.corrupt(key, "chunks do not add up to the manifest length"));
-        }
-        Ok(Some(value.freeze()))
     }
 
     /// Writes values over the item limit: the previous items of their keys read in one
@@ -239,8 +270,7 @@ impl<S: ItemStore> Chunked<S> {
 
     /// The chunk keys named by a manifest item, or `None` for an inline item.
     fn chunk_keys(key: &str, item: &[u8]) -> Option<Vec<String>> {
-        let m = parse_manifest(item)?;
-        Some((0..m.chunks).map(|i| chunk_key(key, m.nonce, i)).collect())
+        Some(parse_manifest(item)?.chunk_keys(key))
     }
 }
 
@@ -248,6 +278,20 @@ struct Manifest {
     chunks: u32,
     len: u64,
     nonce: u64,
+}
+
+impl Manifest {
+    /// The keys of the chunks of `key`'s value, in order.
+    fn chunk_keys(&self, key: &str) -> Vec<String> {
+        (0..self.chunks)
+            .map(|i| chunk_key(key, self.nonce, i))
+            .collect()
+    }
+
+    /// The value's length as room to reserve for it.
+    fn reserve(&self) -> usize {
+        usize::try_from(self.len).unwrap_or(usize::MAX)
+    }
 }
 
 fn parse_manifest(item: &[u8]) -> Option<Manifest> {
@@ -328,10 +372,9 @@ impl<S: ItemStore> Channel for Chunked<S> {
                     self.inline.remove([key]);
                     let m =
                         parse_manifest(&item).ok_or_else(|| self.corrupt(key, "bad manifest"))?;
-                    let keys: Vec<String> =
-                        (0..m.chunks).map(|i| chunk_key(key, m.nonce, i)).collect();
-                    let parts = self.store.get_items(&keys).await?;
-                    match self.join_chunks(key, &m, parts)? {
+                    let group = [(m.chunk_keys(key), m.reserve())];
+                    let value = self.store.get_joined(&group).await?.pop().flatten();
+                    match self.check_joined(key, &m, value)? {
                         Some(value) => return Ok(Some(value)),
                         None => continue,
                     }
@@ -376,14 +419,13 @@ impl<S: ItemStore> Channel for Chunked<S> {
         if large.is_empty() {
             return Ok(values);
         }
-        let chunk_keys: Vec<String> = large
+        let groups: Vec<(Vec<String>, usize)> = large
             .iter()
-            .flat_map(|(i, m)| (0..m.chunks).map(|c| chunk_key(&keys[*i], m.nonce, c)))
+            .map(|(i, m)| (m.chunk_keys(&keys[*i]), m.reserve()))
             .collect();
-        let mut chunks = self.store.get_items(&chunk_keys).await?.into_iter();
-        for (i, m) in large {
-            let parts: Vec<Option<Bytes>> = chunks.by_ref().take(m.chunks as usize).collect();
-            values[i] = match self.join_chunks(&keys[i], &m, parts)? {
+        let joined = self.store.get_joined(&groups).await?;
+        for ((i, m), value) in large.into_iter().zip(joined) {
+            values[i] = match self.check_joined(&keys[i], &m, value)? {
                 Some(value) => Some(value),
                 None => self.get(&keys[i]).await?,
             };
@@ -507,6 +549,38 @@ mod tests {
         ch.put("a/c", big).await.unwrap();
         ch.delete(&["a/b".into(), "a/c".into()]).await.unwrap();
         assert!(ch.store.0.lock().unwrap().is_empty());
+    }
+
+    /// A group with a missing item is `None` and the groups after it keep their own items,
+    /// wherever in its group the miss is.
+    #[tokio::test]
+    async fn a_group_with_a_missing_item_leaves_the_next_group_whole() {
+        let store = Tiny::default();
+        for key in ["b", "c", "e"] {
+            store
+                .put_item(key, Bytes::from(key.to_string()).into())
+                .await
+                .unwrap();
+        }
+        let group = |keys: &[&str]| (keys.iter().map(|k| k.to_string()).collect(), keys.len());
+        let joined = store
+            .get_joined(&[
+                group(&["a", "b"]),
+                group(&["b", "c"]),
+                group(&["c", "d"]),
+                group(&["e"]),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(
+            joined,
+            vec![
+                None,
+                Some(Bytes::from_static(b"bc")),
+                None,
+                Some(Bytes::from_static(b"e"))
+            ]
+        );
     }
 
     #[tokio::test]

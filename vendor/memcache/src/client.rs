@@ -273,6 +273,41 @@ impl Client {
         return Ok(result);
     }
 
+    /// Gets several keys as [`Client::gets`] does, but appends each value to the buffer of
+    /// `bufs` its key names (`keys` holds key and buffer index) instead of giving it one of
+    /// its own; returns, in the order of `keys`, the range of its buffer that holds each
+    /// value (`None` for a miss). A server answers in the order of `keys`, so the values of
+    /// consecutive keys on one server that share a buffer are adjacent in it.
+    pub fn gets_into(
+        &self,
+        keys: &[(&str, usize)],
+        bufs: &mut [Vec<u8>],
+    ) -> Result<Vec<Option<std::ops::Range<usize>>>, MemcacheError> {
+        for (key, _) in keys {
+            check_key_len(key)?;
+        }
+        let connections_count = self.connections.len();
+        // Servers in the order of their first key, and each server's keys in the order of
+        // `keys`, so that where values land does not depend on a hash map's order.
+        let mut by_connection: Vec<(usize, Vec<usize>)> = Vec::new();
+        for (i, (key, _)) in keys.iter().enumerate() {
+            let connection_index = (self.hash_function)(key) as usize % connections_count;
+            match by_connection.iter_mut().find(|(c, _)| *c == connection_index) {
+                Some((_, group)) => group.push(i),
+                None => by_connection.push((connection_index, vec![i])),
+            }
+        }
+        let mut found = vec![None; keys.len()];
+        for (connection_index, group) in by_connection {
+            let asked: Vec<(&str, usize)> = group.iter().map(|&i| keys[i]).collect();
+            let mut connection = self.connections[connection_index].get()?;
+            for (i, range) in group.into_iter().zip(connection.gets_into(&asked, bufs)?) {
+                found[i] = range;
+            }
+        }
+        Ok(found)
+    }
+
     /// Set a key with associate value into memcached server with expiration seconds.
     ///
     /// Example:

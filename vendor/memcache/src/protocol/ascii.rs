@@ -119,18 +119,85 @@ impl CappedLineReader<Stream> {
     /// included. `len` comes from the server, so the up-front reservation is capped; a
     /// longer value grows as it arrives.
     fn read_value(&mut self, len: usize) -> Result<Vec<u8>, MemcacheError> {
-        const MAX_RESERVE: usize = 64 << 20;
         let mut value = Vec::with_capacity(len.min(MAX_RESERVE));
-        let buffered = std::cmp::min(len, self.filled);
-        value.extend_from_slice(&self.buf[..buffered]);
-        self.consume(buffered);
-        let rest = (len - buffered) as u64;
-        if self.inner.read_up_to(rest, &mut value)? as u64 != rest {
-            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
-        }
+        self.append_value(len, &mut value)?;
         Ok(value)
     }
 
+    /// Appends exactly `len` bytes to `buf`: what the line reader holds, then the rest
+    /// straight from the stream into `buf`'s spare capacity.
+    fn append_value(&mut self, len: usize, buf: &mut Vec<u8>) -> Result<(), MemcacheError> {
+        let buffered = std::cmp::min(len, self.filled);
+        buf.extend_from_slice(&self.buf[..buffered]);
+        self.consume(buffered);
+        let rest = (len - buffered) as u64;
+        if self.inner.read_up_to(rest, buf)? as u64 != rest {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
+        }
+        Ok(())
+    }
+
+    /// Reads the `\r\n` that ends a value, through the line buffer (which then also holds
+    /// the start of the next line).
+    fn expect_crlf(&mut self) -> Result<(), MemcacheError> {
+        while self.filled < 2 {
+            let read = self.inner.read(&mut self.buf[self.filled..])?;
+            if read == 0 {
+                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
+            }
+            self.filled += read;
+        }
+        if &self.buf[..2] != b"\r\n" {
+            return Err(ServerError::BadResponse(Cow::Borrowed("value not followed by \\r\\n")))?;
+        }
+        self.consume(2);
+        Ok(())
+    }
+}
+
+/// Most bytes reserved ahead of a value whose length the server announced: `len` comes from
+/// the server, so a larger value grows as it arrives instead.
+const MAX_RESERVE: usize = 64 << 20;
+
+impl AsciiProtocol<Stream> {
+    /// `get` of several keys, each value appended to the buffer of `bufs` its key names,
+    /// without a buffer of its own; returns, in the order of `keys`, the range of its
+    /// buffer that holds each value (`None` for a miss). The server answers in the order
+    /// of `keys`, so the values of consecutive keys that share a buffer are adjacent in
+    /// it. Room for a buffer's values to come is reserved at the first that does not fit,
+    /// assuming they are as large (they are, for lambdaml's chunks and parts); a caller
+    /// that knows the total reserves it before.
+    fn get_values_into(
+        &mut self,
+        keys: &[(&str, usize)],
+        bufs: &mut [Vec<u8>],
+    ) -> Result<Vec<Option<std::ops::Range<usize>>>, MemcacheError> {
+        if let Some((_, b)) = keys.iter().find(|(_, b)| *b >= bufs.len()) {
+            return Err(ClientError::Error(Cow::Owned(format!("no buffer {b} for a value"))))?;
+        }
+        let names: Vec<&str> = keys.iter().map(|(key, _)| *key).collect();
+        write!(self.reader.get_mut(), "get {}\r\n", names.join(" "))?;
+        let mut found = vec![None; keys.len()];
+        let mut next = 0;
+        while let Some((key, _flags, len, _cas)) = self.parse_value_header(false)? {
+            let Some(at) = (next..keys.len()).find(|&i| keys[i].0 == key) else {
+                return Err(ServerError::BadResponse(Cow::Owned(format!(
+                    "value for {key}, not a key asked for next"
+                ))))?;
+            };
+            next = at + 1;
+            let buf = &mut bufs[keys[at].1];
+            if buf.capacity() - buf.len() < len {
+                let to_come = keys[at..].iter().filter(|(_, b)| *b == keys[at].1).count();
+                buf.reserve_exact(len.saturating_mul(to_come).clamp(len.min(MAX_RESERVE), MAX_RESERVE));
+            }
+            let start = buf.len();
+            self.reader.append_value(len, buf)?;
+            self.reader.expect_crlf()?;
+            found[at] = Some(start..buf.len());
+        }
+        Ok(found)
+    }
 }
 
 impl ProtocolTrait for AsciiProtocol<Stream> {
@@ -184,6 +251,14 @@ impl ProtocolTrait for AsciiProtocol<Stream> {
         } else {
             Ok(None)
         }
+    }
+
+    fn gets_into(
+        &mut self,
+        keys: &[(&str, usize)],
+        bufs: &mut [Vec<u8>],
+    ) -> Result<Vec<Option<std::ops::Range<usize>>>, MemcacheError> {
+        self.get_values_into(keys, bufs)
     }
 
     fn gets<V: FromMemcacheValueExt>(&mut self, keys: &[&str]) -> Result<HashMap<String, V>, MemcacheError> {
@@ -471,11 +546,12 @@ impl AsciiProtocol<Stream> {
         })
     }
 
-    fn parse_get_response<V: FromMemcacheValueExt>(
+    /// Reads a `VALUE key flags bytes [cas]` line: `None` at `END`.
+    fn parse_value_header(
         &mut self,
         has_cas: bool,
-    ) -> Result<Option<(String, V)>, MemcacheError> {
-        let result = self.reader.read_line(|buf| {
+    ) -> Result<Option<(String, u32, usize, Option<u64>)>, MemcacheError> {
+        self.reader.read_line(|buf| {
             let buf = MemcacheError::try_from(buf)?;
             if buf == END {
                 return Ok(None);
@@ -498,8 +574,14 @@ impl AsciiProtocol<Stream> {
                 return Err(ServerError::BadResponse(Cow::Owned(buf.into())))?;
             }
             Ok(Some((key.to_string(), flags, length, cas)))
-        })?;
-        match result {
+        })
+    }
+
+    fn parse_get_response<V: FromMemcacheValueExt>(
+        &mut self,
+        has_cas: bool,
+    ) -> Result<Option<(String, V)>, MemcacheError> {
+        match self.parse_value_header(has_cas)? {
             Some((key, flags, length, cas)) => {
                 let mut value = self.reader.read_value(length + 2)?;
                 if &value[length..] != b"\r\n" {

@@ -3,7 +3,8 @@ use std::io::Write;
 
 use super::ProtocolTrait;
 use crate::client::Stats;
-use crate::error::MemcacheError;
+use crate::error::{ClientError, MemcacheError};
+use std::borrow::Cow;
 use crate::protocol::binary_packet::{self, Magic, Opcode, PacketHeader};
 use crate::stream::Stream;
 use crate::value::{FromMemcacheValueExt, ToMemcacheValue};
@@ -100,6 +101,26 @@ impl ProtocolTrait for BinaryProtocol {
         };
         noop_request_header.write(&mut self.stream)?;
         return binary_packet::parse_gets_response(&mut self.stream, keys.len());
+    }
+
+    fn gets_into(
+        &mut self,
+        keys: &[(&str, usize)],
+        bufs: &mut [Vec<u8>],
+    ) -> Result<Vec<Option<std::ops::Range<usize>>>, MemcacheError> {
+        // Through `gets` and a copy: lambdaml speaks the ASCII protocol.
+        let names: Vec<&str> = keys.iter().map(|(key, _)| *key).collect();
+        let values: HashMap<String, Vec<u8>> = self.gets(&names)?;
+        let mut found = Vec::with_capacity(keys.len());
+        for (key, b) in keys {
+            let buf = bufs.get_mut(*b).ok_or(ClientError::Error(Cow::Borrowed("no buffer for a value")))?;
+            found.push(values.get(*key).map(|value| {
+                let start = buf.len();
+                buf.extend_from_slice(value);
+                start..buf.len()
+            }));
+        }
+        Ok(found)
     }
 
     fn cas<V: ToMemcacheValue<Stream>>(

@@ -25,6 +25,13 @@ pub trait ProtocolTrait {
     fn flush_with_delay(&mut self, delay: u32) -> Result<(), MemcacheError>;
     fn get<V: FromMemcacheValueExt>(&mut self, key: &str) -> Result<Option<V>, MemcacheError>;
     fn gets<V: FromMemcacheValueExt>(&mut self, keys: &[&str]) -> Result<HashMap<String, V>, MemcacheError>;
+    /// Gets several keys, each value appended to the buffer of `bufs` its key names;
+    /// returns, in the order of `keys`, where in its buffer each value is.
+    fn gets_into(
+        &mut self,
+        keys: &[(&str, usize)],
+        bufs: &mut [Vec<u8>],
+    ) -> Result<Vec<Option<std::ops::Range<usize>>>, MemcacheError>;
     fn set<V: ToMemcacheValue<Stream>>(&mut self, key: &str, value: V, expiration: u32) -> Result<(), MemcacheError>;
     /// Sets several keys, all commands sent before the first reply is read.
     fn set_multi<V: ToMemcacheValue<Stream>>(&mut self, items: &[(&str, V)], expiration: u32)
