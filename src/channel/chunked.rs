@@ -294,15 +294,22 @@ impl Manifest {
     }
 }
 
+/// Most chunks a manifest may name (64 GB in Memcached's smallest items, 64 KB): its count
+/// comes from the store, and a key is made for every chunk before any is read.
+const MAX_CHUNKS: u32 = 1 << 20;
+
+/// The manifest in `item`, `None` when it is not one or names an impossible chunk count
+/// (none, more than [`MAX_CHUNKS`], or more than the value has bytes).
 fn parse_manifest(item: &[u8]) -> Option<Manifest> {
     if item.len() != MANIFEST_LEN || item[0] != MANIFEST {
         return None;
     }
-    Some(Manifest {
+    let m = Manifest {
         chunks: u32::from_le_bytes(item[1..5].try_into().ok()?),
         len: u64::from_le_bytes(item[5..13].try_into().ok()?),
         nonce: u64::from_le_bytes(item[13..21].try_into().ok()?),
-    })
+    };
+    (m.chunks >= 1 && m.chunks <= MAX_CHUNKS && u64::from(m.chunks) <= m.len).then_some(m)
 }
 
 fn chunk_key(key: &str, nonce: u64, i: u32) -> String {
@@ -669,6 +676,29 @@ mod tests {
         let mut want: Vec<Option<Bytes>> = values.into_iter().map(Some).collect();
         want.insert(1, None);
         assert_eq!(got, want);
+    }
+
+    /// A manifest's chunk count comes from the store: an impossible one is an error before
+    /// a key is made for each chunk (3 million here, more than the value's 10 bytes).
+    #[tokio::test]
+    async fn a_manifest_naming_more_chunks_than_bytes_is_refused() {
+        let ch = Chunked::new(Tiny::default());
+        let mut manifest = vec![MANIFEST];
+        manifest.extend_from_slice(&3_000_000u32.to_le_bytes());
+        manifest.extend_from_slice(&10u64.to_le_bytes());
+        manifest.extend_from_slice(&7u64.to_le_bytes());
+        ch.store
+            .0
+            .lock()
+            .unwrap()
+            .insert("k".into(), manifest.into());
+        for err in [
+            ch.get("k").await.unwrap_err(),
+            ch.get_many(&["k".into()]).await.unwrap_err(),
+        ] {
+            let err = format!("{:#}", anyhow::Error::from(err));
+            assert!(err.contains("bad manifest"), "{err}");
+        }
     }
 
     #[tokio::test]
