@@ -111,17 +111,23 @@ pub trait ItemStore: Send + Sync + std::fmt::Debug {
         let mut items = self.get_items(&keys).await?.into_iter();
         Ok(groups
             .iter()
-            .map(|(keys, len)| {
-                // Taken whole before looking for a miss, so the next group starts right.
-                let group: Vec<Option<Bytes>> = items.by_ref().take(keys.len()).collect();
-                join(group.into_iter().collect::<Option<_>>()?, *len)
-            })
+            .map(|(keys, len)| join(next_group(&mut items, keys.len())?, *len))
             .collect())
     }
     /// Deletes items; absent ones are not an error.
     async fn delete_items(&self, keys: &[String]) -> Result<(), ChannelError>;
     /// Lists item keys with a prefix, `None` when the backend cannot list.
     async fn list_items(&self, prefix: &str) -> Result<Option<Vec<String>>, ChannelError>;
+}
+
+/// The next `n` of `items`, `None` if any is missing. All `n` are taken before a miss is
+/// looked for, so that the group after this one starts at its own first item.
+pub(crate) fn next_group<T>(
+    items: &mut impl Iterator<Item = Option<T>>,
+    n: usize,
+) -> Option<Vec<T>> {
+    let group: Vec<Option<T>> = items.by_ref().take(n).collect();
+    group.into_iter().collect()
 }
 
 /// `parts` as one value: itself when there is one, else a copy into a buffer of `len`

@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::chunked::{Chunked, Item, ItemStore, MAX_RESERVE, join};
+use super::chunked::{Chunked, Item, ItemStore, MAX_RESERVE, join, next_group};
 use super::meter::{self, Op};
 use super::retry::{BackendError, RetryPolicy, with_retries};
 use super::{ChannelError, PollPolicy};
@@ -292,11 +292,7 @@ impl ItemStore for MemcachedStore {
             .iter()
             .zip(bufs)
             .map(|((keys, len), buf)| {
-                // Taken whole before looking for a miss, so the next group starts right.
-                let group: Vec<Option<std::ops::Range<usize>>> =
-                    found.by_ref().take(keys.len()).collect();
-                let group: Vec<std::ops::Range<usize>> =
-                    group.into_iter().collect::<Option<_>>()?;
+                let group = next_group(&mut found, keys.len())?;
                 let in_order = group.windows(2).all(|w| w[0].end == w[1].start);
                 if in_order && group.first().is_some_and(|r| r.start == 0) {
                     let end = group.last().map_or(0, |r| r.end);

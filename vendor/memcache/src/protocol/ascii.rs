@@ -159,47 +159,6 @@ impl CappedLineReader<Stream> {
 /// the server, so a larger value grows as it arrives instead.
 const MAX_RESERVE: usize = 64 << 20;
 
-impl AsciiProtocol<Stream> {
-    /// `get` of several keys, each value appended to the buffer of `bufs` its key names,
-    /// without a buffer of its own; returns, in the order of `keys`, the range of its
-    /// buffer that holds each value (`None` for a miss). The server answers in the order
-    /// of `keys`, so the values of consecutive keys that share a buffer are adjacent in
-    /// it. Room for a buffer's values to come is reserved at the first that does not fit,
-    /// assuming they are as large (they are, for lambdaml's chunks and parts); a caller
-    /// that knows the total reserves it before.
-    fn get_values_into(
-        &mut self,
-        keys: &[(&str, usize)],
-        bufs: &mut [Vec<u8>],
-    ) -> Result<Vec<Option<std::ops::Range<usize>>>, MemcacheError> {
-        if let Some((_, b)) = keys.iter().find(|(_, b)| *b >= bufs.len()) {
-            return Err(ClientError::Error(Cow::Owned(format!("no buffer {b} for a value"))))?;
-        }
-        let names: Vec<&str> = keys.iter().map(|(key, _)| *key).collect();
-        write!(self.reader.get_mut(), "get {}\r\n", names.join(" "))?;
-        let mut found = vec![None; keys.len()];
-        let mut next = 0;
-        while let Some((key, _flags, len, _cas)) = self.parse_value_header(false)? {
-            let Some(at) = (next..keys.len()).find(|&i| keys[i].0 == key) else {
-                return Err(ServerError::BadResponse(Cow::Owned(format!(
-                    "value for {key}, not a key asked for next"
-                ))))?;
-            };
-            next = at + 1;
-            let buf = &mut bufs[keys[at].1];
-            if buf.capacity() - buf.len() < len {
-                let to_come = keys[at..].iter().filter(|(_, b)| *b == keys[at].1).count();
-                buf.reserve_exact(len.saturating_mul(to_come).clamp(len.min(MAX_RESERVE), MAX_RESERVE));
-            }
-            let start = buf.len();
-            self.reader.append_value(len, buf)?;
-            self.reader.expect_crlf()?;
-            found[at] = Some(start..buf.len());
-        }
-        Ok(found)
-    }
-}
-
 impl ProtocolTrait for AsciiProtocol<Stream> {
     fn auth(&mut self, username: &str, password: &str) -> Result<(), MemcacheError> {
         return self.set("auth", format!("{} {}", username, password), 0);
@@ -253,12 +212,43 @@ impl ProtocolTrait for AsciiProtocol<Stream> {
         }
     }
 
+    /// `get` of several keys, each value appended to the buffer of `bufs` its key names,
+    /// without a buffer of its own; returns, in the order of `keys`, the range of its
+    /// buffer that holds each value (`None` for a miss). The server answers in the order
+    /// of `keys`, so the values of consecutive keys that share a buffer are adjacent in
+    /// it. Room for a buffer's values to come is reserved at the first that does not fit,
+    /// assuming they are as large (they are, for lambdaml's chunks and parts); a caller
+    /// that knows the total reserves it before.
     fn gets_into(
         &mut self,
         keys: &[(&str, usize)],
         bufs: &mut [Vec<u8>],
     ) -> Result<Vec<Option<std::ops::Range<usize>>>, MemcacheError> {
-        self.get_values_into(keys, bufs)
+        if let Some((_, b)) = keys.iter().find(|(_, b)| *b >= bufs.len()) {
+            return Err(ClientError::Error(Cow::Owned(format!("no buffer {b} for a value"))))?;
+        }
+        let names: Vec<&str> = keys.iter().map(|(key, _)| *key).collect();
+        write!(self.reader.get_mut(), "get {}\r\n", names.join(" "))?;
+        let mut found = vec![None; keys.len()];
+        let mut next = 0;
+        while let Some((key, _flags, len, _cas)) = self.parse_value_header(false)? {
+            let Some(at) = (next..keys.len()).find(|&i| keys[i].0 == key) else {
+                return Err(ServerError::BadResponse(Cow::Owned(format!(
+                    "value for {key}, not a key asked for next"
+                ))))?;
+            };
+            next = at + 1;
+            let buf = &mut bufs[keys[at].1];
+            if buf.capacity() - buf.len() < len {
+                let to_come = keys[at..].iter().filter(|(_, b)| *b == keys[at].1).count();
+                buf.reserve_exact(len.saturating_mul(to_come).clamp(len.min(MAX_RESERVE), MAX_RESERVE));
+            }
+            let start = buf.len();
+            self.reader.append_value(len, buf)?;
+            self.reader.expect_crlf()?;
+            found[at] = Some(start..buf.len());
+        }
+        Ok(found)
     }
 
     fn gets<V: FromMemcacheValueExt>(&mut self, keys: &[&str]) -> Result<HashMap<String, V>, MemcacheError> {
